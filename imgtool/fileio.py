@@ -40,7 +40,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
 
 
 def write_if_changed(path: str | os.PathLike[str], data: bytes) -> bool:
-    """Atomically write ``data`` unless ``path`` already holds exactly it. Returns True if written."""
+    """Atomically write ``data`` unless ``path`` already holds exactly it; True if written."""
     p = Path(path)
     try:
         if p.stat().st_size == len(data) and p.read_bytes() == data:

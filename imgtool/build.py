@@ -1,0 +1,435 @@
+"""Turn a Config into a signed SoC manifest and a flash image.
+
+The build is split into small steps so that the doit tasks (``tasks/``) and the CLI run the
+same code: image digests -> IMC, a manifest skeleton (header + public keys), one signature per
+slot in :func:`plan`, then :func:`assemble`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from . import ecc, manifest
+from .config import Config, Format, ImageEntry, KeySet, VendorSignature
+from .errors import ConfigError, FormatError, ImgtoolError, KeyFileError, SigningError
+from .fileio import atomic_write
+from .flash import (
+    ENTRY_LEN,
+    HEADER_LEN,
+    ID_CALIPTRA,
+    ID_MANIFEST,
+    ID_MCU,
+    SOC_ID_BASE,
+    FlashItem,
+    write_flash_file,
+)
+from .manifest import ImcEntry, Manifest
+from .signing import HelperSigner, LocalEccSigner, LocalLmsSigner, Signer
+
+log = logging.getLogger("imgtool")
+
+PREBUILT_ECC_FILE = "vnd_ecc_sig.der"
+PREBUILT_LMS_FILE = "vnd_lms_sig.der"
+TBS_KINDS = ("vendor_pubkey", "owner_pubkey", "svn", "imc")
+
+
+# ---------------------------------------------------------------------------- key selection
+@dataclass(frozen=True)
+class PartyAlgo:
+    """Whether one party (vendor/owner) signs with one algorithm, and with what."""
+
+    party: str  # "vendor" | "owner"
+    algo: str  # "ecc" | "lms"
+    enabled: bool
+    fw_priv: Path | None = None
+    fw_pub: Path | None = None
+    man_priv: Path | None = None
+    man_pub: Path | None = None
+    fw_helper: str | None = None
+    man_helper: str | None = None
+
+
+def _party_algo(cfg: Config, party: str, algo: str) -> PartyAlgo:
+    fw: KeySet = cfg.vendor_fw if party == "vendor" else cfg.owner_fw
+    man: KeySet = cfg.vendor_man if party == "vendor" else cfg.owner_man
+    fw_helper = cfg.helpers.get(algo, "fw") if party == "owner" else None
+    man_helper = cfg.helpers.get(algo, "man") if party == "owner" else None
+    fw_priv, fw_pub = getattr(fw, f"{algo}_priv"), getattr(fw, f"{algo}_pub")
+    man_priv, man_pub = getattr(man, f"{algo}_priv"), getattr(man, f"{algo}_pub")
+    sect = f"{party}_{{}}_key_config.{algo}_{{}}_key"
+    needs = {
+        sect.format("fw", "priv"): fw_priv is not None or fw_helper is not None,
+        sect.format("fw", "pub"): fw_pub is not None or fw_helper is not None,
+        sect.format("man", "priv"): man_priv is not None or man_helper is not None,
+        sect.format("man", "pub"): man_pub is not None,
+    }
+    enabled = all(needs.values())
+    if not enabled and any(needs.values()):
+        missing = ", ".join(k for k, v in needs.items() if not v)
+        log.warning(
+            "%s: %s %s keys incomplete (missing %s): its %s signatures stay empty",
+            cfg.path,
+            party,
+            algo.upper(),
+            missing,
+            algo.upper(),
+        )
+    return PartyAlgo(
+        party, algo, enabled, fw_priv, fw_pub, man_priv, man_pub, fw_helper, man_helper
+    )
+
+
+def key_selection(cfg: Config) -> dict[tuple[str, str], PartyAlgo]:
+    return {(p, a): _party_algo(cfg, p, a) for p in ("vendor", "owner") for a in ("ecc", "lms")}
+
+
+# ---------------------------------------------------------------------------- public keys
+def _ecc_pub_hw(path: Path) -> bytes:
+    return ecc.public_to_hw(ecc.load_public(path))
+
+
+def _lms_pub(path: Path) -> bytes:
+    from . import lms
+
+    return lms.load_public(path).to_bytes()
+
+
+def _bundle_owner_keys(cfg: Config) -> tuple[bytes, bytes] | None:
+    """(owner ECC hw, owner LMS 48) from the Caliptra firmware bundle, if one is configured."""
+    if cfg.caliptra_file is None:
+        return None
+    from . import bundle
+
+    try:
+        b = bundle.parse_bundle(cfg.caliptra_file.read_bytes())
+    except FormatError as exc:
+        raise ConfigError(f"image_runtime_list.caliptra_file: {exc}") from None
+    return b.owner_ecc_pubkey, b.owner_lms_pubkey
+
+
+def owner_fw_public(cfg: Config, sel: PartyAlgo) -> object:
+    """The owner FW public key a helper's signature must verify with."""
+    from . import lms
+
+    if sel.fw_pub is not None:
+        return ecc.load_public(sel.fw_pub) if sel.algo == "ecc" else lms.load_public(sel.fw_pub)
+    keys = _bundle_owner_keys(cfg)
+    if keys is None:
+        raise ConfigError(
+            f"{cfg.path}: owner_fw_key_config.{sel.algo}_pub_key: needed to verify what "
+            f"owner_{sel.algo}_fw_key_sign_helper returns (or set image_runtime_list.caliptra_file "
+            "to a bundle holding the owner keys)"
+        )
+    if sel.algo == "ecc":
+        return ecc.hw_to_public(keys[0])
+    return lms.LmsPublicKey.from_bytes(keys[1], f"{cfg.caliptra_file} owner LMS key")
+
+
+# ---------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class SlotPlan:
+    """One signature slot: what it covers and who signs it."""
+
+    slot: str  # Manifest field name
+    algo: str
+    tbs: str  # one of TBS_KINDS
+    kind: str  # "key" | "helper" | "prebuilt"
+    key: Path | None = None  # private key (kind "key")
+    pub: Path | None = None  # configured public key of the signer, if any
+    helper: str | None = None
+    helper_field: str | None = None
+    prebuilt: Path | None = None
+
+    @property
+    def inputs(self) -> list[Path]:
+        """Files (besides the covered bytes) whose change invalidates this signature."""
+        return [p for p in (self.key, self.pub, self.prebuilt) if p is not None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    cfg: Config
+    slots: tuple[SlotPlan, ...]
+    pub_files: tuple[Path, ...]  # manifest public keys that enter the skeleton
+
+
+def _check_prebuilt_allowed(cfg: Config) -> None:
+    if cfg.version != 1 or cfg.stored_flags != 0:
+        raise ConfigError(
+            f"{cfg.path}: manifest_config.version/flags: the prebuilt vendor signature covers "
+            f"only version = 1 and flags = 0, got version = {cfg.version}, flags = {cfg.flags} "
+            '(use manifest_config.vendor_signature = "generate" with your own vendor keys)'
+        )
+
+
+def plan(cfg: Config) -> Plan:
+    sel = key_selection(cfg)
+    slots: list[SlotPlan] = []
+    pubs: list[Path] = []
+    aspeed = cfg.format is Format.ASPEED
+    for algo in ("ecc", "lms"):
+        v = sel[("vendor", algo)]
+        if v.enabled:
+            if cfg.vendor_signature is VendorSignature.PREBUILT:
+                _check_prebuilt_allowed(cfg)
+                name = PREBUILT_ECC_FILE if algo == "ecc" else PREBUILT_LMS_FILE
+                slots.append(
+                    SlotPlan(
+                        f"vnd_pub_sig_{algo}",
+                        algo,
+                        "vendor_pubkey",
+                        "prebuilt",
+                        pub=v.fw_pub,
+                        prebuilt=cfg.vendor_sig_dir / name,
+                    )
+                )
+            else:
+                assert v.man_pub is not None
+                pubs.append(v.man_pub)
+                slots.append(
+                    SlotPlan(
+                        f"vnd_pub_sig_{algo}",
+                        algo,
+                        "vendor_pubkey",
+                        "key",
+                        key=v.fw_priv,
+                        pub=v.fw_pub,
+                    )
+                )
+            if cfg.stored_flags & 1:
+                slots.append(
+                    SlotPlan(
+                        f"vnd_imc_sig_{algo}", algo, "imc", "key", key=v.man_priv, pub=v.man_pub
+                    )
+                )
+        o = sel[("owner", algo)]
+        if o.enabled:
+            assert o.man_pub is not None
+            pubs.append(o.man_pub)
+            fw = _signer_plan(o, "fw", cfg)
+            slots.append(SlotPlan(f"own_pub_sig_{algo}", algo, "owner_pubkey", **fw))
+            if aspeed:
+                slots.append(SlotPlan(f"own_svn_sig_{algo}", algo, "svn", **fw))
+            slots.append(
+                SlotPlan(f"own_imc_sig_{algo}", algo, "imc", **_signer_plan(o, "man", cfg))
+            )
+    return Plan(cfg, tuple(slots), tuple(pubs))
+
+
+def _signer_plan(sel: PartyAlgo, role: str, cfg: Config) -> dict[str, object]:
+    helper = sel.fw_helper if role == "fw" else sel.man_helper
+    pub = sel.fw_pub if role == "fw" else sel.man_pub
+    if helper is not None:
+        return {
+            "kind": "helper",
+            "helper": helper,
+            "pub": pub,
+            "helper_field": f"sign_helper.owner_{sel.algo}_{role}_key_sign_helper",
+        }
+    return {"kind": "key", "key": sel.fw_priv if role == "fw" else sel.man_priv, "pub": pub}
+
+
+# ---------------------------------------------------------------------------- steps
+def image_digest(img: ImageEntry) -> bytes:
+    try:
+        return manifest.image_digest_file(img.path)
+    except OSError as exc:
+        raise ImgtoolError(f"{img.path}: cannot read image: {exc.strerror}") from None
+
+
+def build_imc(cfg: Config, digests: list[bytes] | None = None) -> bytes:
+    """The 7116-byte image metadata collection (config order)."""
+    if digests is None:
+        digests = [image_digest(img) for img in cfg.images]
+    entries = [
+        ImcEntry(img.fw_id, img.flags, d) for img, d in zip(cfg.images, digests, strict=True)
+    ]
+    return manifest.imc_to_bytes(entries)
+
+
+def skeleton(cfg: Config, imc: bytes | None = None) -> Manifest:
+    """Header and manifest public keys, no signatures (prebuilt vendor keys stay zero)."""
+    m = Manifest(format=cfg.format, version=cfg.version, flags=cfg.stored_flags)
+    if cfg.format is Format.ASPEED:
+        m.sec_ver = cfg.security_version
+    sel = key_selection(cfg)
+    generate = cfg.vendor_signature is VendorSignature.GENERATE
+    if sel[("vendor", "ecc")].enabled and generate:
+        m.vnd_man_ecc_pub = _ecc_pub_hw(_p(sel[("vendor", "ecc")].man_pub))
+    if sel[("vendor", "lms")].enabled and generate:
+        m.vnd_man_lms_pub = _lms_pub(_p(sel[("vendor", "lms")].man_pub))
+    if sel[("owner", "ecc")].enabled:
+        m.own_man_ecc_pub = _ecc_pub_hw(_p(sel[("owner", "ecc")].man_pub))
+    if sel[("owner", "lms")].enabled:
+        m.own_man_lms_pub = _lms_pub(_p(sel[("owner", "lms")].man_pub))
+    if imc is not None:
+        m.imc = imc
+    return m
+
+
+def _p(p: Path | None) -> Path:
+    assert p is not None
+    return p
+
+
+def tbs_bytes(m: Manifest, kind: str) -> bytes:
+    if kind == "vendor_pubkey":
+        return manifest.vendor_pubkey_tbs(m)
+    if kind == "owner_pubkey":
+        return manifest.owner_pubkey_tbs(m)
+    if kind == "svn":
+        return manifest.svn_tbs(m)
+    if kind == "imc":
+        return manifest.imc_tbs(m)
+    raise ValueError(kind)
+
+
+def make_signer(cfg: Config, sp: SlotPlan) -> Signer:
+    if sp.kind == "helper":
+        assert sp.helper is not None and sp.helper_field is not None
+        role = "fw" if "_fw_" in sp.helper_field else "man"
+        if role == "fw":
+            expect = owner_fw_public(cfg, key_selection(cfg)[("owner", sp.algo)])
+        else:
+            from . import lms
+
+            assert sp.pub is not None
+            expect = ecc.load_public(sp.pub) if sp.algo == "ecc" else lms.load_public(sp.pub)
+        return HelperSigner(
+            sp.helper, sp.algo, sp.helper_field, cfg.helpers.by_file, cfg.helpers.timeout, expect
+        )
+    assert sp.key is not None
+    if sp.algo == "ecc":
+        pub: ec.EllipticCurvePublicKey | None = ecc.load_public(sp.pub) if sp.pub else None
+        return LocalEccSigner(sp.key, pub)
+    return LocalLmsSigner(sp.key, sp.pub)
+
+
+def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
+    """Read ASPEED's prebuilt vendor signature, in manifest form; warn if it does not verify."""
+    assert sp.prebuilt is not None
+    path = sp.prebuilt
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: prebuilt vendor signature not found (looked in {cfg.vendor_sig_dir}; set "
+            "--vnd-sig-dir or manifest_config.vendor_sig_dir, or use vendor_signature = "
+            '"generate")'
+        ) from None
+    digest = manifest.PREBUILT_VENDOR_TBS_DIGEST
+    if sp.algo == "ecc":
+        try:
+            sig = ecc.der_to_hw(raw)
+        except ValueError:
+            raise FormatError(f"{path}: not a DER ECDSA signature") from None
+        if sp.pub is not None and not ecc.verify_digest(ecc.load_public(sp.pub), digest, raw):
+            log.warning("%s: prebuilt vendor ECC signature does not verify with %s", path, sp.pub)
+        return sig
+    from . import lms
+
+    if len(raw) != lms.SLOT_LEN:
+        raise FormatError(f"{path}: {len(raw)} bytes, expected a {lms.SLOT_LEN}-byte LMS signature")
+    return raw
+
+
+def sign_slot(cfg: Config, sp: SlotPlan, skel: Manifest) -> bytes:
+    """Produce the bytes stored in one signature slot."""
+    if sp.kind == "prebuilt":
+        return prebuilt_signature(cfg, sp)
+    digest = hashlib.sha384(tbs_bytes(skel, sp.tbs)).digest()
+    sig = make_signer(cfg, sp).sign_digest(digest)
+    if sp.slot == "own_svn_sig_lms":
+        sig = manifest.svn_lms_sig_swap_q(sig)
+    return sig
+
+
+def assemble(skel: Manifest, sigs: dict[str, bytes]) -> Manifest:
+    m = skel.copy()
+    for slot, sig in sigs.items():
+        if slot not in manifest.SIG_SLOTS:
+            raise ValueError(slot)
+        setattr(m, slot, sig)
+    return m
+
+
+def build_manifest(cfg: Config) -> Manifest:
+    p = plan(cfg)
+    skel = skeleton(cfg, build_imc(cfg))
+    return assemble(skel, {sp.slot: sign_slot(cfg, sp, skel) for sp in p.slots})
+
+
+def create_auth_man(cfg: Config, out: Path) -> Manifest:
+    m = build_manifest(cfg)
+    atomic_write(out, m.to_bytes())
+    return m
+
+
+# ---------------------------------------------------------------------------- flash
+def flash_items(
+    cfg: Config, man: Manifest
+) -> tuple[list[FlashItem], tuple[FlashItem, FlashItem] | None]:
+    """The FLSH entries (and for cptra_out_bundle the raw Caliptra/MCU images)."""
+    by_fw_id = {e.fw_id: e.digest for e in man.entries}
+    cal = FlashItem(ID_CALIPTRA, cfg.caliptra_file, name="caliptra_file")
+    mcu = FlashItem(ID_MCU, cfg.mcu_file, name="mcu_file")
+    soc: list[FlashItem] = []
+    for i, img in enumerate(cfg.soc_images):
+        want = by_fw_id.get(img.fw_id)
+        if want is None:
+            raise ImgtoolError(f"manifest has no entry for fw_id {img.fw_id} ({img.file})")
+        soc.append(FlashItem(SOC_ID_BASE + i, img.path, expect_digest=want, name=img.file))
+    count = 3 + len(soc)
+    if cfg.zero_caliptra_file_end is not None:
+        fill = cfg.zero_caliptra_file_end - (HEADER_LEN + ENTRY_LEN * count)
+        if fill < 0 or fill % 4:
+            raise ConfigError(
+                f"{cfg.path}: image_runtime_list.zero_caliptra_file_end: "
+                f"0x{cfg.zero_caliptra_file_end:x} minus the {HEADER_LEN + ENTRY_LEN * count}-byte "
+                "FLSH header must be >= 0 and a multiple of 4"
+            )
+        cal = FlashItem(ID_CALIPTRA, data=bytes(fill), name="zero_caliptra_file_end")
+    man_item = FlashItem(ID_MANIFEST, data=man.to_bytes(), name="manifest")
+    out_bundle = None
+    if cfg.cptra_out_bundle:
+        out_bundle = (cal, mcu)
+        cal = FlashItem(ID_CALIPTRA, name="caliptra (out of bundle)")
+        mcu = FlashItem(ID_MCU, name="mcu (out of bundle)")
+    return [cal, man_item, mcu, *soc], out_bundle
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImgtoolError(f"{path}: manifest not found") from None
+    return Manifest.parse(data, str(path))
+
+
+def create_auth_flash(cfg: Config, out: Path, man: Manifest) -> int:
+    items, out_bundle = flash_items(cfg, man)
+    if man.format is not cfg.format:
+        raise ImgtoolError(f"manifest is format {man.format}, config says {cfg.format}")
+    try:
+        return write_flash_file(out, items, out_bundle=out_bundle)
+    except OSError as exc:
+        raise ImgtoolError(f"{exc.filename or out}: {exc.strerror}") from None
+
+
+__all__ = [
+    "KeyFileError",
+    "SigningError",
+    "assemble",
+    "build_imc",
+    "build_manifest",
+    "create_auth_flash",
+    "create_auth_man",
+    "plan",
+    "sign_slot",
+    "skeleton",
+]

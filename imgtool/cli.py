@@ -1,0 +1,156 @@
+"""The ``cptra-imgtool`` command line: one top-level error handler, tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import ImgtoolError
+
+PROG = "cptra-imgtool"
+# Modules that add their own subcommands through register(subparsers).
+COMMAND_MODULES = ("cli_keys", "cli_verify", "cli_server", "cli_build")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "warning" if record.levelno >= logging.WARNING else "info"
+        return f"{PROG}: {level}: {record.getMessage()}"
+
+
+def _setup_logging(debug: bool) -> None:
+    log = logging.getLogger("imgtool")
+    for h in list(log.handlers):
+        if getattr(h, "_cptra_cli", False):
+            log.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._cptra_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(_Formatter())
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.WARNING)
+    log.propagate = False
+
+
+def add_project_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cfg", required=True, type=Path, help="project config (TOML)")
+    p.add_argument("--key-dir", type=Path, help="key directory (default keys/<prj>/ or key/<prj>/)")
+    p.add_argument("--prebuilt-dir", type=Path, help="prebuilt binaries (default prebuilt/<prj>/)")
+    p.add_argument(
+        "--vnd-sig-dir",
+        type=Path,
+        help="directory holding ASPEED's prebuilt vnd_ecc_sig.der / vnd_lms_sig.der",
+    )
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .config import load_config
+
+    return load_config(
+        args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, vnd_sig_dir=args.vnd_sig_dir
+    )
+
+
+def cmd_create_auth_man(args: argparse.Namespace) -> int:
+    from .build import create_auth_man
+
+    cfg = _load(args)
+    out = args.man or cfg.default_manifest_path()
+    m = create_auth_man(cfg, out)
+    print(f"SoC manifest ({cfg.format}, {m.entry_count} images): {out}")
+    return 0
+
+
+def cmd_create_auth_flash(args: argparse.Namespace) -> int:
+    from .build import create_auth_flash, create_auth_man, read_manifest
+
+    cfg = _load(args)
+    if args.man is not None:
+        man = read_manifest(args.man)
+    else:
+        man_out = cfg.default_manifest_path()
+        man = create_auth_man(cfg, man_out)
+        print(f"SoC manifest ({cfg.format}, {man.entry_count} images): {man_out}")
+    out = args.flash or cfg.default_flash_path()
+    n = create_auth_flash(cfg, out, man)
+    print(f"flash image ({n} bytes): {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Signed Caliptra SoC manifests and flash images.",
+        epilog="--debug (anywhere on the line) shows tracebacks and debug logs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("create-auth-man", help="build the SoC manifest")
+    add_project_options(p)
+    p.add_argument("--man", type=Path, help="output (default out/<prj>-auth-manifest.bin)")
+    p.set_defaults(func=cmd_create_auth_man)
+
+    p = sub.add_parser("create-auth-flash", help="build the flash image")
+    add_project_options(p)
+    p.add_argument(
+        "--man",
+        type=Path,
+        help="use this manifest (default: build out/<prj>-auth-manifest.bin first)",
+    )
+    p.add_argument("--flash", type=Path, help="output (default out/<prj>-flash-image.bin)")
+    p.set_defaults(func=cmd_create_auth_flash)
+
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"imgtool.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"imgtool.{name}":
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
+    _setup_logging(debug)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        rc: int = args.func(args)
+        return rc
+    except ImgtoolError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the one top-level handler
+        if debug:
+            traceback.print_exc()
+        print(
+            f"{PROG}: error: internal error ({type(exc).__name__}: {exc}); rerun with --debug",
+            file=sys.stderr,
+        )
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
