@@ -70,10 +70,11 @@ def cmd_create_auth_flash(args: argparse.Namespace) -> int:
     from .build import create_auth_flash, create_auth_man, read_manifest
 
     cfg = _load(args)
-    if args.man is not None:
+    if args.man is not None and args.man.exists():
         man = read_manifest(args.man)
     else:
-        man_out = cfg.default_manifest_path()
+        # without --man (or with a --man that does not exist yet) build the manifest first
+        man_out = args.man or cfg.default_manifest_path()
         man = create_auth_man(cfg, man_out)
         print(f"SoC manifest ({cfg.format}, {man.entry_count} images): {man_out}")
     out = args.flash or cfg.default_flash_path()
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--man",
         type=Path,
-        help="use this manifest (default: build out/<prj>-auth-manifest.bin first)",
+        help="use this manifest if it exists, else build it there "
+        "(default: build out/<prj>-auth-manifest.bin first)",
     )
     p.add_argument("--flash", type=Path, help="output (default out/<prj>-flash-image.bin)")
     p.set_defaults(func=cmd_create_auth_flash)

@@ -1,0 +1,112 @@
+"""Build small self-contained projects for tests: fresh keys and tiny distinctive payloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgtool import ecc
+
+KEY_NAMES = ("vnd-fw", "vnd-man", "own-fw", "own-man")
+
+
+def payload(i: int, size: int) -> bytes:
+    """A distinctive payload: 'IMGii' repeated, cut to size."""
+    unit = f"IMG{i:02d}".encode()
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+@dataclass
+class Project:
+    root: Path
+    cfg: Path
+    keys: Path
+    prebuilt: Path
+    out: Path
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            "--cfg", str(self.cfg), "--key-dir", str(self.keys),
+            "--prebuilt-dir", str(self.prebuilt), *extra,
+        ]
+
+    @property
+    def man(self) -> Path:
+        return self.out / "m.bin"
+
+    @property
+    def flash(self) -> Path:
+        return self.out / "f.bin"
+
+
+def ecc_keys(keys: Path) -> None:
+    keys.mkdir(parents=True, exist_ok=True)
+    for name in KEY_NAMES:
+        if not (keys / f"{name}-ecc-prvk.pem").exists():
+            ecc.generate_keypair(keys / f"{name}-ecc")
+
+
+def key_section(section: str, prefix: str, ecc_on: bool, lms_on: bool) -> str:
+    lines = [f"[{section}]"]
+    if ecc_on:
+        lines += [f'ecc_pub_key = "{prefix}-ecc-pubk.pem"', f'ecc_priv_key = "{prefix}-ecc-prvk.pem"']
+    if lms_on:
+        lines += [f'lms_pub_key = "{prefix}-lms-pubk.pem"', f'lms_priv_key = "{prefix}-lms-prvk.pem"']
+    return "\n".join(lines) + "\n"
+
+
+def make_project(
+    root: Path,
+    *,
+    sizes: tuple[int, ...] = (40, 64, 33, 128, 7),
+    fmt: str = "aspeed",
+    vendor: bool = True,
+    owner: bool = True,
+    lms: bool = False,
+    version: int = 1,
+    flags: int = 0,
+    security_version: int = 3,
+    vendor_signature: str = "generate",
+    caliptra: bytes | None = b"CALIPTRA-BUNDLE-STAND-IN",
+    mcu: bytes = b"MCU-RUNTIME-0123",
+    extra_runtime: str = "",
+    extra_manifest: str = "",
+    load_stages: tuple[int, ...] | None = None,
+) -> Project:
+    """A project with len(sizes) SoC images (fw_id 2..) plus the MCU runtime (fw_id 1)."""
+    keys, pre, out = root / "keys", root / "prebuilt", root / "out"
+    pre.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    ecc_keys(keys)
+    (pre / "mcu.bin").write_bytes(mcu)
+    if caliptra is not None:
+        (pre / "caliptra-fw.bin").write_bytes(caliptra)
+    text = (
+        f"[manifest_config]\nversion = {version}\nflags = {flags}\n"
+        f"security_version = {security_version}\nprj_name = \"test\"\nformat = \"{fmt}\"\n"
+        f'vendor_signature = "{vendor_signature}"\n{extra_manifest}\n'
+    )
+    for section, prefix, on in (
+        ("vendor_fw_key_config", "vnd-fw", vendor),
+        ("vendor_man_key_config", "vnd-man", vendor),
+        ("owner_fw_key_config", "own-fw", owner),
+        ("owner_man_key_config", "own-man", owner),
+    ):
+        text += key_section(section, prefix, on, on and lms)
+    cal_name = "caliptra-fw.bin" if caliptra is not None else ""
+    text += f'[image_runtime_list]\ncaliptra_file = "{cal_name}"\nmcu_file = "mcu.bin"\n'
+    text += extra_runtime + "\n"
+    text += (
+        '[[image_metadata_list]]\nfile = "mcu.bin"\nsource = 1\nfw_id = 1\n'
+        "ignore_auth_check = false\nload_stage = 0\n"
+    )
+    for i, size in enumerate(sizes):
+        (pre / f"img{i}.bin").write_bytes(payload(i, size))
+        stage = load_stages[i] if load_stages else (1 if i % 2 else 0)
+        text += (
+            f'\n[[image_metadata_list]]\nfile = "img{i}.bin"\nsource = 1\nfw_id = {i + 2}\n'
+            f"ignore_auth_check = {'true' if i == 2 else 'false'}\nload_stage = {stage}\n"
+        )
+    cfg = root / "project.toml"
+    cfg.write_text(text)
+    return Project(root, cfg, keys, pre, out)
