@@ -96,7 +96,7 @@ def _ecc_pub_hw(path: Path) -> bytes:
 def _lms_pub(path: Path) -> bytes:
     from . import lms
 
-    return lms.load_public(path).to_bytes()
+    return bytes(lms.load_public(path).to_bytes())
 
 
 def _bundle_owner_keys(cfg: Config) -> tuple[bytes, bytes] | None:
@@ -211,27 +211,22 @@ def plan(cfg: Config) -> Plan:
         if o.enabled:
             assert o.man_pub is not None
             pubs.append(o.man_pub)
-            fw = _signer_plan(o, "fw", cfg)
-            slots.append(SlotPlan(f"own_pub_sig_{algo}", algo, "owner_pubkey", **fw))
+            slots.append(_owner_slot(o, f"own_pub_sig_{algo}", "owner_pubkey", "fw"))
             if aspeed:
-                slots.append(SlotPlan(f"own_svn_sig_{algo}", algo, "svn", **fw))
-            slots.append(
-                SlotPlan(f"own_imc_sig_{algo}", algo, "imc", **_signer_plan(o, "man", cfg))
-            )
+                slots.append(_owner_slot(o, f"own_svn_sig_{algo}", "svn", "fw"))
+            slots.append(_owner_slot(o, f"own_imc_sig_{algo}", "imc", "man"))
     return Plan(cfg, tuple(slots), tuple(pubs))
 
 
-def _signer_plan(sel: PartyAlgo, role: str, cfg: Config) -> dict[str, object]:
+def _owner_slot(sel: PartyAlgo, slot: str, tbs: str, role: str) -> SlotPlan:
+    """An owner slot signed by the FW or MAN key, or by the sign helper standing in for it."""
     helper = sel.fw_helper if role == "fw" else sel.man_helper
     pub = sel.fw_pub if role == "fw" else sel.man_pub
     if helper is not None:
-        return {
-            "kind": "helper",
-            "helper": helper,
-            "pub": pub,
-            "helper_field": f"sign_helper.owner_{sel.algo}_{role}_key_sign_helper",
-        }
-    return {"kind": "key", "key": sel.fw_priv if role == "fw" else sel.man_priv, "pub": pub}
+        field = f"sign_helper.owner_{sel.algo}_{role}_key_sign_helper"
+        return SlotPlan(slot, sel.algo, tbs, "helper", pub=pub, helper=helper, helper_field=field)
+    key = sel.fw_priv if role == "fw" else sel.man_priv
+    return SlotPlan(slot, sel.algo, tbs, "key", key=key, pub=pub)
 
 
 # ---------------------------------------------------------------------------- steps

@@ -230,9 +230,9 @@ def load_config(
         "image_metadata_list",
         "sign_helper",
     }
-    for name in raw:
-        if name not in sections:
-            raise _err(cfg_path, f"[{name}]", "unknown section")
+    for section_name in raw:
+        if section_name not in sections:
+            raise _err(cfg_path, f"[{section_name}]", "unknown section")
     warnings: list[str] = []
 
     def warn(msg: str) -> None:
@@ -291,7 +291,7 @@ def load_config(
         )
         vals: dict[str, Path | None] = {}
         for fld in KEY_FIELDS:
-            name = table.get(fld)
+            name: str | None = table.get(fld)
             if name is None or name == "":
                 vals[fld] = None
                 continue

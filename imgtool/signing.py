@@ -26,8 +26,11 @@ DIGEST_LEN = 48
 class Signer(Protocol):
     """What the manifest builder needs from any signer."""
 
-    sig_len: int
-    description: str
+    @property
+    def sig_len(self) -> int: ...
+
+    @property
+    def description(self) -> str: ...
 
     def sign_digest(self, digest: bytes) -> bytes: ...
 
@@ -70,7 +73,7 @@ class LocalLmsSigner:
         sig = signer.sign_digest(digest)
         if not signer.public_key().verify(digest, sig):
             raise SigningError(f"{self.key_path}: LMS signature does not verify (internal error)")
-        return sig
+        return bytes(sig)
 
 
 @dataclass
