@@ -85,7 +85,8 @@ def test_reference_config_round_trip(ref: Path, tmp_path: Path, monkeypatch: pyt
     else:
         assert get(man, "vnd_sig_ecc", 96) == bytes(96)
     if vnd_lms_on:
-        bundle = (pre / "caliptra-fw.bin").read_bytes()
+        # the signer is vendor LMS key index 3 of the ast2700-default bundle
+        bundle = (ref / "prebuilt" / "ast2700-default" / "caliptra-fw.bin").read_bytes()
         idx = u32(bundle, 8 + 4 * 96 + 32 * 48 + 4)
         vnd_lms_key = bundle[8 + 4 * 96 + 48 * idx : 8 + 4 * 96 + 48 * (idx + 1)]
         sig = get(man, "vnd_sig_lms", 1620)

@@ -66,7 +66,7 @@ def ecc_verify(pub_pem_or_hw: Path | bytes, covered: bytes, hw_sig: bytes) -> bo
 def lms_exact(slot: bytes) -> bytes:
     """Cut a 1620-byte Caliptra LMS slot down to the exact RFC 8554 signature."""
     ots = struct.unpack(">I", slot[4:8])[0]
-    p = {5: 265, 6: 133, 7: 51, 8: 26}[ots]
+    p = {5: 200, 6: 101, 7: 51, 8: 26}[ots]
     lms_type = struct.unpack(">I", slot[1256:1260])[0]
     h = {10: 5, 11: 10, 12: 15, 13: 20}[lms_type]
     return slot[: 8 + 24 + 24 * p] + slot[1256 : 1260 + 24 * h]

@@ -1,0 +1,184 @@
+"""Caliptra 1.x firmware bundle (caliptra-fw.bin, marker "CMAN"): parse and check it.
+
+Layout (spec/flash.md): marker, size, a 5512-byte preamble (4 vendor ECC keys, 32 vendor LMS
+keys, the selected indexes, vendor signatures, owner keys and signatures), a 156-byte header,
+the FMC and runtime TOC entries, then the images. Keys and signatures use Caliptra's hardware
+formats (see :mod:`imgtool.ecc`, :mod:`imgtool.lms`). The TOC and image digests are stored as
+SHA-384 values with each 4-byte word byte-reversed.
+
+Signature coverage (Caliptra 1.x ROM): the vendor signatures cover the header without its
+trailing 40-byte owner_data; the owner signatures cover the whole 156-byte header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from .errors import FormatError
+
+MARKER = b"CMAN"
+MARKER_2X = b"CMN2"
+MANIFEST_SIZE = 5884
+VENDOR_ECC_KEYS = 4
+VENDOR_LMS_KEYS = 32
+PREAMBLE_OFF = 8
+HEADER_OFF = 0x1590
+HEADER_LEN = 156
+OWNER_DATA_LEN = 40
+TOC_OFF = 0x162C
+TOC_LEN = 104
+
+
+def _swap(b: bytes) -> bytes:
+    return b"".join(b[i : i + 4][::-1] for i in range(0, len(b), 4))
+
+
+@dataclass
+class TocEntry:
+    name: str
+    id: int
+    type: int
+    revision: bytes
+    version: int
+    svn: int
+    load_addr: int
+    entry_point: int
+    offset: int
+    size: int
+    digest: bytes  # as stored (word-swapped)
+    raw: bytes
+
+    @property
+    def digest_be(self) -> bytes:
+        """The SHA-384 value in normal byte order."""
+        return _swap(self.digest)
+
+
+@dataclass
+class Bundle:
+    size: int
+    vendor_ecc_pubkeys: list[bytes]
+    vendor_lms_pubkeys: list[bytes]
+    vendor_ecc_idx: int
+    vendor_lms_idx: int
+    vendor_ecc_sig: bytes
+    vendor_lms_sig: bytes
+    owner_ecc_pubkey: bytes
+    owner_lms_pubkey: bytes
+    owner_ecc_sig: bytes
+    owner_lms_sig: bytes
+    header: bytes
+    header_vendor_ecc_idx: int
+    header_vendor_lms_idx: int
+    flags: int
+    toc_len: int
+    toc_digest: bytes  # as stored (word-swapped)
+    fmc: TocEntry
+    runtime: TocEntry
+    data: bytes
+
+    @property
+    def vendor_ecc_pubkey(self) -> bytes:
+        return self.vendor_ecc_pubkeys[self.vendor_ecc_idx]
+
+    @property
+    def vendor_lms_pubkey(self) -> bytes:
+        return self.vendor_lms_pubkeys[self.vendor_lms_idx]
+
+    def vendor_tbs(self) -> bytes:
+        return self.header[: HEADER_LEN - OWNER_DATA_LEN]
+
+    def owner_tbs(self) -> bytes:
+        return self.header
+
+    def toc_bytes(self) -> bytes:
+        return self.fmc.raw + self.runtime.raw
+
+    def image_bytes(self, toc: TocEntry) -> bytes:
+        return self.data[toc.offset : toc.offset + toc.size]
+
+
+def _toc(data: bytes, off: int, name: str) -> TocEntry:
+    raw = data[off : off + TOC_LEN]
+    tid, ttype = struct.unpack_from("<II", raw, 0)
+    revision = raw[8:28]
+    version, svn, _reserved, load, entry, offset, size = struct.unpack_from("<7I", raw, 28)
+    return TocEntry(
+        name, tid, ttype, revision, version, svn, load, entry, offset, size, raw[56:104], raw
+    )
+
+
+def parse_bundle(data: bytes, source: str = "caliptra-fw.bin") -> Bundle:
+    """Parse a Caliptra 1.x firmware bundle. Raises FormatError with a one-line message."""
+    if data[:4] == MARKER_2X:
+        raise FormatError(f"{source}: Caliptra 2.x firmware bundle (CMN2): not supported yet")
+    if data[:4] != MARKER:
+        raise FormatError(f"{source}: not a Caliptra firmware bundle (no CMAN marker)")
+    if len(data) < TOC_OFF + 2 * TOC_LEN:
+        raise FormatError(f"{source}: {len(data)} bytes, truncated Caliptra firmware bundle")
+    (size,) = struct.unpack_from("<I", data, 4)
+    if size != MANIFEST_SIZE:
+        raise FormatError(f"{source}: manifest size {size}, expected {MANIFEST_SIZE}")
+    off = PREAMBLE_OFF
+    ecc_keys = [data[off + 96 * i : off + 96 * (i + 1)] for i in range(VENDOR_ECC_KEYS)]
+    off += 96 * VENDOR_ECC_KEYS
+    lms_keys = [data[off + 48 * i : off + 48 * (i + 1)] for i in range(VENDOR_LMS_KEYS)]
+    off += 48 * VENDOR_LMS_KEYS
+    ecc_idx, lms_idx = struct.unpack_from("<II", data, off)
+    off += 8
+    vsig_ecc = data[off : off + 96]
+    vsig_lms = data[off + 96 : off + 96 + 1620]
+    off += 96 + 1620
+    own_ecc = data[off : off + 96]
+    own_lms = data[off + 96 : off + 144]
+    off += 144
+    osig_ecc = data[off : off + 96]
+    osig_lms = data[off + 96 : off + 96 + 1620]
+    if ecc_idx >= VENDOR_ECC_KEYS or lms_idx >= VENDOR_LMS_KEYS:
+        raise FormatError(f"{source}: vendor key index out of range ({ecc_idx}, {lms_idx})")
+    header = data[HEADER_OFF : HEADER_OFF + HEADER_LEN]
+    h_ecc, h_lms, flags, toc_len = struct.unpack_from("<4I", header, 8)
+    toc_digest = header[28:76]
+    fmc = _toc(data, TOC_OFF, "fmc")
+    rt = _toc(data, TOC_OFF + TOC_LEN, "runtime")
+    for toc in (fmc, rt):
+        if toc.offset + toc.size > len(data) or toc.offset < MANIFEST_SIZE:
+            raise FormatError(
+                f"{source}: {toc.name} image (offset {toc.offset}, size "
+                f"{toc.size}) outside the file"
+            )
+    return Bundle(
+        size,
+        ecc_keys,
+        lms_keys,
+        ecc_idx,
+        lms_idx,
+        vsig_ecc,
+        vsig_lms,
+        own_ecc,
+        own_lms,
+        osig_ecc,
+        osig_lms,
+        header,
+        h_ecc,
+        h_lms,
+        flags,
+        toc_len,
+        toc_digest,
+        fmc,
+        rt,
+        data,
+    )
+
+
+def digest_checks(b: Bundle) -> list[tuple[str, bool]]:
+    """(what, ok) for the TOC digest and the FMC / runtime digests."""
+    toc_ok = hashlib.sha384(b.toc_bytes()).digest() == _swap(b.toc_digest)
+    out = [("toc digest", toc_ok)]
+    for toc in (b.fmc, b.runtime):
+        out.append(
+            (f"{toc.name} digest", hashlib.sha384(b.image_bytes(toc)).digest() == toc.digest_be)
+        )
+    return out
