@@ -28,9 +28,14 @@ def test_key_selection_with_helpers(ref: Path) -> None:
     assert all(s.enabled for s in sel.values())
     kinds = {sp.slot: sp.kind for sp in plan(c).slots}
     assert kinds == {
-        "vnd_pub_sig_ecc": "prebuilt", "vnd_pub_sig_lms": "prebuilt",
-        "own_pub_sig_ecc": "helper", "own_svn_sig_ecc": "helper", "own_imc_sig_ecc": "helper",
-        "own_pub_sig_lms": "helper", "own_svn_sig_lms": "helper", "own_imc_sig_lms": "helper",
+        "vnd_pub_sig_ecc": "prebuilt",
+        "vnd_pub_sig_lms": "prebuilt",
+        "own_pub_sig_ecc": "helper",
+        "own_svn_sig_ecc": "helper",
+        "own_imc_sig_ecc": "helper",
+        "own_pub_sig_lms": "helper",
+        "own_svn_sig_lms": "helper",
+        "own_imc_sig_lms": "helper",
     }
 
 
@@ -48,7 +53,9 @@ def test_caliptra1_defaults_to_generated_vendor_signature(tmp_path: Path) -> Non
     c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
     assert c.format is Format.CALIPTRA1
     assert {sp.slot for sp in plan(c).slots} == {
-        "vnd_pub_sig_ecc", "own_pub_sig_ecc", "own_imc_sig_ecc"
+        "vnd_pub_sig_ecc",
+        "own_pub_sig_ecc",
+        "own_imc_sig_ecc",
     }
 
 

@@ -14,7 +14,9 @@ from imgtool.errors import KeyFileError
 
 
 def _write(path: Path, key: ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat) -> Path:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    )
     return path
 
 
@@ -29,7 +31,9 @@ def test_hw_format_word_swap() -> None:
 @pytest.mark.parametrize(
     "fmt", [serialization.PrivateFormat.TraditionalOpenSSL, serialization.PrivateFormat.PKCS8]
 )
-def test_sec1_and_pkcs8_sign_deterministically(tmp_path: Path, fmt: serialization.PrivateFormat) -> None:
+def test_sec1_and_pkcs8_sign_deterministically(
+    tmp_path: Path, fmt: serialization.PrivateFormat
+) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     p = _write(tmp_path / "k.pem", key, fmt)
     signer = ecc.EccSigner.load(p)
@@ -37,8 +41,13 @@ def test_sec1_and_pkcs8_sign_deterministically(tmp_path: Path, fmt: serializatio
     s1, s2 = signer.sign_digest(d), signer.sign_digest(d)
     assert s1 == s2 and len(s1) == 96
     assert ecc.verify_digest(key.public_key(), d, ecc.hw_to_der(s1))
-    assert not ecc.verify_digest(key.public_key(), hashlib.sha384(b"abd").digest(), ecc.hw_to_der(s1))
-    assert ecc.hw_to_public(signer.public_bytes()).public_numbers() == key.public_key().public_numbers()
+    assert not ecc.verify_digest(
+        key.public_key(), hashlib.sha384(b"abd").digest(), ecc.hw_to_der(s1)
+    )
+    assert (
+        ecc.hw_to_public(signer.public_bytes()).public_numbers()
+        == key.public_key().public_numbers()
+    )
 
 
 def test_ec_parameters_block_before_key(ref: Path) -> None:
@@ -49,19 +58,30 @@ def test_ec_parameters_block_before_key(ref: Path) -> None:
 
 
 def test_rejects_other_curves_and_types(tmp_path: Path) -> None:
-    p256 = _write(tmp_path / "p256.pem", ec.generate_private_key(ec.SECP256R1()),
-                  serialization.PrivateFormat.PKCS8)
+    p256 = _write(
+        tmp_path / "p256.pem",
+        ec.generate_private_key(ec.SECP256R1()),
+        serialization.PrivateFormat.PKCS8,
+    )
     with pytest.raises(KeyFileError, match="secp256r1"):
         ecc.load_private(p256)
     r = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     rp = tmp_path / "rsa.pem"
-    rp.write_bytes(r.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+    rp.write_bytes(
+        r.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     with pytest.raises(KeyFileError, match="not an EC key"):
         ecc.load_private(rp)
     pub = tmp_path / "pub.pem"
-    pub.write_bytes(ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     with pytest.raises(KeyFileError, match="public key where a private key"):
         ecc.load_private(pub)
     with pytest.raises(KeyFileError, match="not found"):

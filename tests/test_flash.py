@@ -35,20 +35,27 @@ def test_upstream_unit_test_vector() -> None:
     ]
     ids = [1, 2, 3, 0x1000, 0x1001]
     buf = io.BytesIO()
-    n = flash.write_flsh([FlashItem(i, data=c) for i, c in zip(ids, contents)], buf)
+    n = flash.write_flsh([FlashItem(i, data=c) for i, c in zip(ids, contents, strict=True)], buf)
     data = buf.getvalue()
     assert n == len(data) == 236
     h = flash.parse_header(data)
     assert h.header_checksum == 0x2E29F1FF and h.payload_checksum == 0x2009D459
     assert [(e.identifier, e.offset, e.size) for e in h.entries] == [
-        (1, 0x4C, 0x24), (2, 0x70, 0x20), (3, 0x90, 0x1C), (0x1000, 0xAC, 0x20), (0x1001, 0xCC, 0x20)
+        (1, 0x4C, 0x24),
+        (2, 0x70, 0x20),
+        (3, 0x90, 0x1C),
+        (0x1000, 0xAC, 0x20),
+        (0x1001, 0xCC, 0x20),
     ]
 
 
 def test_flash_is_concatenation_of_payloads(tmp_path: Path) -> None:
     sizes = (40, 64, 33, 128, 7)
     prj = make_project(tmp_path, sizes=sizes)
-    assert main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))]) == 0
+    assert (
+        main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))])
+        == 0
+    )
     data = prj.flash.read_bytes()
     man = prj.man.read_bytes()
 
@@ -60,7 +67,7 @@ def test_flash_is_concatenation_of_payloads(tmp_path: Path) -> None:
     n = len(parts)
     table = b""
     off = 16 + 12 * n
-    for ident, part in zip([1, 2, 3, *range(0x1000, 0x1000 + len(sizes))], parts):
+    for ident, part in zip([1, 2, 3, *range(0x1000, 0x1000 + len(sizes))], parts, strict=True):
         table += struct.pack("<III", ident, off, len(part))
         off += len(part)
     payload_bytes = table + b"".join(parts)
@@ -86,8 +93,12 @@ def test_zero_caliptra_file_end(tmp_path: Path) -> None:
 
 
 def test_zero_caliptra_file_end_14_entries_spec_example(tmp_path: Path) -> None:
-    prj = make_project(tmp_path, caliptra=None, sizes=tuple(range(4, 56, 4)),
-                       extra_runtime="zero_caliptra_file_end = 0x1000")
+    prj = make_project(
+        tmp_path,
+        caliptra=None,
+        sizes=tuple(range(4, 56, 4)),
+        extra_runtime="zero_caliptra_file_end = 0x1000",
+    )
     assert main(["create-auth-flash", *prj.args("--flash", str(prj.flash))]) == 0
     table = check_flash(prj.flash.read_bytes())
     assert len(table) == 16 and table[0][2] == 3888
@@ -95,7 +106,10 @@ def test_zero_caliptra_file_end_14_entries_spec_example(tmp_path: Path) -> None:
 
 def test_cptra_out_bundle(tmp_path: Path) -> None:
     prj = make_project(tmp_path, extra_runtime="cptra_out_bundle = true")
-    assert main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))]) == 0
+    assert (
+        main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))])
+        == 0
+    )
     data = prj.flash.read_bytes()
     cal = b"CALIPTRA-BUNDLE-STAND-IN"
     assert data[: len(cal)] == cal and data[len(cal) : 0x20000] == bytes(0x20000 - len(cal))
@@ -117,14 +131,20 @@ def test_stale_manifest_is_refused(tmp_path: Path, capsys) -> None:  # type: ign
     prj = make_project(tmp_path)
     assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 0
     (prj.prebuilt / "img1.bin").write_bytes(b"changed!")
-    assert main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))]) == 2
+    assert (
+        main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))])
+        == 2
+    )
     assert "img1.bin" in capsys.readouterr().err
     assert not prj.flash.exists()
 
 
 def test_soc_image_digest_matches_manifest_by_identifier(tmp_path: Path) -> None:
     prj = make_project(tmp_path, sizes=(12, 16, 20))
-    assert main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))]) == 0
+    assert (
+        main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))])
+        == 0
+    )
     data = prj.flash.read_bytes()
     man = prj.man.read_bytes()
     for ident, off, size in check_flash(data)[3:]:

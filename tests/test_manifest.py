@@ -69,8 +69,9 @@ def test_generated_vendor_and_owner_signatures(tmp_path: Path, fmt: str) -> None
     o = 20 if fmt == "aspeed" else 16
     vnd_keys = man[o : o + 144]
     assert vnd_keys[:96] == ecc_pub_hw(k / "vnd-man-ecc-pubk.pem") and vnd_keys[96:] == bytes(48)
-    assert ecc_verify(k / "vnd-fw-ecc-pubk.pem", struct.pack("<II", 9, 1) + vnd_keys,
-                      get(man, "vnd_sig_ecc", 96))
+    assert ecc_verify(
+        k / "vnd-fw-ecc-pubk.pem", struct.pack("<II", 9, 1) + vnd_keys, get(man, "vnd_sig_ecc", 96)
+    )
     own_keys = get(man, "own_ecc_pub", 144)
     assert ecc_verify(k / "own-fw-ecc-pubk.pem", own_keys, get(man, "own_sig_ecc", 96))
     imc = man[-7116:]
@@ -99,7 +100,9 @@ def test_imc_entries_flags_and_unused_slots(tmp_path: Path) -> None:
         assert imc[4 + 56 * i : 4 + 56 * (i + 1)] == b"\xff" * 4 + bytes(52)
 
 
-def test_flags_other_bits_dropped_with_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flags_other_bits_dropped_with_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     prj = make_project(tmp_path, flags=6)
     assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 0
     assert u32(prj.man.read_bytes(), 16) == 0
@@ -110,8 +113,8 @@ def test_owner_only_and_no_keys(tmp_path: Path) -> None:
     prj = make_project(tmp_path / "a", vendor=False)
     assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 0
     man = prj.man.read_bytes()
-    assert man[20:164 + 1716] == bytes(144 + 1716)
-    assert man[1880:1880 + 96] != bytes(96)
+    assert man[20 : 164 + 1716] == bytes(144 + 1716)
+    assert man[1880 : 1880 + 96] != bytes(96)
     prj = make_project(tmp_path / "b", vendor=False, owner=False)
     assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 0
     man = prj.man.read_bytes()
@@ -129,8 +132,9 @@ def test_reproducible(tmp_path: Path) -> None:
 def test_prebuilt_vendor_signature(tmp_path: Path, ref: Path) -> None:
     """Our own vendor keys configured but ASPEED's prebuilt signature requested."""
     prj = make_project(tmp_path, vendor_signature="prebuilt")
-    rc = main(["create-auth-man", *prj.args("--man", str(prj.man), "--vnd-sig-dir",
-                                            str(ref / "vnd_sig"))])
+    rc = main(
+        ["create-auth-man", *prj.args("--man", str(prj.man), "--vnd-sig-dir", str(ref / "vnd_sig"))]
+    )
     assert rc == 0
     man = prj.man.read_bytes()
     assert man[20:164] == bytes(144)  # vendor manifest keys zeroed

@@ -52,13 +52,18 @@ def _prepare(ref: Path, tmp: Path, name: str) -> tuple[Path, Path]:
     os.symlink(ref / "vnd_sig", tmp / "vnd_sig")
     helper = tmp / HELPER_PATH
     helper.parent.mkdir(parents=True)
-    helper.write_text(f"#!{sys.executable}\nimport runpy, sys\nrunpy.run_path({str(DEMO_HELPER)!r}, run_name='__main__')\n")
+    helper.write_text(
+        f"#!{sys.executable}\nimport runpy\n"
+        f"runpy.run_path({str(DEMO_HELPER)!r}, run_name='__main__')\n"
+    )
     helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
     return tmp / "key" / prj, tmp / "prebuilt" / prj
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_reference_config_round_trip(ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+def test_reference_config_round_trip(
+    ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     keys, pre = _prepare(ref, tmp_path, name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DEMO_SIGN_HELPER_KEYS", str(keys))
@@ -73,9 +78,9 @@ def test_reference_config_round_trip(ref: Path, tmp_path: Path, monkeypatch: pyt
 
     cfg_text = cfg.read_text()
     ecc_on = 'ecc_pub_key = "own-man-ecc-pubk.pem"' in cfg_text.replace("# ecc", "#")
-    lms_on = "\nlms_pub_key = \"own-man-lms-pubk.pem\"" in cfg_text
-    vnd_ecc_on = "\necc_pub_key = \"vnd-fw-ecc-pubk.pem\"" in cfg_text
-    vnd_lms_on = "\nlms_pub_key = \"vnd-fw-lms-pubk.pem\"" in cfg_text
+    lms_on = '\nlms_pub_key = "own-man-lms-pubk.pem"' in cfg_text
+    vnd_ecc_on = '\necc_pub_key = "vnd-fw-ecc-pubk.pem"' in cfg_text
+    vnd_lms_on = '\nlms_pub_key = "vnd-fw-lms-pubk.pem"' in cfg_text
 
     # vendor: prebuilt signatures, zeroed vendor keys
     assert get(man, "vnd_ecc_pub", 96) == bytes(96)
@@ -126,11 +131,27 @@ def test_reference_config_round_trip(ref: Path, tmp_path: Path, monkeypatch: pyt
     entries = imc_entries(man)
     assert len(entries) == 14
     assert u32(imc, 4 + 56 * 14) == 0xFFFFFFFF and imc[4 + 56 * 127 - 48 :] == bytes(48)
-    mcu_name = "zephyr-mcu-runtime.bin" if "a1" not in name else ("u-boot-spl.bin" if "helper" in name else "")
-    names = [mcu_name, "ddr4_pmu_train_imem.bin", "ddr4_pmu_train_dmem.bin",
-             "ddr4_2d_pmu_train_imem.bin", "ddr4_2d_pmu_train_dmem.bin", "ddr5_pmu_train_imem.bin",
-             "ddr5_pmu_train_dmem.bin", "dp_fw.bin", "uefi_ast2700.bin", "atf.bin", "optee.bin",
-             "u-boot.bin", "ssp.bin", "tsp.bin"]
+    mcu_name = (
+        "zephyr-mcu-runtime.bin"
+        if "a1" not in name
+        else ("u-boot-spl.bin" if "helper" in name else "")
+    )
+    names = [
+        mcu_name,
+        "ddr4_pmu_train_imem.bin",
+        "ddr4_pmu_train_dmem.bin",
+        "ddr4_2d_pmu_train_imem.bin",
+        "ddr4_2d_pmu_train_dmem.bin",
+        "ddr5_pmu_train_imem.bin",
+        "ddr5_pmu_train_dmem.bin",
+        "dp_fw.bin",
+        "uefi_ast2700.bin",
+        "atf.bin",
+        "optee.bin",
+        "u-boot.bin",
+        "ssp.bin",
+        "tsp.bin",
+    ]
     for i, (fw_id, flags, digest) in enumerate(entries):
         assert fw_id == i + 1
         assert flags == (0x40000001 if fw_id >= 10 else 1)
@@ -153,12 +174,16 @@ def test_reference_config_round_trip(ref: Path, tmp_path: Path, monkeypatch: pyt
     assert size == len((pre / cal_name).read_bytes()) if cal_name else size == 0
 
 
-def test_reference_default_config_fails_without_mcu_runtime(ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reference_default_config_fails_without_mcu_runtime(
+    ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """As shipped, the ast2700-default configs name a file the prebuilt folder lacks."""
     monkeypatch.chdir(tmp_path)
     os.symlink(ref / "key", tmp_path / "key")
     os.symlink(ref / "prebuilt", tmp_path / "prebuilt")
-    rc = main(["create-auth-flash", "--cfg", str(ref / "config" / "ast2700-default-ecc-manifest.toml")])
+    rc = main(
+        ["create-auth-flash", "--cfg", str(ref / "config" / "ast2700-default-ecc-manifest.toml")]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1

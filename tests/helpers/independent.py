@@ -18,18 +18,43 @@ from hsslms import LMS_Pub
 
 # ASPEED layout offsets (spec/manifest.md)
 ASPEED = {
-    "version": 8, "sec_ver": 12, "flags": 16,
-    "vnd_ecc_pub": 20, "vnd_lms_pub": 116, "vnd_sig_ecc": 164, "vnd_sig_lms": 260,
-    "own_ecc_pub": 1880, "own_lms_pub": 1976, "own_sig_ecc": 2024, "own_sig_lms": 2120,
-    "svn_ecc": 3740, "svn_lms": 3836, "vnd_imc_ecc": 5456, "vnd_imc_lms": 5552,
-    "own_imc_ecc": 7172, "own_imc_lms": 7268, "imc": 8888, "len": 16004,
+    "version": 8,
+    "sec_ver": 12,
+    "flags": 16,
+    "vnd_ecc_pub": 20,
+    "vnd_lms_pub": 116,
+    "vnd_sig_ecc": 164,
+    "vnd_sig_lms": 260,
+    "own_ecc_pub": 1880,
+    "own_lms_pub": 1976,
+    "own_sig_ecc": 2024,
+    "own_sig_lms": 2120,
+    "svn_ecc": 3740,
+    "svn_lms": 3836,
+    "vnd_imc_ecc": 5456,
+    "vnd_imc_lms": 5552,
+    "own_imc_ecc": 7172,
+    "own_imc_lms": 7268,
+    "imc": 8888,
+    "len": 16004,
 }
 CAL1 = {
-    "version": 8, "flags": 12,
-    "vnd_ecc_pub": 16, "vnd_lms_pub": 112, "vnd_sig_ecc": 160, "vnd_sig_lms": 256,
-    "own_ecc_pub": 1876, "own_lms_pub": 1972, "own_sig_ecc": 2020, "own_sig_lms": 2116,
-    "vnd_imc_ecc": 3736, "vnd_imc_lms": 3832, "own_imc_ecc": 5452, "own_imc_lms": 5548,
-    "imc": 7168, "len": 14284,
+    "version": 8,
+    "flags": 12,
+    "vnd_ecc_pub": 16,
+    "vnd_lms_pub": 112,
+    "vnd_sig_ecc": 160,
+    "vnd_sig_lms": 256,
+    "own_ecc_pub": 1876,
+    "own_lms_pub": 1972,
+    "own_sig_ecc": 2020,
+    "own_sig_lms": 2116,
+    "vnd_imc_ecc": 3736,
+    "vnd_imc_lms": 3832,
+    "own_imc_ecc": 5452,
+    "own_imc_lms": 5548,
+    "imc": 7168,
+    "len": 14284,
 }
 PREBUILT_TBS = struct.pack("<II", 1, 0) + bytes(144)
 
@@ -55,9 +80,13 @@ def ecc_verify(pub_pem_or_hw: Path | bytes, covered: bytes, hw_sig: bytes) -> bo
         ).public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
     raw = word_swap(hw_sig)
-    der = utils.encode_dss_signature(int.from_bytes(raw[:48], "big"), int.from_bytes(raw[48:], "big"))
+    der = utils.encode_dss_signature(
+        int.from_bytes(raw[:48], "big"), int.from_bytes(raw[48:], "big")
+    )
     try:
-        key.verify(der, hashlib.sha384(covered).digest(), ec.ECDSA(utils.Prehashed(hashes.SHA384())))
+        key.verify(
+            der, hashlib.sha384(covered).digest(), ec.ECDSA(utils.Prehashed(hashes.SHA384()))
+        )
     except InvalidSignature:
         return False
     return True
@@ -101,7 +130,11 @@ def imc_entries(man: bytes) -> list[tuple[int, int, bytes]]:
     off = fields(man)["imc"]
     n = u32(man, off)
     return [
-        (u32(man, off + 4 + 56 * i), u32(man, off + 8 + 56 * i), man[off + 12 + 56 * i : off + 60 + 56 * i])
+        (
+            u32(man, off + 4 + 56 * i),
+            u32(man, off + 8 + 56 * i),
+            man[off + 12 + 56 * i : off + 60 + 56 * i],
+        )
         for i in range(n)
     ]
 

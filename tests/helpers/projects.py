@@ -26,8 +26,13 @@ class Project:
 
     def args(self, *extra: str) -> list[str]:
         return [
-            "--cfg", str(self.cfg), "--key-dir", str(self.keys),
-            "--prebuilt-dir", str(self.prebuilt), *extra,
+            "--cfg",
+            str(self.cfg),
+            "--key-dir",
+            str(self.keys),
+            "--prebuilt-dir",
+            str(self.prebuilt),
+            *extra,
         ]
 
     @property
@@ -49,9 +54,15 @@ def ecc_keys(keys: Path) -> None:
 def key_section(section: str, prefix: str, ecc_on: bool, lms_on: bool) -> str:
     lines = [f"[{section}]"]
     if ecc_on:
-        lines += [f'ecc_pub_key = "{prefix}-ecc-pubk.pem"', f'ecc_priv_key = "{prefix}-ecc-prvk.pem"']
+        lines += [
+            f'ecc_pub_key = "{prefix}-ecc-pubk.pem"',
+            f'ecc_priv_key = "{prefix}-ecc-prvk.pem"',
+        ]
     if lms_on:
-        lines += [f'lms_pub_key = "{prefix}-lms-pubk.pem"', f'lms_priv_key = "{prefix}-lms-prvk.pem"']
+        lines += [
+            f'lms_pub_key = "{prefix}-lms-pubk.pem"',
+            f'lms_priv_key = "{prefix}-lms-prvk.pem"',
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -83,7 +94,7 @@ def make_project(
         (pre / "caliptra-fw.bin").write_bytes(caliptra)
     text = (
         f"[manifest_config]\nversion = {version}\nflags = {flags}\n"
-        f"security_version = {security_version}\nprj_name = \"test\"\nformat = \"{fmt}\"\n"
+        f'security_version = {security_version}\nprj_name = "test"\nformat = "{fmt}"\n'
         f'vendor_signature = "{vendor_signature}"\n{extra_manifest}\n'
     )
     for section, prefix, on in (

@@ -1,0 +1,277 @@
+"""doit task creators: the build of :mod:`imgtool.build` as a graph of file targets.
+
+digest:<n>  one per image file      -> out/<prj>/digest/<n>.sha384 (rewritten only on change)
+imc         the metadata collection -> out/<prj>/imc.bin
+sign:<slot> one per signature slot  -> out/<prj>/sig/<slot>.bin
+manifest    assembled from the above -> out/<prj>-auth-manifest.bin
+flash       manifest + images       -> out/<prj>-flash-image.bin
+verify      runs `cptra-imgtool verify` on the flash image (always)
+
+Every action is a module-level function taking plain strings, so ``doit -n 2 -P process`` works.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+from doit.exceptions import TaskFailed
+from doit.tools import config_changed
+
+from imgtool import build, manifest
+from imgtool.config import Config, load_config
+from imgtool.errors import ImgtoolError
+from imgtool.fileio import atomic_write, write_if_changed
+
+TaskDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What selects a build: the doit variables cfg=, key_dir=, prebuilt_dir=, vnd_sig_dir=,
+    man=, flash=."""
+
+    cfg: str
+    key_dir: str | None = None
+    prebuilt_dir: str | None = None
+    vnd_sig_dir: str | None = None
+    man: str | None = None
+    flash: str | None = None
+
+    @classmethod
+    def from_vars(cls, get_var: Callable[[str, Any], Any]) -> Settings:
+        cfg = get_var("cfg", None)
+        if not cfg:
+            from imgtool.errors import ConfigError
+
+            raise ConfigError("no config: pass cfg=config/<project>.toml to doit")
+        return cls(
+            cfg,
+            *(get_var(k, None) for k in ("key_dir", "prebuilt_dir", "vnd_sig_dir", "man", "flash")),
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _load(s: Settings) -> Config:
+    return load_config(
+        s.cfg, key_dir=s.key_dir, prebuilt_dir=s.prebuilt_dir, vnd_sig_dir=s.vnd_sig_dir
+    )
+
+
+def load(settings: tuple[str | None, ...]) -> Config:
+    return _load(Settings(*settings))  # type: ignore[arg-type]
+
+
+def out_dir(cfg: Config) -> Path:
+    return Path("out") / cfg.prj_name
+
+
+def man_path(cfg: Config, s: Settings) -> Path:
+    return Path(s.man) if s.man else cfg.default_manifest_path()
+
+
+def flash_path(cfg: Config, s: Settings) -> Path:
+    return Path(s.flash) if s.flash else cfg.default_flash_path()
+
+
+def doit_config(s: Settings) -> dict[str, Any]:
+    cfg = _load(s)
+    dep = out_dir(cfg) / ".doit.sqlite3"
+    dep.parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "dep_file": str(dep),
+        "backend": "sqlite3",
+        "default_tasks": ["flash"],
+        "verbosity": 1,
+        "action_string_formatting": "new",
+    }
+
+
+# ---------------------------------------------------------------------------- actions
+def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Report library errors as one line (doit's TaskFailed), not as a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (ImgtoolError, OSError) as exc:
+            where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+            return TaskFailed(f"cptra-imgtool: error: {where}{exc}")
+
+    return wrapper
+
+
+@_clean_errors
+def act_digest(settings: tuple[str | None, ...], index: int, target: str) -> None:
+    img = load(settings).images[index]
+    write_if_changed(target, build.image_digest(img).hex().encode() + b"\n")
+
+
+@_clean_errors
+def act_imc(settings: tuple[str | None, ...], digest_files: list[str], target: str) -> None:
+    digests = [bytes.fromhex(Path(f).read_text().strip()) for f in digest_files]
+    atomic_write(target, build.build_imc(load(settings), digests))
+
+
+def _skeleton(cfg: Config, imc_file: str | None) -> manifest.Manifest:
+    return build.skeleton(cfg, Path(imc_file).read_bytes() if imc_file else None)
+
+
+@_clean_errors
+def act_sign(
+    settings: tuple[str | None, ...], slot: str, imc_file: str | None, target: str
+) -> None:
+    cfg = load(settings)
+    sp = next(p for p in build.plan(cfg).slots if p.slot == slot)
+    atomic_write(target, build.sign_slot(cfg, sp, _skeleton(cfg, imc_file)))
+
+
+@_clean_errors
+def act_manifest(
+    settings: tuple[str | None, ...], imc_file: str, sig_files: dict[str, str], target: str
+) -> None:
+    cfg = load(settings)
+    sigs = {slot: Path(f).read_bytes() for slot, f in sig_files.items()}
+    atomic_write(target, build.assemble(_skeleton(cfg, imc_file), sigs).to_bytes())
+
+
+@_clean_errors
+def act_flash(settings: tuple[str | None, ...], man_file: str, target: str) -> None:
+    cfg = load(settings)
+    build.create_auth_flash(cfg, Path(target), build.read_manifest(Path(man_file)))
+
+
+def act_verify(settings: tuple[str | None, ...], flash_file: str) -> bool:
+    from imgtool.cli import main
+
+    s = Settings(*settings)  # type: ignore[arg-type]
+    args = ["verify", flash_file, "--cfg", s.cfg]
+    for opt, val in (("--key-dir", s.key_dir), ("--prebuilt-dir", s.prebuilt_dir)):
+        if val:
+            args += [opt, val]
+    return main(args) == 0
+
+
+# ---------------------------------------------------------------------------- tasks
+def _fingerprint(value: Any) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()
+
+
+def _tbs_files(cfg: Config, sp: build.SlotPlan, imc_file: str) -> list[str]:
+    sel = build.key_selection(cfg)
+    if sp.tbs == "imc":
+        return [imc_file]
+    party = "vendor" if sp.tbs == "vendor_pubkey" else "owner"
+    if party == "vendor" and sp.kind == "prebuilt":
+        return []
+    return [str(sel[(party, a)].man_pub) for a in ("ecc", "lms") if sel[(party, a)].enabled]
+
+
+def _tbs_values(cfg: Config, sp: build.SlotPlan) -> dict[str, Any]:
+    """Config values that enter the bytes a slot covers, and how it is signed."""
+    vals: dict[str, Any] = {"format": str(cfg.format), "plan": repr(sp)}
+    if sp.kind == "helper":
+        vals["helper"] = (cfg.helpers.by_file, cfg.helpers.timeout)
+    if sp.tbs in ("vendor_pubkey", "svn"):
+        vals.update(version=cfg.version, flags=cfg.stored_flags)
+    if sp.tbs == "svn":
+        vals["security_version"] = cfg.security_version
+    if sp.tbs == "vendor_pubkey":
+        vals["vendor_signature"] = str(cfg.vendor_signature)
+    return vals
+
+
+def generate(s: Settings) -> Iterator[TaskDict]:
+    cfg = _load(s)
+    st = astuple(s)
+    od = out_dir(cfg)
+    digest_files = []
+    for img in cfg.images:
+        target = str(od / "digest" / f"{img.index:03d}.sha384")
+        digest_files.append(target)
+        yield {
+            "basename": "digest",
+            "name": f"{img.index:03d}-{img.file or 'empty'}",
+            "doc": f"SHA-384 of {img.path or 'an empty image'}",
+            "actions": [(act_digest, [st, img.index, target])],
+            "file_dep": [str(img.path)] if img.path else [],
+            "targets": [target],
+            "uptodate": [config_changed(str(img.path))],
+            "clean": True,
+        }
+    imc_file = str(od / "imc.bin")
+    entries = [(i.fw_id, i.source, i.ignore_auth_check, i.load_stage) for i in cfg.images]
+    yield {
+        "basename": "imc",
+        "doc": "image metadata collection",
+        "actions": [(act_imc, [st, digest_files, imc_file])],
+        "file_dep": digest_files,
+        "targets": [imc_file],
+        "uptodate": [config_changed(_fingerprint(entries))],
+        "clean": True,
+    }
+    p = build.plan(cfg)
+    sig_files = {}
+    for sp in p.slots:
+        target = str(od / "sig" / f"{sp.slot}.bin")
+        sig_files[sp.slot] = target
+        yield {
+            "basename": "sign",
+            "name": sp.slot,
+            "doc": f"{sp.slot} ({sp.kind})",
+            "actions": [(act_sign, [st, sp.slot, imc_file if sp.tbs == "imc" else None, target])],
+            "file_dep": sorted({*_tbs_files(cfg, sp, imc_file), *map(str, sp.inputs)}),
+            "targets": [target],
+            "uptodate": [config_changed(_fingerprint(_tbs_values(cfg, sp)))],
+            "clean": True,
+        }
+    man = str(man_path(cfg, s))
+    skeleton_inputs = {
+        "format": str(cfg.format),
+        "version": cfg.version,
+        "flags": cfg.stored_flags,
+        "sec_ver": cfg.security_version,
+        "vendor_signature": str(cfg.vendor_signature),
+        "slots": sorted(sig_files),
+    }
+    yield {
+        "basename": "manifest",
+        "doc": "the signed SoC manifest",
+        "actions": [(act_manifest, [st, imc_file, sig_files, man])],
+        "file_dep": sorted({imc_file, *sig_files.values(), *map(str, p.pub_files)}),
+        "targets": [man],
+        "uptodate": [config_changed(_fingerprint(skeleton_inputs))],
+        "clean": True,
+    }
+    flash = str(flash_path(cfg, s))
+    images = [str(i.path) for i in cfg.soc_images if i.path]
+    runtime = [str(x) for x in (cfg.caliptra_file, cfg.mcu_file) if x is not None]
+    layout = {
+        "soc": [(i.fw_id, str(i.path)) for i in cfg.soc_images],
+        "caliptra": str(cfg.caliptra_file),
+        "mcu": str(cfg.mcu_file),
+        "out_bundle": cfg.cptra_out_bundle,
+        "zero_end": cfg.zero_caliptra_file_end,
+    }
+    yield {
+        "basename": "flash",
+        "doc": "the flash image",
+        "actions": [(act_flash, [st, man, flash])],
+        "file_dep": sorted({man, *images, *runtime}),
+        "targets": [flash],
+        "uptodate": [config_changed(_fingerprint(layout))],
+        "clean": True,
+    }
+    yield {
+        "basename": "verify",
+        "doc": "verify the flash image (every check)",
+        "actions": [(act_verify, [st, flash])],
+        "task_dep": ["flash"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
