@@ -79,6 +79,7 @@ def flash_path(cfg: Config, s: Settings) -> Path:
 
 
 def doit_config(s: Settings) -> dict[str, Any]:
+    _load.cache_clear()  # a new doit run (possibly in the same process): re-read the config
     cfg = _load(s)
     dep = out_dir(cfg) / ".doit.sqlite3"
     dep.parent.mkdir(parents=True, exist_ok=True)
