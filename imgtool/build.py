@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import ecc, manifest
+from . import bundle, ecc, lms, manifest
 from .config import Config, Format, ImageEntry, KeySet, VendorSignature
 from .errors import ConfigError, FormatError, ImgtoolError, KeyFileError, SigningError
 from .fileio import atomic_write
@@ -94,8 +94,6 @@ def _ecc_pub_hw(path: Path) -> bytes:
 
 
 def _lms_pub(path: Path) -> bytes:
-    from . import lms
-
     return bytes(lms.load_public(path).to_bytes())
 
 
@@ -103,8 +101,6 @@ def _bundle_owner_keys(cfg: Config) -> tuple[bytes, bytes] | None:
     """(owner ECC hw, owner LMS 48) from the Caliptra firmware bundle, if one is configured."""
     if cfg.caliptra_file is None:
         return None
-    from . import bundle
-
     try:
         b = bundle.parse_bundle(cfg.caliptra_file.read_bytes())
     except FormatError as exc:
@@ -114,8 +110,6 @@ def _bundle_owner_keys(cfg: Config) -> tuple[bytes, bytes] | None:
 
 def owner_fw_public(cfg: Config, sel: PartyAlgo) -> object:
     """The owner FW public key a helper's signature must verify with."""
-    from . import lms
-
     if sel.fw_pub is not None:
         return ecc.load_public(sel.fw_pub) if sel.algo == "ecc" else lms.load_public(sel.fw_pub)
     keys = _bundle_owner_keys(cfg)
@@ -291,8 +285,6 @@ def make_signer(cfg: Config, sp: SlotPlan) -> Signer:
         if role == "fw":
             expect = owner_fw_public(cfg, key_selection(cfg)[("owner", sp.algo)])
         else:
-            from . import lms
-
             assert sp.pub is not None
             expect = ecc.load_public(sp.pub) if sp.algo == "ecc" else lms.load_public(sp.pub)
         return HelperSigner(
@@ -326,8 +318,6 @@ def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
         if sp.pub is not None and not ecc.verify_digest(ecc.load_public(sp.pub), digest, raw):
             log.warning("%s: prebuilt vendor ECC signature does not verify with %s", path, sp.pub)
         return sig
-    from . import lms
-
     if len(raw) != lms.SLOT_LEN:
         raise FormatError(f"{path}: {len(raw)} bytes, expected a {lms.SLOT_LEN}-byte LMS signature")
     return raw

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import ecc
+from . import ecc, lms
 from .errors import SigningError
 
 DIGEST_LEN = 48
@@ -67,8 +67,6 @@ class LocalLmsSigner:
         return str(self.key_path)
 
     def sign_digest(self, digest: bytes) -> bytes:
-        from . import lms
-
         signer = lms.LmsSigner.load(self.key_path, self.pub_path)
         sig = signer.sign_digest(digest)
         if not signer.public_key().verify(digest, sig):
@@ -169,8 +167,6 @@ class HelperSigner:
                     "expected public key (wrong key or wrong digest)"
                 )
             return hw
-        from . import lms
-
         if len(raw) != lms.SLOT_LEN:
             raise SigningError(
                 f"{self.field}: sign helper returned {len(raw)} bytes, expected a "

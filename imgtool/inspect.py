@@ -1,0 +1,286 @@
+"""Describe a flash image, SoC manifest or Caliptra bundle as plain data (JSON) or a table.
+
+The JSON layout is documented in docs/inspect-json.md and kept stable.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from . import bundle as bundle_mod
+from . import flash, lms, manifest
+from .config import Format
+from .errors import FormatError
+from .manifest import Manifest
+from .verify import KIND_A1, KIND_BUNDLE, KIND_FLASH, KIND_MAN_1X, KIND_MAN_ASPEED, detect
+
+SCHEMA = 1
+FLASH_NAMES = {
+    flash.ID_CALIPTRA: "caliptra bundle",
+    flash.ID_MANIFEST: "soc manifest",
+    flash.ID_MCU: "mcu runtime",
+}
+
+
+def _ecc_key(hw: bytes) -> dict[str, Any] | None:
+    if not any(hw):
+        return None
+    return {"x_prefix": bytes(b for i in range(0, 8, 4) for b in hw[i : i + 4][::-1]).hex()}
+
+
+def _lms_key(b48: bytes) -> dict[str, Any] | None:
+    if not any(b48):
+        return None
+    lms_type, ots_type = struct.unpack_from(">II", b48)
+    return {
+        "lms_type": lms_type,
+        "ots_type": ots_type,
+        "I": b48[8:24].hex(),
+        "root": b48[24:].hex(),
+    }
+
+
+def _sig(sig: bytes, algo: str, le_q: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"filled": any(sig)}
+    if algo == "lms" and any(sig):
+        out["q"] = struct.unpack_from("<I" if le_q else ">I", sig)[0]
+    return out
+
+
+def describe_manifest(m: Manifest) -> dict[str, Any]:
+    sigs = {}
+    for slot in manifest.SIG_SLOTS:
+        if slot.startswith("own_svn") and m.format is not Format.ASPEED:
+            continue
+        algo = slot.rsplit("_", 1)[1]
+        sigs[slot] = _sig(getattr(m, slot), algo, le_q=slot == "own_svn_sig_lms")
+    count, entries = manifest.imc_entries(m.imc)
+    return {
+        "format": str(m.format),
+        "marker": f"0x{m.marker:08x}",
+        "size": m.size,
+        "version": m.version,
+        "security_version": m.sec_ver if m.format is Format.ASPEED else None,
+        "flags": m.flags,
+        "keys": {
+            "vendor_manifest_ecc": _ecc_key(m.vnd_man_ecc_pub),
+            "vendor_manifest_lms": _lms_key(m.vnd_man_lms_pub),
+            "owner_manifest_ecc": _ecc_key(m.own_man_ecc_pub),
+            "owner_manifest_lms": _lms_key(m.own_man_lms_pub),
+        },
+        "signatures": sigs,
+        "entry_count": count,
+        "entries": [
+            {
+                "fw_id": e.fw_id,
+                "flags": e.flags,
+                "source": e.source,
+                "ignore_auth_check": e.ignore_auth_check,
+                "load_stage": e.load_stage,
+                "digest": e.digest.hex(),
+            }
+            for e in entries
+        ],
+    }
+
+
+def describe_bundle(b: bundle_mod.Bundle) -> dict[str, Any]:
+    return {
+        "marker": "CMAN",
+        "manifest_size": b.size,
+        "vendor_ecc_key_index": b.vendor_ecc_idx,
+        "vendor_lms_key_index": b.vendor_lms_idx,
+        "vendor_ecc_key": _ecc_key(b.vendor_ecc_pubkey),
+        "vendor_lms_key": _lms_key(b.vendor_lms_pubkey),
+        "owner_ecc_key": _ecc_key(b.owner_ecc_pubkey),
+        "owner_lms_key": _lms_key(b.owner_lms_pubkey),
+        "vendor_lms_signature_q": lms.sig_q(b.vendor_lms_sig),
+        "owner_lms_signature_q": lms.sig_q(b.owner_lms_sig),
+        "flags": b.flags,
+        "toc": [
+            {
+                "name": t.name,
+                "id": t.id,
+                "type": t.type,
+                "version": t.version,
+                "svn": t.svn,
+                "load_addr": t.load_addr,
+                "entry_point": t.entry_point,
+                "offset": t.offset,
+                "size": t.size,
+                "digest": t.digest_be.hex(),
+            }
+            for t in (b.fmc, b.runtime)
+        ],
+    }
+
+
+def _try_bundle(data: bytes) -> dict[str, Any] | None:
+    try:
+        return describe_bundle(bundle_mod.parse_bundle(data))
+    except FormatError as exc:
+        return {"error": str(exc)}
+
+
+def describe_flash(data: bytes, base: int) -> dict[str, Any]:
+    f = data[base:]
+    h = flash.parse_header(f)
+    out: dict[str, Any] = {
+        "flsh_offset": base,
+        "header": {
+            "magic": "FLSH",
+            "version": h.version,
+            "image_count": h.image_count,
+            "header_checksum": f"0x{h.header_checksum:08x}",
+            "payload_checksum": f"0x{h.payload_checksum:08x}",
+        },
+        "images": [],
+        "manifest": None,
+        "bundle": None,
+    }
+    m = None
+    for e in h.entries:
+        body = f[e.offset : e.offset + e.size]
+        if e.identifier == flash.ID_MANIFEST and len(body) == e.size:
+            try:
+                m = Manifest.parse(body)
+                out["manifest"] = describe_manifest(m)
+            except FormatError as exc:
+                out["manifest"] = {"error": str(exc)}
+        if e.identifier == flash.ID_CALIPTRA and any(body):
+            out["bundle"] = _try_bundle(body)
+    if base and any(data[: flash.A1_MCU_OFFSET]):
+        out["bundle"] = _try_bundle(data[: flash.A1_MCU_OFFSET])
+    by_fw = {x.fw_id: x for x in m.entries} if m else {}
+    for e in h.entries:
+        item: dict[str, Any] = {
+            "identifier": e.identifier,
+            "name": FLASH_NAMES.get(e.identifier, "soc image"),
+            "offset": e.offset,
+            "size": e.size,
+        }
+        if e.identifier >= flash.SOC_ID_BASE:
+            fw_id = flash.soc_fw_id(e.identifier)
+            item["fw_id"] = fw_id
+            me = by_fw.get(fw_id)
+            if me is not None:
+                item.update(
+                    flags=me.flags,
+                    source=me.source,
+                    ignore_auth_check=me.ignore_auth_check,
+                    load_stage=me.load_stage,
+                    digest=me.digest.hex(),
+                )
+        out["images"].append(item)
+    return out
+
+
+def describe(data: bytes) -> dict[str, Any]:
+    kind = detect(data)
+    doc: dict[str, Any] = {"schema": SCHEMA, "kind": kind, "length": len(data)}
+    if kind in (KIND_FLASH, KIND_A1):
+        doc["flash"] = describe_flash(data, flash.A1_FLSH_OFFSET if kind == KIND_A1 else 0)
+    elif kind in (KIND_MAN_ASPEED, KIND_MAN_1X):
+        doc["manifest"] = describe_manifest(Manifest.parse(data))
+    elif kind == KIND_BUNDLE:
+        doc["bundle"] = describe_bundle(bundle_mod.parse_bundle(data))
+    else:
+        raise FormatError(kind)
+    return doc
+
+
+# ---------------------------------------------------------------------------- text
+def _kv(lines: list[str], title: str, items: dict[str, Any]) -> None:
+    lines.append(title)
+    for k, v in items.items():
+        lines.append(f"  {k:<22} {v}")
+
+
+def _key_text(k: dict[str, Any] | None) -> str:
+    if k is None:
+        return "-"
+    if "x_prefix" in k:
+        return f"ECC P-384 x={k['x_prefix']}..."
+    return f"LMS type {k['lms_type']}/{k['ots_type']} I={k['I']} root={k['root'][:16]}..."
+
+
+def render_manifest(d: dict[str, Any], lines: list[str]) -> None:
+    head = {k: d[k] for k in ("format", "marker", "size", "version", "security_version", "flags")}
+    _kv(lines, "SoC manifest", head)
+    _kv(lines, "Manifest keys", {k: _key_text(v) for k, v in d["keys"].items()})
+    sig_text = {}
+    for slot, s in d["signatures"].items():
+        sig_text[slot] = ("filled" if s["filled"] else "empty") + (
+            f" (q = {s['q']})" if "q" in s else ""
+        )
+    _kv(lines, "Signature slots", sig_text)
+    lines.append(f"Image metadata ({d['entry_count']} entries)")
+    lines.append(f"  {'fw_id':>5} {'flags':>10} {'src':>3} {'skip':>4} {'stage':>5}  digest")
+    for e in d["entries"]:
+        lines.append(
+            f"  {e['fw_id']:>5} 0x{e['flags']:08x} {e['source']:>3} "
+            f"{'yes' if e['ignore_auth_check'] else 'no':>4} {e['load_stage']:>5}  "
+            f"{e['digest'][:32]}..."
+        )
+
+
+def render_bundle(d: dict[str, Any], lines: list[str]) -> None:
+    if "error" in d:
+        lines.append(f"Caliptra bundle: {d['error']}")
+        return
+    _kv(
+        lines,
+        "Caliptra firmware bundle",
+        {
+            "vendor key index": f"ECC {d['vendor_ecc_key_index']}, LMS {d['vendor_lms_key_index']}",
+            "vendor ECC key": _key_text(d["vendor_ecc_key"]),
+            "vendor LMS key": _key_text(d["vendor_lms_key"]),
+            "owner ECC key": _key_text(d["owner_ecc_key"]),
+            "owner LMS key": _key_text(d["owner_lms_key"]),
+            "LMS sig q": (
+                f"vendor {d['vendor_lms_signature_q']}, owner {d['owner_lms_signature_q']}"
+            ),
+        },
+    )
+    for t in d["toc"]:
+        lines.append(
+            f"  TOC {t['name']:<8} id {t['id']} version {t['version']} svn {t['svn']} "
+            f"load 0x{t['load_addr']:08x} entry 0x{t['entry_point']:08x} "
+            f"offset {t['offset']} size {t['size']}"
+        )
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [f"{doc['kind']}, {doc['length']} bytes"]
+    if "flash" in doc:
+        fl = doc["flash"]
+        _kv(lines, f"FLSH header (at 0x{fl['flsh_offset']:x})", fl["header"])
+        lines.append(
+            f"  {'id':>7} {'offset':>10} {'size':>9}  {'name':<16} fw_id flags      "
+            "src skip stage digest"
+        )
+        for im in fl["images"]:
+            extra = ""
+            if "flags" in im:
+                extra = (
+                    f" {im['fw_id']:>5} 0x{im['flags']:08x} {im['source']:>3} "
+                    f"{'yes' if im['ignore_auth_check'] else 'no':>4} {im['load_stage']:>5} "
+                    f"{im['digest'][:16]}..."
+                )
+            lines.append(
+                f"  0x{im['identifier']:05x} 0x{im['offset']:08x} {im['size']:>9}  "
+                f"{im['name']:<16}{extra}"
+            )
+        if fl["bundle"]:
+            render_bundle(fl["bundle"], lines)
+        if fl["manifest"]:
+            if "error" in fl["manifest"]:
+                lines.append(f"SoC manifest: {fl['manifest']['error']}")
+            else:
+                render_manifest(fl["manifest"], lines)
+    if "manifest" in doc:
+        render_manifest(doc["manifest"], lines)
+    if "bundle" in doc:
+        render_bundle(doc["bundle"], lines)
+    return "\n".join(lines)
