@@ -310,17 +310,46 @@ def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
             '"generate")'
         ) from None
     digest = manifest.PREBUILT_VENDOR_TBS_DIGEST
+    bundle_keys = _bundle_vendor_keys(cfg)
     if sp.algo == "ecc":
         try:
             sig = ecc.der_to_hw(raw)
         except ValueError:
             raise FormatError(f"{path}: not a DER ECDSA signature") from None
-        if sp.pub is not None and not ecc.verify_digest(ecc.load_public(sp.pub), digest, raw):
-            log.warning("%s: prebuilt vendor ECC signature does not verify with %s", path, sp.pub)
+        if bundle_keys is not None:
+            ok = ecc.verify_digest_hw(ecc.hw_to_public(bundle_keys[0]), digest, sig)
+            against = f"the vendor ECC key selected in {cfg.caliptra_file}"
+        elif sp.pub is not None:
+            ok = ecc.verify_digest(ecc.load_public(sp.pub), digest, raw)
+            against = str(sp.pub)
+        else:
+            return sig
+        if not ok:
+            log.warning("%s: prebuilt vendor ECC signature does not verify with %s", path, against)
         return sig
     if len(raw) != lms.SLOT_LEN:
         raise FormatError(f"{path}: {len(raw)} bytes, expected a {lms.SLOT_LEN}-byte LMS signature")
+    if bundle_keys is not None:
+        key = lms.LmsPublicKey.from_bytes(bundle_keys[1], str(cfg.caliptra_file))
+        if not key.verify(digest, raw):
+            log.warning(
+                "%s: prebuilt vendor LMS signature does not verify with the vendor LMS key "
+                "selected in %s: Caliptra will reject it where LMS verification is enabled",
+                path,
+                cfg.caliptra_file,
+            )
     return raw
+
+
+def _bundle_vendor_keys(cfg: Config) -> tuple[bytes, bytes] | None:
+    """(vendor ECC hw, vendor LMS 48) selected in the configured Caliptra bundle, if any."""
+    if cfg.caliptra_file is None:
+        return None
+    try:
+        b = bundle.parse_bundle(cfg.caliptra_file.read_bytes(), str(cfg.caliptra_file))
+    except (FormatError, OSError):
+        return None
+    return b.vendor_ecc_pubkey, b.vendor_lms_pubkey
 
 
 def sign_slot(cfg: Config, sp: SlotPlan, skel: Manifest) -> bytes:

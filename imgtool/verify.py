@@ -436,21 +436,21 @@ def check_flash(
         return
     if not r.add(reg, "image_count in 1..127", 1 <= count <= flash.MAX_IMAGES, str(count)):
         return
-    if _newer_flsh(f):
-        r.add(
-            reg,
-            "pinned v1 layout (first image at 16 + 12 * count)",
-            False,
-            "a later upstream layout (20-byte entries): not supported yet",
-        )
-        return
     hcrc, pcrc = struct.unpack_from("<II", f, 8)
-    r.add(
+    hcrc_ok = r.add(
         "flash header CRC",
         "CRC-32 of bytes 0..7",
         hcrc == flash.crc32(f[:8]),
         f"stored 0x{hcrc:08x}, computed 0x{flash.crc32(f[:8]):08x}",
     )
+    if not hcrc_ok and _newer_flsh(f):
+        r.add(
+            reg,
+            "pinned v1 layout (first image at 16 + 12 * count)",
+            False,
+            "looks like a later upstream layout (20-byte entries): not supported yet",
+        )
+        return
     table_end = flash.HEADER_LEN + flash.ENTRY_LEN * count
     if not r.add("flash entries", "image table complete", len(f) >= table_end):
         return

@@ -51,6 +51,15 @@ def ecc_keys(keys: Path) -> None:
             ecc.generate_keypair(keys / f"{name}-ecc")
 
 
+def lms_keys(keys: Path) -> None:
+    """Full-tree H5/W4 LMS keys (32 leaves each: plenty for a test, quick to generate)."""
+    from imgtool import lms, lms_state
+
+    for name in KEY_NAMES:
+        if not (keys / f"{name}-lms-prvk.pem").exists():
+            lms_state.generate(keys / f"{name}-lms", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
+
+
 def key_section(section: str, prefix: str, ecc_on: bool, lms_on: bool) -> str:
     lines = [f"[{section}]"]
     if ecc_on:
@@ -83,13 +92,20 @@ def make_project(
     extra_runtime: str = "",
     extra_manifest: str = "",
     load_stages: tuple[int, ...] | None = None,
+    sample_bundle: bool = False,
 ) -> Project:
     """A project with len(sizes) SoC images (fw_id 2..) plus the MCU runtime (fw_id 1)."""
     keys, pre, out = root / "keys", root / "prebuilt", root / "out"
     pre.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     ecc_keys(keys)
+    if lms or sample_bundle:
+        lms_keys(keys)
     (pre / "mcu.bin").write_bytes(mcu)
+    if sample_bundle:
+        from imgtool.demo import sample_bundle as make_bundle
+
+        caliptra = make_bundle(keys)
     if caliptra is not None:
         (pre / "caliptra-fw.bin").write_bytes(caliptra)
     text = (
