@@ -139,9 +139,7 @@ def _fast_sha256() -> Callable[[bytes | bytearray], Any]:
     leaf). Same function; falls back to hashlib where the module is missing."""
     for name in ("_sha2", "_sha256"):  # Python >= 3.12, 3.11
         try:
-            fn: Callable[[bytes | bytearray], Any] = getattr(
-                importlib.import_module(name), "sha256"
-            )
+            fn: Callable[[bytes | bytearray], Any] = importlib.import_module(name).sha256
         except (ImportError, AttributeError):
             continue
         return fn
