@@ -116,6 +116,20 @@ def load_public(path: str | Path) -> ec.EllipticCurvePublicKey:
     return key
 
 
+def load_public_bytes(data: bytes) -> ec.EllipticCurvePublicKey:
+    """A P-384 public key from PEM or DER bytes; ValueError otherwise."""
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_public_key(data)
+        else:
+            key = serialization.load_der_public_key(data)
+    except (UnsupportedAlgorithm, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        raise ValueError("not a P-384 public key")
+    return key
+
+
 def load_private(path: str | Path) -> ec.EllipticCurvePrivateKey:
     """Load a SEC1 or PKCS#8 PEM P-384 private key (an EC PARAMETERS block may precede it)."""
     p = Path(path)
