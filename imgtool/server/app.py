@@ -20,6 +20,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -56,6 +57,7 @@ class Ctx:
     machine: str = ""
     key: str = ""
     inputs: dict[str, str] = field(default_factory=dict)
+    too_large: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -87,7 +89,7 @@ class SigningService:
         if ctx.token is not None and not ctx.token.allows(machine, ctx.endpoint):
             raise Reject(403, f"token not allowed for machine {machine!r} / {ctx.endpoint}")
 
-    def _limited(self, request: Request) -> Request:
+    def _limited(self, request: Request, ctx: Ctx) -> Request:
         limit = self.s.request_max_size
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -100,6 +102,7 @@ class SigningService:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
+                    ctx.too_large = True  # form parsers may wrap the exception: remember it
                     raise BodyTooLarge
             return msg
 
@@ -125,7 +128,13 @@ class SigningService:
             status = exc.status
             log.warning("%s: %s", endpoint, exc.detail or exc.public)
             return PlainTextResponse(exc.public + "\n", status_code=exc.status)
+        except HTTPException as exc:  # raised by Starlette's form parsers (limits, bad bodies)
+            status = 413 if ctx.too_large else exc.status_code
+            return PlainTextResponse(f"{exc.detail}\n", status_code=status)
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client
+            if ctx.too_large:
+                status = 413
+                return PlainTextResponse("request body too large\n", status_code=413)
             log.error("%s: internal error (%s)", endpoint, type(exc).__name__)
             return PlainTextResponse("Signing error\n", status_code=500)
         finally:
@@ -181,7 +190,7 @@ class SigningService:
         return await self._handle(request, "imx", self._sign_imx)
 
     async def _sign_imx(self, request: Request, ctx: Ctx) -> Response:
-        async with self._limited(request).form(max_files=2, max_fields=8) as form:
+        async with self._limited(request, ctx).form(max_files=2, max_fields=8) as form:
             machine = self._field(form, "machine")
             ctx.machine = machine if validate.machine_ok(machine) else "(invalid)"
             soctype = self._field(form, "soctype")
@@ -248,7 +257,7 @@ class SigningService:
         return p
 
     async def _sign_caliptra(self, request: Request, ctx: Ctx) -> Response:
-        async with self._limited(request).form(max_files=0, max_fields=8) as form:
+        async with self._limited(request, ctx).form(max_files=0, max_fields=8) as form:
             machine = self._field(form, "machine")
             key, algo = self._field(form, "key"), self._field(form, "algo")
             digest_hex = self._field(form, "digest")
