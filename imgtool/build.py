@@ -24,6 +24,7 @@ from .flash import (
     ID_CALIPTRA,
     ID_MANIFEST,
     ID_MCU,
+    MAX_IMAGES,
     SOC_ID_BASE,
     FlashItem,
     write_flash_file,
@@ -399,6 +400,12 @@ def flash_items(
             raise ImgtoolError(f"manifest has no entry for fw_id {img.fw_id} ({img.file})")
         soc.append(FlashItem(SOC_ID_BASE + i, img.path, expect_digest=want, name=img.file))
     count = 3 + len(soc)
+    if count > MAX_IMAGES:
+        raise ConfigError(
+            f"{cfg.path}: image_metadata_list: {len(soc)} SoC images + Caliptra, manifest and MCU "
+            f"= {count} flash images; the FLSH readers accept at most {MAX_IMAGES} "
+            f"(at most {MAX_IMAGES - 3} SoC images)"
+        )
     if cfg.zero_caliptra_file_end is not None:
         fill = cfg.zero_caliptra_file_end - (HEADER_LEN + ENTRY_LEN * count)
         if fill < 0 or fill % 4:

@@ -6,9 +6,10 @@ import hashlib
 import struct
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import FormatError, ImgtoolError
 from .fileio import atomic_writer
@@ -106,6 +107,36 @@ class FlashItem:
             raise ImgtoolError(f"{self.path}: cannot read image: {exc.strerror}") from None
 
 
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flash-sha384")
+
+
+def _copy_file(path: Path, out: BinaryIO, crc: int, h: Any) -> tuple[int, int]:
+    """Copy a file into ``out`` in CHUNK-sized pieces (two reused buffers), updating the CRC,
+    and the SHA-384 ``h`` in a worker thread so that hashing overlaps the I/O."""
+    bufs = (bytearray(CHUNK), bytearray(CHUNK))
+    pending: Future[None] | None = None
+    n = 0
+    with open(path, "rb", buffering=0) as fh:
+        i = 0
+        while True:
+            buf = bufs[i]
+            got = fh.readinto(buf)
+            if not got:
+                break
+            view = memoryview(buf)[:got]
+            out.write(view)
+            crc = zlib.crc32(view, crc)
+            if h is not None:
+                if pending is not None:
+                    pending.result()  # the other buffer is free again
+                pending = _HASHER.submit(h.update, view)
+            n += got
+            i ^= 1
+    if pending is not None:
+        pending.result()
+    return n, crc & 0xFFFFFFFF
+
+
 def _stream_item(item: FlashItem, out: BinaryIO, crc: int) -> tuple[int, int]:
     """Copy an item into out, zero-padded to 4; returns (bytes written, running CRC)."""
     n = 0
@@ -117,13 +148,7 @@ def _stream_item(item: FlashItem, out: BinaryIO, crc: int) -> tuple[int, int]:
         if h:
             h.update(item.data)
     elif item.path is not None:
-        with open(item.path, "rb") as fh:
-            while block := fh.read(CHUNK):
-                out.write(block)
-                crc = crc32(block, crc)
-                if h:
-                    h.update(block)
-                n += len(block)
+        n, crc = _copy_file(item.path, out, crc, h)
     pad = bytes(-n % 4)
     out.write(pad)
     crc = crc32(pad, crc)

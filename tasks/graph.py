@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
+from doit.dependency import MD5Checker, get_file_md5
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
@@ -78,6 +80,24 @@ def flash_path(cfg: Config, s: Settings) -> Path:
     return Path(s.flash) if s.flash else cfg.default_flash_path()
 
 
+class CachedMD5Checker(MD5Checker):  # type: ignore[misc]
+    """doit's MD5 checker, with the MD5 of a file computed once per process: every image is a
+    file_dep of its digest task and of the flash task, and hashing 500 MiB twice is not free."""
+
+    _memo: dict[tuple[str, int, int], str] = {}
+
+    def get_state(self, dep: str, current_state: Any) -> Any:
+        timestamp = os.path.getmtime(dep)
+        if current_state and current_state[0] == timestamp:
+            return None
+        st = os.stat(dep)
+        key = (dep, st.st_mtime_ns, st.st_size)
+        md5 = self._memo.get(key)
+        if md5 is None:
+            md5 = self._memo[key] = get_file_md5(dep)
+        return timestamp, st.st_size, md5
+
+
 def doit_config(s: Settings) -> dict[str, Any]:
     _load.cache_clear()  # a new doit run (possibly in the same process): re-read the config
     cfg = _load(s)
@@ -89,6 +109,7 @@ def doit_config(s: Settings) -> dict[str, Any]:
         "default_tasks": ["flash"],
         "verbosity": 1,
         "action_string_formatting": "new",
+        "check_file_uptodate": CachedMD5Checker,
     }
 
 
