@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import bundle, ecc, lms, manifest
 from .config import Config, Format, ImageEntry, KeySet, VendorSignature
-from .errors import ConfigError, FormatError, ImgtoolError, KeyFileError, SigningError
+from .errors import ConfigError, FormatError, ImgtoolError
 from .fileio import atomic_write
 from .flash import (
     ENTRY_LEN,
@@ -440,17 +440,3 @@ def create_auth_flash(cfg: Config, out: Path, man: Manifest) -> int:
         return write_flash_file(out, items, out_bundle=out_bundle)
     except OSError as exc:
         raise ImgtoolError(f"{exc.filename or out}: {exc.strerror}") from None
-
-
-__all__ = [
-    "KeyFileError",
-    "SigningError",
-    "assemble",
-    "build_imc",
-    "build_manifest",
-    "create_auth_flash",
-    "create_auth_man",
-    "plan",
-    "sign_slot",
-    "skeleton",
-]

@@ -128,10 +128,8 @@ def test_tokens_file_keeps_only_hashes(server: Server, tmp_path: Path) -> None:
     assert json.loads(text)["tokens"][0]["sha256"]
 
 
-def _run_helper(server: Server, tmp: Path, algo: str, by_file: bool) -> bytes:
-    tok = tmp / "token"
-    tok.write_text(server.token)
-    cmd = [
+def _helper_cmd(server: Server, token_file: Path, algo: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "imgtool",
@@ -145,8 +143,14 @@ def _run_helper(server: Server, tmp: Path, algo: str, by_file: bool) -> bytes:
         "--algo",
         algo,
         "--token-file",
-        str(tok),
+        str(token_file),
     ]
+
+
+def _run_helper(server: Server, tmp: Path, algo: str, by_file: bool) -> bytes:
+    tok = tmp / "token"
+    tok.write_text(server.token)
+    cmd = _helper_cmd(server, tok, algo)
     if by_file:
         f = tmp / f"digest-{algo}.bin"
         f.write_bytes(DIGEST)
@@ -175,22 +179,7 @@ def test_sign_helper_bad_token_fails_cleanly(server: Server, tmp_path: Path) -> 
     tok = tmp_path / "token"
     tok.write_text("wrong")
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgtool",
-            "sign-helper",
-            "--server",
-            server.url,
-            "--machine",
-            MACHINE,
-            "--key",
-            "own-man",
-            "--algo",
-            "ecc",
-            "--token-file",
-            str(tok),
-        ],
+        _helper_cmd(server, tok, "ecc"),
         input=DIGEST.hex() + "\n",
         capture_output=True,
         text=True,
