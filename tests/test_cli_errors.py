@@ -1,0 +1,258 @@
+"""Bad input: one line naming the file and field, exit 2, and no output created or replaced."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from projects import Project, make_project
+
+from imgtool.cli import main
+
+PREVIOUS = b"previous good image"
+
+
+def _replace(old: str, new: str) -> Callable[[Project], None]:
+    def edit(p: Project) -> None:
+        text = p.cfg.read_text()
+        assert old in text, old
+        p.cfg.write_text(text.replace(old, new, 1))
+
+    return edit
+
+
+def _append(extra: str) -> Callable[[Project], None]:
+    def edit(p: Project) -> None:
+        p.cfg.write_text(p.cfg.read_text() + "\n" + extra + "\n")
+
+    return edit
+
+
+def _write_key(name: str, make: Callable[[], bytes]) -> Callable[[Project], None]:
+    def edit(p: Project) -> None:
+        (p.keys / name).write_bytes(make())
+
+    return edit
+
+
+def _p256() -> bytes:
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _rsa() -> bytes:
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _helper(body: str) -> Callable[[Project], None]:
+    """Owner manifest ECC key replaced by a helper script with this body (stdin mode)."""
+
+    def edit(p: Project) -> None:
+        script = p.root / "helper.py"
+        script.write_text("import sys, time\n" + body + "\n")
+        text = p.cfg.read_text().replace('ecc_priv_key = "own-man-ecc-prvk.pem"\n', "")
+        p.cfg.write_text(
+            text + f"\n[sign_helper]\nowner_ecc_man_key_sign_helper = "
+            f'"{sys.executable} {script}"\ntimeout = 1\n'
+        )
+
+    return edit
+
+
+WRONG_KEY_SIGNER = (
+    "from imgtool import ecc\n"
+    "d = bytes.fromhex(sys.stdin.readline().strip())\n"
+    "k = ecc.load_private(sys.argv[0].replace('helper.py', 'keys/own-fw-ecc-prvk.pem'))\n"
+    "print(ecc.sign_digest_der(k, d).hex())"
+)
+
+# (id, edit, text the single error line must contain)
+CASES: list[tuple[str, Callable[[Project], None], str]] = [
+    (
+        "unknown key in manifest_config",
+        _replace("flags = 0", "flags = 0\nflagz = 1"),
+        "manifest_config.flagz: unknown key",
+    ),
+    (
+        "unknown key in an image",
+        _replace("load_stage = 0\n", "load_stage = 0\nsize = 4\n"),
+        "image_metadata_list[0].size: unknown key",
+    ),
+    (
+        "unknown key in a key section",
+        _replace(
+            'ecc_pub_key = "own-fw-ecc-pubk.pem"',
+            'ecc_pub_key = "own-fw-ecc-pubk.pem"\necc_key = "x"',
+        ),
+        "owner_fw_key_config.ecc_key: unknown key",
+    ),
+    (
+        "unknown section",
+        _append("[authtool]\ncaliptra_sw_auth = 'x'"),
+        "[authtool]: unknown section",
+    ),
+    (
+        "string version",
+        _replace("version = 1", 'version = "1"'),
+        "manifest_config.version: expected integer",
+    ),
+    (
+        "int for bool",
+        _replace("ignore_auth_check = false", "ignore_auth_check = 0"),
+        "image_metadata_list[0].ignore_auth_check: expected boolean",
+    ),
+    (
+        "bool for int",
+        _replace("source = 1", "source = true"),
+        "image_metadata_list[0].source: expected integer",
+    ),
+    (
+        "version > u32",
+        _replace("version = 1", "version = 4294967296"),
+        "manifest_config.version: must be a 32-bit",
+    ),
+    (
+        "duplicate fw_id",
+        _replace("fw_id = 3", "fw_id = 2"),
+        "image_metadata_list[2].fw_id: duplicate",
+    ),
+    ("fw_id 1 not first", _replace("fw_id = 1", "fw_id = 9"), "image_metadata_list[0].fw_id"),
+    ("fw_id gap", _replace("fw_id = 4", "fw_id = 9"), "image_metadata_list[3].fw_id: SoC images"),
+    (
+        "load_stage 4",
+        _replace("load_stage = 1", "load_stage = 4"),
+        "image_metadata_list[2].load_stage: must be 0..3",
+    ),
+    (
+        "source 5",
+        _replace("source = 1", "source = 5"),
+        "image_metadata_list[0].source: must be 0..3",
+    ),
+    ("missing image", _replace('file = "img2.bin"', 'file = "nope.bin"'), "nope.bin"),
+    (
+        "missing mcu_file",
+        _replace('mcu_file = "mcu.bin"', 'mcu_file = "mcu2.bin"'),
+        "image_runtime_list.mcu_file: file not found",
+    ),
+    (
+        "missing caliptra_file",
+        _replace('caliptra_file = "caliptra-fw.bin"', 'caliptra_file = "cal.bin"'),
+        "image_runtime_list.caliptra_file: file not found",
+    ),
+    (
+        "key named but absent",
+        _replace('"own-fw-ecc-pubk.pem"', '"own-fw-ecc-pubk-x.pem"'),
+        "owner_fw_key_config.ecc_pub_key: key file not found",
+    ),
+    ("P-256 key", _write_key("own-man-ecc-prvk.pem", _p256), "secp256r1"),
+    ("RSA key", _write_key("own-fw-ecc-prvk.pem", _rsa), "not an EC key"),
+    (
+        "public key as private",
+        _write_key(
+            "vnd-fw-ecc-prvk.pem",
+            lambda: b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        ),
+        "public key where a private key",
+    ),
+    (
+        "garbage PEM",
+        _write_key("vnd-man-ecc-pubk.pem", lambda: b"not a key at all"),
+        "not a PEM/DER public key",
+    ),
+    ("invalid TOML", _append("[[image_metadata_list]\n"), "invalid TOML"),
+    ("bad format", _replace('format = "aspeed"', 'format = "bogus"'), "manifest_config.format"),
+    (
+        "prebuilt with version 2",
+        lambda p: (
+            _replace('vendor_signature = "generate"', 'vendor_signature = "prebuilt"')(p),
+            _replace("version = 1", "version = 2")(p),
+        ),
+        "prebuilt vendor signature covers only version = 1",
+    ),
+    (
+        "prebuilt without vnd_sig",
+        _replace('vendor_signature = "generate"', 'vendor_signature = "prebuilt"'),
+        "prebuilt vendor signature not found",
+    ),
+    (
+        "zero_caliptra_file_end with caliptra_file",
+        _replace('mcu_file = "mcu.bin"', 'mcu_file = "mcu.bin"\nzero_caliptra_file_end = 0x1000'),
+        "zero_caliptra_file_end: only allowed",
+    ),
+    ("helper exits 1", _helper("sys.exit(1)"), "owner_ecc_man_key_sign_helper: sign helper exited"),
+    ("helper prints two lines", _helper("print('00'); print('11')"), "exactly one line"),
+    ("helper prints non-hex", _helper("print('xyz')"), "not hex"),
+    ("helper hangs", _helper("time.sleep(30)"), "timed out after 1 s"),
+    ("helper signs with the wrong key", _helper(WRONG_KEY_SIGNER), "does not verify"),
+    ("helper returns garbage", _helper("print('3004020101')"), "not a DER"),
+    (
+        "helper not found",
+        lambda p: (_helper("")(p), _replace(sys.executable, "/nonexistent/py")(p)),
+        "command not found",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expect"), [(e, x) for _, e, x in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[Project], None], expect: str
+) -> None:
+    prj = make_project(tmp_path)
+    edit(prj)
+    prj.flash.write_bytes(PREVIOUS)  # a previous good output must survive
+    rc = main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))])
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if not line.startswith("cptra-imgtool: warning:")]
+    assert rc == 2
+    assert len(errors) == 1, err
+    assert errors[0].startswith("cptra-imgtool: error: ")
+    assert expect in errors[0], errors[0]
+    assert prj.flash.read_bytes() == PREVIOUS
+    assert not prj.man.exists()
+    assert sorted(p.name for p in prj.out.iterdir()) == ["f.bin"]  # no temp files left
+
+
+def test_no_traceback_reaches_the_user(tmp_path: Path) -> None:
+    prj = make_project(tmp_path)
+    _replace("source = 1", "source = 7")(prj)
+    r = subprocess.run(
+        [sys.executable, "-m", "imgtool", "create-auth-man", *prj.args()],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "imgtool", "create-auth-man", *prj.args(), "--debug"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["create-auth-man", "--cfg", str(tmp_path / "none.toml")]) == 2
+    assert "none.toml: config file not found" in capsys.readouterr().err
+
+
+def test_load_stage_2_unaligned_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prj = make_project(tmp_path, sizes=(40, 33), load_stages=(0, 2))
+    assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "img1.bin" in warnings[0] and "load_stage 2" in warnings[0]
+
+
+def test_too_many_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prj = make_project(tmp_path, sizes=(4,) * 127)
+    assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 2
+    assert "128 entries, at most 127" in capsys.readouterr().err
