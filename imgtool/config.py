@@ -67,6 +67,8 @@ _IMAGE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "fw_id": int,
     "ignore_auth_check": bool,
     "load_stage": int,
+    # newer reference tool (Caliptra 2.x per-image SVN): accepted, not part of these layouts
+    "svn": int,
 }
 _HELPER_SECTION_FIELDS: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(HELPER_FIELDS, str),
@@ -375,6 +377,12 @@ def load_config(
         load_stage = t.get("load_stage", 0)
         if not 0 <= load_stage <= 3:
             raise _err(cfg_path, f"{where}.load_stage", f"must be 0..3, got {load_stage}")
+        if "svn" in t:
+            _u32(cfg_path, f"{where}.svn", t["svn"])
+            warn(
+                f"{cfg_path}: {where}.svn: the {fmt} manifest has no per-image SVN "
+                "(a Caliptra 2.x field); ignored"
+            )
         img_path = resolve(f"{where}.file", t["file"])
         images.append(
             ImageEntry(

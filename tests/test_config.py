@@ -68,3 +68,15 @@ def test_incomplete_key_set_warns(tmp_path: Path, caplog: pytest.LogCaptureFixtu
         sel = key_selection(c)
     assert not sel[("owner", "ecc")].enabled
     assert "owner_man_key_config.ecc_priv_key" in caplog.text
+
+
+def test_newer_per_image_svn_is_accepted_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    prj = make_project(tmp_path)
+    text = prj.cfg.read_text().replace("fw_id = 1\n", "fw_id = 1\nsvn = 1\n", 1)
+    prj.cfg.write_text(text)
+    with caplog.at_level("WARNING", logger="imgtool"):
+        c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    assert c.images[0].fw_id == 1
+    assert "image_metadata_list[0].svn" in caplog.text and "ignored" in caplog.text
