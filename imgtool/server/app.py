@@ -26,7 +26,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from .. import ecc, lms
-from ..errors import ImgtoolError, ServerError
+from ..errors import ImgtoolError, LmsStateError, ServerError
 from . import validate
 from .audit import AuditLog
 from .auth import Token, authenticate, load_tokens
@@ -289,9 +289,12 @@ class SigningService:
         with lock:
             try:
                 return lms.LmsSigner.load(priv).sign_digest(digest)
+            except LmsStateError as exc:
+                log.error("caliptra: %s", exc)  # names the key file, never key material
+                raise Reject(500, "Signing error: the LMS key has no usable leaf left") from None
             except ImgtoolError as exc:
-                # the message names files and counts, never key material
-                raise Reject(500, f"Signing error: {exc}") from None
+                log.error("caliptra: %s", exc)
+                raise Reject(500, "Signing error") from None
 
     # ------------------------------------------------------------------ /pubkey, /healthz
     async def pubkey(self, request: Request) -> Response:

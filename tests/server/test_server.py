@@ -540,3 +540,13 @@ def test_refuses_to_start_without_tokens(tmp_path: Path) -> None:
         timeout=30,
     )
     assert r.returncode == 2 and "loopback" in r.stderr
+
+
+def test_lms_exhaustion_over_the_server(server: Server) -> None:
+    data = {"machine": MACHINE, "key": "vnd-fw", "algo": "lms", "digest": DIGEST.hex()}
+    with server.client() as c:
+        qs = {lms.sig_q(c.post("/sign/caliptra", data=data).content) for _ in range(32)}
+        assert qs == set(range(32))
+        r = c.post("/sign/caliptra", data=data)
+    assert r.status_code == 500 and "no usable leaf left" in r.text
+    assert str(server.root) not in r.text and "prvk" not in r.text
