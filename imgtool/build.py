@@ -55,7 +55,7 @@ class PartyAlgo:
     man_helper: str | None = None
 
 
-def _party_algo(cfg: Config, party: str, algo: str) -> PartyAlgo:
+def _party_algo(cfg: Config, party: str, algo: str, warn: bool) -> PartyAlgo:
     fw: KeySet = cfg.vendor_fw if party == "vendor" else cfg.owner_fw
     man: KeySet = cfg.vendor_man if party == "vendor" else cfg.owner_man
     fw_helper = cfg.helpers.get(algo, "fw") if party == "owner" else None
@@ -70,7 +70,7 @@ def _party_algo(cfg: Config, party: str, algo: str) -> PartyAlgo:
         sect.format("man", "pub"): man_pub is not None,
     }
     enabled = all(needs.values())
-    if not enabled and any(needs.values()):
+    if warn and not enabled and any(needs.values()):
         missing = ", ".join(k for k, v in needs.items() if not v)
         log.warning(
             "%s: %s %s keys incomplete (missing %s): its %s signatures stay empty",
@@ -85,8 +85,11 @@ def _party_algo(cfg: Config, party: str, algo: str) -> PartyAlgo:
     )
 
 
-def key_selection(cfg: Config) -> dict[tuple[str, str], PartyAlgo]:
-    return {(p, a): _party_algo(cfg, p, a) for p in ("vendor", "owner") for a in ("ecc", "lms")}
+def key_selection(cfg: Config, warn: bool = False) -> dict[tuple[str, str], PartyAlgo]:
+    """Which party signs with which algorithm; ``warn`` reports incomplete key sets (plan())."""
+    return {
+        (p, a): _party_algo(cfg, p, a, warn) for p in ("vendor", "owner") for a in ("ecc", "lms")
+    }
 
 
 # ---------------------------------------------------------------------------- public keys
@@ -98,31 +101,33 @@ def _lms_pub(path: Path) -> bytes:
     return bytes(lms.load_public(path).to_bytes())
 
 
-def _bundle_owner_keys(cfg: Config) -> tuple[bytes, bytes] | None:
-    """(owner ECC hw, owner LMS 48) from the Caliptra firmware bundle, if one is configured."""
+def _bundle(cfg: Config, strict: bool) -> bundle.Bundle | None:
+    """The configured Caliptra firmware bundle, parsed; None when there is none (or, unless
+    ``strict``, when it cannot be parsed)."""
     if cfg.caliptra_file is None:
         return None
     try:
-        b = bundle.parse_bundle(cfg.caliptra_file.read_bytes())
-    except FormatError as exc:
-        raise ConfigError(f"image_runtime_list.caliptra_file: {exc}") from None
-    return b.owner_ecc_pubkey, b.owner_lms_pubkey
+        return bundle.parse_bundle(cfg.caliptra_file.read_bytes(), str(cfg.caliptra_file))
+    except (FormatError, OSError) as exc:
+        if strict:
+            raise ConfigError(f"image_runtime_list.caliptra_file: {exc}") from None
+        return None
 
 
 def owner_fw_public(cfg: Config, sel: PartyAlgo) -> object:
     """The owner FW public key a helper's signature must verify with."""
     if sel.fw_pub is not None:
         return ecc.load_public(sel.fw_pub) if sel.algo == "ecc" else lms.load_public(sel.fw_pub)
-    keys = _bundle_owner_keys(cfg)
-    if keys is None:
+    b = _bundle(cfg, strict=True)
+    if b is None:
         raise ConfigError(
             f"{cfg.path}: owner_fw_key_config.{sel.algo}_pub_key: needed to verify what "
             f"owner_{sel.algo}_fw_key_sign_helper returns (or set image_runtime_list.caliptra_file "
             "to a bundle holding the owner keys)"
         )
     if sel.algo == "ecc":
-        return ecc.hw_to_public(keys[0])
-    return lms.LmsPublicKey.from_bytes(keys[1], f"{cfg.caliptra_file} owner LMS key")
+        return ecc.hw_to_public(b.owner_ecc_pubkey)
+    return lms.LmsPublicKey.from_bytes(b.owner_lms_pubkey, f"{cfg.caliptra_file} owner LMS key")
 
 
 # ---------------------------------------------------------------------------- plan
@@ -163,7 +168,7 @@ def _check_prebuilt_allowed(cfg: Config) -> None:
 
 
 def plan(cfg: Config) -> Plan:
-    sel = key_selection(cfg)
+    sel = key_selection(cfg, warn=True)
     slots: list[SlotPlan] = []
     pubs: list[Path] = []
     aspeed = cfg.format is Format.ASPEED
@@ -311,7 +316,8 @@ def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
             '"generate")'
         ) from None
     digest = manifest.PREBUILT_VENDOR_TBS_DIGEST
-    bundle_keys = _bundle_vendor_keys(cfg)
+    b = _bundle(cfg, strict=False)
+    bundle_keys = (b.vendor_ecc_pubkey, b.vendor_lms_pubkey) if b is not None else None
     if sp.algo == "ecc":
         try:
             sig = ecc.der_to_hw(raw)
@@ -340,17 +346,6 @@ def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
                 cfg.caliptra_file,
             )
     return raw
-
-
-def _bundle_vendor_keys(cfg: Config) -> tuple[bytes, bytes] | None:
-    """(vendor ECC hw, vendor LMS 48) selected in the configured Caliptra bundle, if any."""
-    if cfg.caliptra_file is None:
-        return None
-    try:
-        b = bundle.parse_bundle(cfg.caliptra_file.read_bytes(), str(cfg.caliptra_file))
-    except (FormatError, OSError):
-        return None
-    return b.vendor_ecc_pubkey, b.vendor_lms_pubkey
 
 
 def sign_slot(cfg: Config, sp: SlotPlan, skel: Manifest) -> bytes:

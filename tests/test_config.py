@@ -65,7 +65,7 @@ def test_incomplete_key_set_warns(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     prj.cfg.write_text(text)
     c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
     with caplog.at_level("WARNING", logger="imgtool"):
-        sel = key_selection(c)
+        sel = key_selection(c, warn=True)
     assert not sel[("owner", "ecc")].enabled
     assert "owner_man_key_config.ecc_priv_key" in caplog.text
 
