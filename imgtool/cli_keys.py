@@ -90,6 +90,9 @@ def cmd_lms_status(args: argparse.Namespace) -> int:
     key, pub = lms_state.load_pair(priv, args.pub)
     h = key.height
     w = lms.LMOTS_PARAMS[key.ots_type][0]
+    if args.init:
+        lms_state.adopt(priv, key, pub, args.next_q, progress=_progress(f"LMS H{h}/W{w} tree"))
+        print(f"{priv}: full-tree key adopted; next leaf {args.next_q} of {1 << h}")
     if not lms_state.state_path(priv).exists():
         if lms.sparse_root(key) == pub.root:
             print(
@@ -217,6 +220,17 @@ def register(sub: Any) -> None:
     p = sub.add_parser("lms-status", help="show how many one-time leaves of an LMS key are used")
     p.add_argument("key", help="LMS private key file")
     p.add_argument("--pub", help="public key (default: the -pubk file beside the key)")
+    p.add_argument(
+        "--init",
+        action="store_true",
+        help="adopt a full-tree key made elsewhere: build its tree cache and state file",
+    )
+    p.add_argument(
+        "--next-q",
+        type=int,
+        default=0,
+        help="with --init: the first leaf never used before (default 0)",
+    )
     p.set_defaults(func=cmd_lms_status)
 
     p = sub.add_parser("new-project", help="create config/NAME.toml, keys/NAME/, prebuilt/NAME/")

@@ -361,7 +361,8 @@ class LmsSigner:
         raise KeyFileError(
             f"{priv_path}: full-tree LMS key without a state file "
             f"({lms_state.state_path(priv_path).name}); refusing to guess a leaf "
-            "(create keys with `cptra-imgtool keygen --algo lms`)"
+            "(create keys with `cptra-imgtool keygen --algo lms`, or adopt this one with "
+            "`cptra-imgtool lms-status KEY --init --next-q N`)"
         )
 
     def public_key(self) -> LmsPublicKey:

@@ -45,6 +45,7 @@ from .lms import (
     height,
     load_private,
     load_public,
+    sparse_root,
 )
 
 log = logging.getLogger("imgtool")
@@ -293,6 +294,31 @@ def generate(
     atomic_write(pub_path, pub.to_bytes())
     atomic_write(priv_path, key.to_bytes(), mode=0o600)
     return priv_path, pub_path
+
+
+def adopt(
+    priv: str | Path,
+    key: LmsPrivateKey,
+    pub: LmsPublicKey,
+    next_q: int,
+    progress: Progress | None = None,
+) -> None:
+    """Start leaf state for a full-tree key generated elsewhere. The caller vouches that no leaf
+    below ``next_q`` was ever used; refuses if a state file exists or the root does not match."""
+    if state_path(priv).exists():
+        raise LmsStateError(f"{state_path(priv)}: already exists; the state is never reset")
+    if not 0 <= next_q < (1 << pub.height):
+        raise LmsStateError(f"--next-q {next_q}: outside 0..{(1 << pub.height) - 1}")
+    if sparse_root(key) == pub.root:
+        raise KeyFileError(f"{priv}: a sparse demo key (only leaf 5 is real): nothing to adopt")
+    nodes = compute_tree(key, progress=progress)
+    if nodes[1] != pub.root:
+        raise KeyFileError(f"{priv}: not a full-tree key for this public key (root differs)")
+    write_cache(priv, pub, nodes)
+    with locked(priv):
+        if state_path(priv).exists():
+            raise LmsStateError(f"{state_path(priv)}: already exists; the state is never reset")
+        write_state(priv, pub, next_q)
 
 
 def load_pair(

@@ -70,3 +70,27 @@ def test_new_project_from_reference_prebuilt(tmp_path: Path) -> None:
         == 0
     )
     assert (tmp_path / "prebuilt" / "p2" / "u-boot.bin").read_bytes() == b"UBOOT"
+
+
+def test_adopt_a_full_tree_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from imgtool import lms_state
+
+    priv, _ = lms_state.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
+    lms_state.state_path(priv).unlink()
+    lms_state.cache_path(priv).unlink()
+    assert main(["lms-status", str(priv), "--init", "--next-q", "7"]) == 0
+    assert lms.sig_q(lms.LmsSigner.load(priv).sign_digest(bytes(48))) == 7
+    assert main(["lms-status", str(priv), "--init"]) == 2  # never reset
+    assert "never reset" in capsys.readouterr().err
+
+
+def test_adopting_a_sparse_key_is_refused(
+    ref: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    for name in ("own-fw-lms-prvk.pem", "own-fw-lms-pubk.pem"):
+        shutil.copy(ref / "key" / "ast2700-default" / name, tmp_path / name)
+    assert main(["lms-status", str(tmp_path / "own-fw-lms-prvk.pem"), "--init"]) == 2
+    assert "sparse demo key" in capsys.readouterr().err
+    assert not (tmp_path / "own-fw-lms-prvk.pem.state").exists()
