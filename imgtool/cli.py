@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .config import Config, load_config
 from .errors import ImgtoolError
 
 PROG = "cptra-imgtool"
@@ -48,9 +49,7 @@ def add_project_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .config import load_config
-
+def _load(args: argparse.Namespace) -> Config:
     return load_config(
         args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, vnd_sig_dir=args.vnd_sig_dir
     )
