@@ -44,20 +44,7 @@ REFERENCE_SIZES = (
 
 def run_doit(prj: Project, *extra: str) -> tuple[float, int, int]:
     """(wall seconds, tasks executed, peak RSS KiB) of one `doit flash` run."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "doit",
-        "-f",
-        str(REPO / "dodo.py"),
-        "-d",
-        str(prj.root),
-        *extra,
-        "flash",
-        f"cfg={prj.cfg}",
-        f"key_dir={prj.keys}",
-        f"prebuilt_dir={prj.prebuilt}",
-    ]
+    cmd = prj.doit_cmd(*extra, "flash")
     out = tempfile.TemporaryFile()
     t = time.perf_counter()
     proc = subprocess.Popen(

@@ -20,19 +20,7 @@ SLOTS_IMC = {"sign:vnd_imc_sig_ecc", "sign:own_imc_sig_ecc"}
 
 def doit(prj: Project, *args: str, ok: bool = True) -> tuple[set[str], set[str], str]:
     """Run doit on a project; returns (executed tasks, up-to-date tasks, output)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "doit",
-        "-f",
-        str(REPO / "dodo.py"),
-        "-d",
-        str(prj.root),
-        *args,
-        f"cfg={prj.cfg}",
-        f"key_dir={prj.keys}",
-        f"prebuilt_dir={prj.prebuilt}",
-    ]
+    cmd = prj.doit_cmd(*args)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     out = r.stdout + r.stderr

@@ -35,6 +35,25 @@ class Project:
             *extra,
         ]
 
+    def doit_cmd(self, *args: str) -> list[str]:
+        """`python -m doit` on this project with the repository's dodo.py."""
+        import sys
+
+        repo = Path(__file__).resolve().parents[2]
+        return [
+            sys.executable,
+            "-m",
+            "doit",
+            "-f",
+            str(repo / "dodo.py"),
+            "-d",
+            str(self.root),
+            *args,
+            f"cfg={self.cfg}",
+            f"key_dir={self.keys}",
+            f"prebuilt_dir={self.prebuilt}",
+        ]
+
     @property
     def man(self) -> Path:
         return self.out / "m.bin"
