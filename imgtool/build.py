@@ -11,10 +11,9 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from . import bundle, ecc, lms, manifest
+from . import manifest
 from .config import Config, Format, ImageEntry, KeySet, VendorSignature
 from .errors import ConfigError, FormatError, ImgtoolError
 from .fileio import atomic_write
@@ -30,7 +29,10 @@ from .flash import (
     write_flash_file,
 )
 from .manifest import ImcEntry, Manifest
-from .signing import HelperSigner, LocalEccSigner, LocalLmsSigner, Signer
+
+if TYPE_CHECKING:  # the crypto modules load only when something is signed or checked
+    from . import bundle
+    from .signing import Signer
 
 log = logging.getLogger("imgtool")
 
@@ -94,16 +96,22 @@ def key_selection(cfg: Config, warn: bool = False) -> dict[tuple[str, str], Part
 
 # ---------------------------------------------------------------------------- public keys
 def _ecc_pub_hw(path: Path) -> bytes:
+    from . import ecc
+
     return ecc.public_to_hw(ecc.load_public(path))
 
 
 def _lms_pub(path: Path) -> bytes:
+    from . import lms
+
     return bytes(lms.load_public(path).to_bytes())
 
 
 def _bundle(cfg: Config, strict: bool) -> bundle.Bundle | None:
     """The configured Caliptra firmware bundle, parsed; None when there is none (or, unless
     ``strict``, when it cannot be parsed)."""
+    from . import bundle
+
     if cfg.caliptra_file is None:
         return None
     try:
@@ -116,6 +124,8 @@ def _bundle(cfg: Config, strict: bool) -> bundle.Bundle | None:
 
 def owner_fw_public(cfg: Config, sel: PartyAlgo) -> object:
     """The owner FW public key a helper's signature must verify with."""
+    from . import ecc, lms
+
     if sel.fw_pub is not None:
         return ecc.load_public(sel.fw_pub) if sel.algo == "ecc" else lms.load_public(sel.fw_pub)
     b = _bundle(cfg, strict=True)
@@ -285,6 +295,9 @@ def tbs_bytes(m: Manifest, kind: str) -> bytes:
 
 
 def make_signer(cfg: Config, sp: SlotPlan) -> Signer:
+    from . import ecc, lms
+    from .signing import HelperSigner, LocalEccSigner, LocalLmsSigner
+
     if sp.kind == "helper":
         assert sp.helper is not None and sp.helper_field is not None
         role = "fw" if "_fw_" in sp.helper_field else "man"
@@ -298,13 +311,14 @@ def make_signer(cfg: Config, sp: SlotPlan) -> Signer:
         )
     assert sp.key is not None
     if sp.algo == "ecc":
-        pub: ec.EllipticCurvePublicKey | None = ecc.load_public(sp.pub) if sp.pub else None
-        return LocalEccSigner(sp.key, pub)
+        return LocalEccSigner(sp.key, ecc.load_public(sp.pub) if sp.pub else None)
     return LocalLmsSigner(sp.key, sp.pub)
 
 
 def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
     """Read ASPEED's prebuilt vendor signature, in manifest form; warn if it does not verify."""
+    from . import ecc, lms
+
     assert sp.prebuilt is not None
     path = sp.prebuilt
     try:
