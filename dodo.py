@@ -1,7 +1,8 @@
 """doit entry point: `doit flash cfg=config/<prj>.toml` (also manifest, verify, list, clean).
 
-Variables: cfg= (required), key_dir=, prebuilt_dir=, vnd_sig_dir=, man=, flash=.
-The same tasks run without this file through `cptra-imgtool build`.
+Variables: cfg= (required), key_dir=, prebuilt_dir=, vnd_sig_dir= (the CLI's defaults when
+unset), man=, flash= (output paths). The same tasks run without this file through
+`cptra-imgtool build --cfg C [DOIT ARGS...]`. The task graph is described in tasks/graph.py.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from doit import get_var
 from imgtool.errors import ImgtoolError
 from tasks import graph
 
+graph.setup_logging()
 try:
     _SETTINGS = graph.Settings.from_vars(get_var)
     DOIT_CONFIG = graph.doit_config(_SETTINGS)
     _TASKS = list(graph.generate(_SETTINGS))
-except ImgtoolError as exc:
+except ImgtoolError as exc:  # a config error: one line, like the CLI, not a doit traceback
     print(f"cptra-imgtool: error: {exc}", file=sys.stderr)
     sys.exit(2)
 
@@ -39,7 +41,6 @@ def task_imc() -> dict[str, Any]:
 
 
 def task_sign() -> Iterator[dict[str, Any]]:
-    yield {"name": None, "doc": "every signature slot in use"}
     yield from _tasks("sign")
 
 

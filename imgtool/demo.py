@@ -97,23 +97,41 @@ def sample_bundle(keys: Path) -> bytes:
     return data + fmc + rt
 
 
-def fill_prebuilt(prebuilt: Path, keys: Path) -> list[str]:
+def fill_prebuilt(cfg_path: Path, keys: Path) -> list[str]:
+    """Write a sample binary for every file the config lists that does not exist yet: the
+    Caliptra bundle (signed with the demo FW keys), the MCU runtime and the SoC images."""
+    from .config import load_config
+
+    cfg = load_config(cfg_path, key_dir=keys, check_files=False)
     made = []
-    for name, size in SAMPLE_SIZES.items():
-        p = prebuilt / name
-        if not p.exists():
-            p.write_bytes(sample_payload(name, size))
-            made.append(name)
-    cal = prebuilt / "caliptra-fw.bin"
-    if not cal.exists():
-        cal.write_bytes(sample_bundle(keys))
-        made.append(cal.name)
-    return made
+    if cfg.caliptra_file is not None and not cfg.caliptra_file.exists():
+        cfg.caliptra_file.parent.mkdir(parents=True, exist_ok=True)
+        cfg.caliptra_file.write_bytes(sample_bundle(keys))
+        made.append(cfg.caliptra_file.name)
+    for path in {cfg.mcu_file, *(img.path for img in cfg.images)}:
+        if path is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(sample_payload(path.name, SAMPLE_SIZES.get(path.name, 4096)))
+            made.append(path.name)
+    return sorted(made)
 
 
-def _run(cmd: list[str], root: Path) -> int:
-    print("$ " + " ".join(cmd[2:] if cmd[:2] == [sys.executable, "-m"] else cmd), flush=True)
-    return subprocess.run(cmd, cwd=root, check=False).returncode
+def _run(cmd: list[str]) -> int:
+    shown = list(cmd)
+    if shown[:3] == [sys.executable, "-m", "imgtool"]:
+        shown[:3] = ["cptra-imgtool"]
+    elif shown[:2] == [sys.executable, "-m"]:
+        shown[:2] = []
+    print("$ " + " ".join(shown), flush=True)
+    return subprocess.run(cmd, check=False).returncode
+
+
+def _doit(cfg: str, *args: str) -> int:
+    """`doit ARGS cfg=...` with the checkout's dodo.py, or the same tasks through
+    `cptra-imgtool build` where there is no dodo.py (an installed cptra-imgtool)."""
+    if Path("dodo.py").is_file():
+        return _run([sys.executable, "-m", "doit", *args, f"cfg={cfg}"])
+    return _run([sys.executable, "-m", "imgtool", "build", "--cfg", cfg, *args])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,37 +143,42 @@ def main(argv: list[str] | None = None) -> int:
         "--lms-height",
         type=int,
         default=5,
-        help="LMS tree height of the demo keys (default 5: 32 signatures per key, "
-        "quick to generate; production keys use 15)",
+        help="LMS tree height of new demo keys (default 5: 32 signatures per key, quick to "
+        "generate; Caliptra's production keys use 15)",
     )
     a = p.parse_args(argv)
     root = a.root.resolve()
-    cfg = root / "config" / f"{DEMO}.toml"
+    os.chdir(root)
+    cfg = Path("config") / f"{DEMO}.toml"
+    keys = Path("keys") / DEMO
     if not cfg.exists():
         print(f"creating the demo project (fresh ECC P-384 and LMS H{a.lms_height}/W4 keys)")
-        rc = cli_main(["new-project", DEMO, "--root", str(root), "--lms-height", str(a.lms_height)])
+        rc = cli_main(["new-project", DEMO, "--lms-height", str(a.lms_height)])
         if rc:
             return rc
     else:
-        print(f"using the existing demo project {cfg.relative_to(root)}")
-    keys, pre = root / "keys" / DEMO, root / "prebuilt" / DEMO
-    made = fill_prebuilt(pre, keys)
+        print(
+            f"using the existing demo project {cfg} (delete it, keys/{DEMO}/ and "
+            f"prebuilt/{DEMO}/ to start over)"
+        )
+    made = fill_prebuilt(cfg, keys)
     if made:
-        print(f"sample binaries written to {pre.relative_to(root)}/: {len(made)} files")
+        print(f"sample binaries written to prebuilt/{DEMO}/: {', '.join(made)}")
     pub = keys / "own-man-lms-pubk.pem"
     if pub.exists():
         key = lms.load_public(pub)
         print(
-            f"demo LMS keys: H{key.height}/W4 (tree height {key.height}: {1 << key.height} "
-            "one-time signatures per key; `cptra-imgtool lms-status` shows what is left)"
+            f"LMS keys: H{key.height}/W4, tree height {key.height} ({1 << key.height} one-time "
+            f"signatures per key; `cptra-imgtool lms-status {keys}/own-man-lms-prvk.pem` shows "
+            "what is left)"
         )
-    env_doit = [sys.executable, "-m", "doit"]
-    if _run([*env_doit, "flash", f"cfg=config/{DEMO}.toml"], root):
+    else:
+        print("LMS keys: none in this demo project (ECC P-384 only)")
+    # the build shows every task (".  " ran, "-- " up to date); verify shows only what ran
+    if _doit(str(cfg), "flash") or _doit(str(cfg), "-r", "executed-only", "verify"):
         return 1
-    if _run([*env_doit, "verify", f"cfg=config/{DEMO}.toml"], root):
-        return 1
-    image = root / "out" / f"{DEMO}-flash-image.bin"
-    print(f"\nflash image: {image} ({os.path.getsize(image)} bytes)\n")
+    image = Path("out") / f"{DEMO}-flash-image.bin"
+    print(f"\nflash image: {root / image} ({os.path.getsize(image)} bytes)\n", flush=True)
     return cli_main(["inspect", str(image)])
 
 

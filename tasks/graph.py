@@ -8,26 +8,34 @@ flash       manifest + images       -> out/<prj>-flash-image.bin
 verify      runs `cptra-imgtool verify` on the flash image (always)
 
 Every action is a module-level function taking plain strings, so ``doit -n 2 -P process`` works.
+Non-file inputs enter through ``config_changed`` (exactly the values that reach a task's
+output); file_deps are compared by content (tasks/checker.py: padded SHA-384, cached by stat,
+each image hashed once per change). State: out/<prj>/.doit.sqlite3 and fingerprints.json.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from doit.dependency import MD5Checker, get_file_md5
 from doit.exceptions import TaskFailed
+from doit.task import clean_targets
 from doit.tools import config_changed
 
 from imgtool import build, manifest
 from imgtool.config import Config, load_config
 from imgtool.errors import ImgtoolError
 from imgtool.fileio import atomic_write, write_if_changed
+
+from . import checker
 
 TaskDict = dict[str, Any]
 
@@ -64,6 +72,11 @@ def _load(s: Settings) -> Config:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _plan(s: Settings) -> build.Plan:
+    return build.plan(_load(s))  # once per process: plan() also warns about incomplete keys
+
+
 def load(settings: tuple[str | None, ...]) -> Config:
     return _load(Settings(*settings))  # type: ignore[arg-type]
 
@@ -80,36 +93,38 @@ def flash_path(cfg: Config, s: Settings) -> Path:
     return Path(s.flash) if s.flash else cfg.default_flash_path()
 
 
-class CachedMD5Checker(MD5Checker):  # type: ignore[misc]
-    """doit's MD5 checker, with the MD5 of a file computed once per process: every image is a
-    file_dep of its digest task and of the flash task, and hashing 500 MiB twice is not free."""
+def setup_logging() -> None:
+    """Library warnings as `cptra-imgtool: warning: ...` (unless the CLI already set that up)."""
+    log = logging.getLogger("imgtool")
+    if log.handlers:
+        return
 
-    _memo: dict[tuple[str, int, int], str] = {}
+    class Fmt(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            level = "warning" if record.levelno >= logging.WARNING else "info"
+            return f"cptra-imgtool: {level}: {record.getMessage()}"
 
-    def get_state(self, dep: str, current_state: Any) -> Any:
-        timestamp = os.path.getmtime(dep)
-        if current_state and current_state[0] == timestamp:
-            return None
-        st = os.stat(dep)
-        key = (dep, st.st_mtime_ns, st.st_size)
-        md5 = self._memo.get(key)
-        if md5 is None:
-            md5 = self._memo[key] = get_file_md5(dep)
-        return timestamp, st.st_size, md5
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Fmt())
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
 
 
 def doit_config(s: Settings) -> dict[str, Any]:
     _load.cache_clear()  # a new doit run (possibly in the same process): re-read the config
+    _plan.cache_clear()
     cfg = _load(s)
     dep = out_dir(cfg) / ".doit.sqlite3"
     dep.parent.mkdir(parents=True, exist_ok=True)
+    checker.configure(out_dir(cfg) / "fingerprints.json")
     return {
         "dep_file": str(dep),
         "backend": "sqlite3",
         "default_tasks": ["flash"],
         "verbosity": 1,
         "action_string_formatting": "new",
-        "check_file_uptodate": CachedMD5Checker,
+        "check_file_uptodate": checker.ContentChecker,
     }
 
 
@@ -121,9 +136,11 @@ def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any) -> Any:
         try:
             return fn(*args)
-        except (ImgtoolError, OSError) as exc:
-            where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
-            return TaskFailed(f"cptra-imgtool: error: {where}{exc}")
+        except ImgtoolError as exc:
+            return TaskFailed(f"cptra-imgtool: error: {exc}")
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return TaskFailed(f"cptra-imgtool: error: {where}{exc.strerror or exc}")
 
     return wrapper
 
@@ -131,7 +148,9 @@ def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_clean_errors
 def act_digest(settings: tuple[str | None, ...], index: int, target: str) -> None:
     img = load(settings).images[index]
-    write_if_changed(target, build.image_digest(img).hex().encode() + b"\n")
+    # the padded SHA-384 of build.image_digest, shared with the file_dep checker's cache
+    digest = build.image_digest(img) if img.path is None else checker.digest_file(img.path)[0]
+    write_if_changed(target, digest.hex().encode() + b"\n")
 
 
 @_clean_errors
@@ -149,7 +168,7 @@ def act_sign(
     settings: tuple[str | None, ...], slot: str, imc_file: str | None, target: str
 ) -> None:
     cfg = load(settings)
-    sp = next(p for p in build.plan(cfg).slots if p.slot == slot)
+    sp = next(p for p in _plan(Settings(*settings)).slots if p.slot == slot)  # type: ignore[arg-type]
     atomic_write(target, build.sign_slot(cfg, sp, _skeleton(cfg, imc_file)))
 
 
@@ -164,19 +183,71 @@ def act_manifest(
 
 @_clean_errors
 def act_flash(settings: tuple[str | None, ...], man_file: str, target: str) -> None:
+    """build.create_auth_flash, minus a second SHA-384 pass over images whose digest is known.
+
+    The flash writer re-hashes every SoC image to make sure it still has the digest the
+    manifest holds; on a large project that pass is the bottleneck of the copy. For an image
+    whose padded SHA-384, taken for its current stat, is in the fingerprint cache (settled, see
+    tasks/checker.py) and equals the manifest's, that pass is skipped and replaced by a stat
+    check after the copy: the image is written to a staged file that replaces the target only
+    if none of those images changed meanwhile. Other images are checked by the writer as usual.
+    """
+    from imgtool.fileio import fsync_dir
+    from imgtool.flash import write_flash_file
+
     cfg = load(settings)
-    build.create_auth_flash(cfg, Path(target), build.read_manifest(Path(man_file)))
+    man = build.read_manifest(Path(man_file))
+    out = Path(target)
+    items, out_bundle = build.flash_items(cfg, man)
+    known: dict[Path, os.stat_result] = {}
+    for it in items:
+        if it.path is not None and it.expect_digest is not None and it.path not in known:
+            st = os.stat(it.path)
+            if checker.lookup(it.path, st, settled=True) == it.expect_digest:
+                known[it.path] = st
+    if not known or man.format is not cfg.format:
+        build.create_auth_flash(cfg, out, man)
+        return
+    items = [replace(it, expect_digest=None) if it.path in known else it for it in items]
+    staged = out.with_name(f".{out.name}.staged")
+    try:
+        write_flash_file(staged, items, out_bundle=out_bundle)
+        for path, st in known.items():
+            if not checker.same_file(os.stat(path), st):
+                raise ImgtoolError(
+                    f"{path}: image changed while the flash image was written "
+                    "(its digest no longer matches the manifest); rebuild"
+                )
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
+    fsync_dir(out.parent)
 
 
-def act_verify(settings: tuple[str | None, ...], flash_file: str) -> bool:
+def act_verify(settings: tuple[str | None, ...], flash_file: str) -> bool | TaskFailed:
+    import importlib.util
+
     from imgtool.cli import main
+
+    if importlib.util.find_spec("imgtool.cli_verify") is None:
+        return TaskFailed("cptra-imgtool: error: this cptra-imgtool has no verify command yet")
 
     s = Settings(*settings)  # type: ignore[arg-type]
     args = ["verify", flash_file, "--cfg", s.cfg]
     for opt, val in (("--key-dir", s.key_dir), ("--prebuilt-dir", s.prebuilt_dir)):
         if val:
             args += [opt, val]
-    return main(args) == 0
+    rc = main(args)
+    if rc == 0:
+        return True
+    what = "failed a check (see above)" if rc == 1 else "could not be verified (see above)"
+    return TaskFailed(f"cptra-imgtool: error: verify: {flash_file} {what}")
+
+
+def rmdir_empty(path: str) -> None:
+    """doit clean: remove a target directory once its last target is gone."""
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -213,6 +284,7 @@ def generate(s: Settings) -> Iterator[TaskDict]:
     st = astuple(s)
     od = out_dir(cfg)
     digest_files = []
+    yield {"basename": "digest", "name": None, "doc": "SHA-384 of every image"}
     for img in cfg.images:
         target = str(od / "digest" / f"{img.index:03d}.sha384")
         digest_files.append(target)
@@ -224,7 +296,7 @@ def generate(s: Settings) -> Iterator[TaskDict]:
             "file_dep": [str(img.path)] if img.path else [],
             "targets": [target],
             "uptodate": [config_changed(str(img.path))],
-            "clean": True,
+            "clean": [clean_targets, (rmdir_empty, [str(od / "digest")])],
         }
     imc_file = str(od / "imc.bin")
     entries = [(i.fw_id, i.source, i.ignore_auth_check, i.load_stage) for i in cfg.images]
@@ -237,7 +309,8 @@ def generate(s: Settings) -> Iterator[TaskDict]:
         "uptodate": [config_changed(_fingerprint(entries))],
         "clean": True,
     }
-    p = build.plan(cfg)
+    p = _plan(s)
+    yield {"basename": "sign", "name": None, "doc": "every signature slot in use"}
     sig_files = {}
     for sp in p.slots:
         target = str(od / "sig" / f"{sp.slot}.bin")
@@ -250,7 +323,7 @@ def generate(s: Settings) -> Iterator[TaskDict]:
             "file_dep": sorted({*_tbs_files(cfg, sp, imc_file), *map(str, sp.inputs)}),
             "targets": [target],
             "uptodate": [config_changed(_fingerprint(_tbs_values(cfg, sp)))],
-            "clean": True,
+            "clean": [clean_targets, (rmdir_empty, [str(od / "sig")])],
         }
     man = str(man_path(cfg, s))
     skeleton_inputs = {
@@ -297,3 +370,19 @@ def generate(s: Settings) -> Iterator[TaskDict]:
         "uptodate": [False],
         "verbosity": 2,
     }
+
+
+def doit_tasks(s: Settings) -> list[Any]:
+    """The graph as doit Task objects (for a TaskLoader2; dodo.py uses task_* creators)."""
+    from doit.loader import generate_tasks
+
+    by_base: dict[str, list[TaskDict]] = {}
+    for t in generate(s):
+        by_base.setdefault(t.pop("basename"), []).append(t)
+    tasks: list[Any] = []
+    for base, items in by_base.items():
+        if len(items) == 1 and "name" not in items[0]:
+            tasks += generate_tasks(base, items[0])
+        else:
+            tasks += generate_tasks(base, (t for t in items))
+    return tasks

@@ -1,11 +1,18 @@
-"""Incremental builds: doit re-runs exactly the tasks a change invalidates."""
+"""Incremental builds: doit re-runs exactly the tasks a change invalidates.
+
+doit runs as a subprocess on the repository's dodo.py (`-d <project>`); the assertions are on the
+task status doit reports (".  name" executed, "-- name" up to date), never on time.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,13 +23,16 @@ from imgtool.cli import main
 REPO = Path(__file__).resolve().parent.parent
 SLOTS_ENDORSE = {"sign:vnd_pub_sig_ecc", "sign:own_pub_sig_ecc", "sign:own_svn_sig_ecc"}
 SLOTS_IMC = {"sign:vnd_imc_sig_ecc", "sign:own_imc_sig_ecc"}
+ALL_SLOTS = SLOTS_ENDORSE | SLOTS_IMC
+DIGESTS = {
+    f"digest:00{i}-{n}" for i, n in enumerate(["mcu.bin", *(f"img{k}.bin" for k in range(5))])
+}
 
 
 def doit(prj: Project, *args: str, ok: bool = True) -> tuple[set[str], set[str], str]:
     """Run doit on a project; returns (executed tasks, up-to-date tasks, output)."""
-    cmd = prj.doit_cmd(*args)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(prj.doit_cmd(*args), capture_output=True, text=True, env=env, timeout=120)
     out = r.stdout + r.stderr
     assert (r.returncode == 0) == ok, out
     ran = set(re.findall(r"^\.  (\S+)", r.stdout, re.M))
@@ -40,38 +50,130 @@ def _outputs(prj: Project) -> tuple[Path, Path]:
     return prj.root / "out" / "test-auth-manifest.bin", prj.root / "out" / "test-flash-image.bin"
 
 
+def _edit(prj: Project, old: str, new: str) -> None:
+    text = prj.cfg.read_text()
+    assert old in text
+    prj.cfg.write_text(text.replace(old, new, 1))
+
+
+def _cli_flash(prj: Project, out: Path) -> bytes:
+    args = prj.args("--man", str(out / "m2.bin"), "--flash", str(out / "f2.bin"))
+    assert main(["create-auth-flash", *args]) == 0
+    return (out / "f2.bin").read_bytes()
+
+
 def test_cold_then_noop(prj: Project) -> None:
     ran, _, _ = doit(prj, "flash")
-    assert {"imc", "manifest", "flash"} <= ran
-    assert SLOTS_ENDORSE | SLOTS_IMC | {"sign:vnd_pub_sig_ecc"} <= ran
-    assert len([t for t in ran if t.startswith("digest:")]) == 6
+    assert ran == DIGESTS | ALL_SLOTS | {"imc", "manifest", "flash"}
     ran, skipped, _ = doit(prj, "flash")
     assert ran == set()
-    assert {"flash", "manifest", "imc"} <= skipped
+    assert skipped == DIGESTS | ALL_SLOTS | {"imc", "manifest", "flash"}
 
 
 def test_one_image_change_reruns_exactly_its_chain(prj: Project) -> None:
     doit(prj, "flash")
     img = prj.prebuilt / "img2.bin"
     img.write_bytes(img.read_bytes() + b"more")
-    ran, _, _ = doit(prj, "flash")
+    ran, skipped, _ = doit(prj, "flash")
     assert ran == {"digest:003-img2.bin", "imc", *SLOTS_IMC, "manifest", "flash"}
+    assert SLOTS_ENDORSE | (DIGESTS - {"digest:003-img2.bin"}) <= skipped
 
 
 def test_touch_without_change_reruns_nothing(prj: Project) -> None:
+    """A new mtime with the same bytes: no task runs, not even the digest (the checker
+    compares content), and the digest file keeps its mtime."""
     doit(prj, "flash")
+    digest = prj.root / "out" / "test" / "digest" / "002.sha384"
+    before = digest.stat().st_mtime_ns
     img = prj.prebuilt / "img1.bin"
     st = img.stat()
-    os.utime(img, (st.st_atime + 100, st.st_mtime + 100))
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns - 5_000_000_000))
+    assert doit(prj, "flash")[0] == set()
+    assert doit(prj, "flash")[0] == set()
+    assert digest.stat().st_mtime_ns == before
+
+
+def test_same_bytes_under_new_name_rewrites_no_digest_file(prj: Project) -> None:
+    """The digest task re-runs for the new path, finds the same digest, leaves its file alone:
+    the IMC, the signatures and the manifest stay; the flash image (new path) is redone."""
+    doit(prj, "flash")
+    digest = prj.root / "out" / "test" / "digest" / "003.sha384"
+    before = digest.stat().st_mtime_ns
+    shutil.copy(prj.prebuilt / "img2.bin", prj.prebuilt / "img2-copy.bin")
+    _edit(prj, 'file = "img2.bin"', 'file = "img2-copy.bin"')
     ran, _, _ = doit(prj, "flash")
-    assert ran == set()
+    assert ran == {"digest:003-img2-copy.bin", "flash"}
+    assert digest.stat().st_mtime_ns == before
 
 
 def test_security_version_change(prj: Project) -> None:
     doit(prj, "flash")
-    prj.cfg.write_text(prj.cfg.read_text().replace("security_version = 3", "security_version = 4"))
+    _edit(prj, "security_version = 3", "security_version = 4")
     ran, _, _ = doit(prj, "flash")
     assert ran == {"sign:own_svn_sig_ecc", "manifest", "flash"}
+
+
+def _helper_cmd(prj: Project) -> str:
+    helper = prj.root / "helper.py"
+    helper.write_text(
+        "import sys\nfrom imgtool import ecc\n"
+        f"k = ecc.load_private({str(prj.keys / 'own-man-ecc-prvk.pem')!r})\n"
+        "d = bytes.fromhex(sys.stdin.readline().strip())\n"
+        "print(ecc.sign_digest_der(k, d).hex())\n"
+    )
+    return f"{sys.executable} {helper}"
+
+
+_OUT_BUNDLE = "[image_runtime_list]\ncptra_out_bundle = true"
+
+
+def _add_helper(prj: Project) -> None:
+    section = f'[sign_helper]\nowner_ecc_man_key_sign_helper = "{_helper_cmd(prj)}"\n\n'
+    _edit(prj, "[image_runtime_list]", section + "[image_runtime_list]")
+
+
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        # version is covered by the vendor endorsement and the SVN signature only
+        (
+            lambda p: _edit(p, "version = 1", "version = 2"),
+            {"sign:vnd_pub_sig_ecc", "sign:own_svn_sig_ecc", "manifest", "flash"},
+        ),
+        # flags bits other than bit 0 are not stored: identical output, nothing to do
+        (lambda p: _edit(p, "flags = 1", "flags = 3"), set()),
+        # flags bit 0 off: the vendor IMC slot goes, the other signatures cover the new flags
+        (
+            lambda p: _edit(p, "flags = 1", "flags = 0"),
+            {"sign:vnd_pub_sig_ecc", "sign:own_svn_sig_ecc", "manifest", "flash"},
+        ),
+        # a load_stage enters the IMC, not the digests
+        (
+            lambda p: _edit(p, "load_stage = 1", "load_stage = 3"),
+            {"imc", *SLOTS_IMC, "manifest", "flash"},
+        ),
+        # layout options touch only the flash image
+        (lambda p: _edit(p, "[image_runtime_list]", _OUT_BUNDLE), {"flash"}),
+        # another format: every signature and the manifest (no SVN slot in caliptra-1)
+        (
+            lambda p: _edit(p, 'format = "aspeed"', 'format = "caliptra-1"'),
+            (ALL_SLOTS - {"sign:own_svn_sig_ecc"}) | {"manifest", "flash"},
+        ),
+        # a sign helper for the owner manifest key: that slot is re-signed; ECDSA is
+        # deterministic, so its bytes are the same and nothing downstream runs
+        (_add_helper, {"sign:own_imc_sig_ecc"}),
+    ],
+    ids=["version", "unstored-flags", "flags-bit0", "load-stage", "out-bundle", "format", "helper"],
+)
+def test_config_value_change(
+    prj: Project, change: Callable[[Project], None], expect: set[str]
+) -> None:
+    doit(prj, "flash")
+    man, flash = _outputs(prj)
+    change(prj)
+    ran, _, _ = doit(prj, "flash")
+    assert ran == expect
+    assert flash.read_bytes() == _cli_flash(prj, prj.root / "cli")  # and the result is right
 
 
 def test_key_file_change(prj: Project) -> None:
@@ -93,88 +195,221 @@ def test_key_file_change(prj: Project) -> None:
     }
 
 
+def test_key_dir_change_same_keys(prj: Project) -> None:
+    """Other key paths re-run every signature task and the manifest (its key files moved);
+    the bytes are the same, so the flash image is not rewritten."""
+    doit(prj, "flash")
+    moved = prj.root / "keys2"
+    shutil.copytree(prj.keys, moved)
+    prj.keys = moved
+    ran, _, _ = doit(prj, "flash")
+    assert ran == ALL_SLOTS | {"manifest"}
+
+
+def test_lms_leaves_spent_only_by_rerun_signatures(tmp_path: Path) -> None:
+    """Full-tree LMS keys: an image change re-signs only the IMC (manifest keys); the FW keys
+    (endorsements, SVN) spend no leaf."""
+    from imgtool import lms, lms_state
+
+    prj = make_project(tmp_path, lms=True, flags=1)
+
+    def used() -> dict[str, int]:
+        return {
+            k: lms_state.read_state(
+                prj.keys / f"{k}-lms-prvk.pem", lms.load_public(prj.keys / f"{k}-lms-pubk.pem")
+            )
+            for k in ("vnd-fw", "vnd-man", "own-fw", "own-man")
+        }
+
+    doit(prj, "flash")
+    before = used()
+    assert doit(prj, "flash")[0] == set()
+    assert used() == before
+    img = prj.prebuilt / "img0.bin"
+    img.write_bytes(b"changed")
+    ran, _, _ = doit(prj, "flash")
+    assert {"sign:vnd_imc_sig_lms", "sign:own_imc_sig_lms"} <= ran
+    assert not {"sign:vnd_pub_sig_lms", "sign:own_pub_sig_lms", "sign:own_svn_sig_lms"} & ran
+    after = used()
+    assert after == {**before, "vnd-man": before["vnd-man"] + 1, "own-man": before["own-man"] + 1}
+
+
 def test_doit_output_equals_create_auth_flash(prj: Project, tmp_path: Path) -> None:
     doit(prj, "flash")
     man, flash = _outputs(prj)
-    assert (
-        main(
-            [
-                "create-auth-flash",
-                *prj.args("--man", str(tmp_path / "m2.bin"), "--flash", str(tmp_path / "f2.bin")),
-            ]
-        )
-        == 0
-    )
+    assert flash.read_bytes() == _cli_flash(prj, tmp_path)
     assert man.read_bytes() == (tmp_path / "m2.bin").read_bytes()
-    assert flash.read_bytes() == (tmp_path / "f2.bin").read_bytes()
 
 
 def test_failing_helper_keeps_outputs_and_retries(prj: Project) -> None:
-    helper = prj.root / "helper.py"
-    helper.write_text(
-        "import sys\nfrom imgtool import ecc\n"
-        f"k = ecc.load_private({str(prj.keys / 'own-man-ecc-prvk.pem')!r})\n"
-        "d = bytes.fromhex(sys.stdin.readline().strip())\n"
-        "print(ecc.sign_digest_der(k, d).hex())\n"
-    )
-    text = prj.cfg.read_text()
-    prj.cfg.write_text(
-        text + f'\n[sign_helper]\nowner_ecc_man_key_sign_helper = "{sys.executable} {helper}"\n'
-    )
+    _add_helper(prj)
     doit(prj, "flash")
     man, flash = _outputs(prj)
     before = man.read_bytes(), flash.read_bytes()
-    good = helper.read_text()
-    helper.write_text("import sys\nsys.exit(1)\n")
-    img = prj.prebuilt / "img0.bin"
-    img.write_bytes(b"new content!")
-    _, _, out = doit(prj, "flash", ok=False)
+    script = prj.root / "helper.py"
+    good = script.read_text()
+    script.write_text("import sys\nsys.exit(1)\n")
+    (prj.prebuilt / "img0.bin").write_bytes(b"new content!")
+    ran, _, out = doit(prj, "flash", ok=False)
     assert "exited with 1" in out and "Traceback" not in out
+    assert "sign:own_imc_sig_ecc" in ran and not {"manifest", "flash"} & ran
     assert (man.read_bytes(), flash.read_bytes()) == before
-    helper.write_text(good)
+    ran, _, _ = doit(prj, "flash", ok=False)  # still failing: retried, not remembered as done
+    assert "sign:own_imc_sig_ecc" in ran
+    script.write_text(good)
     ran, _, _ = doit(prj, "flash")
-    assert "sign:own_imc_sig_ecc" in ran and "flash" in ran
+    # (the vendor IMC signature may or may not have run before doit stopped at the failure)
+    assert ran - {"sign:vnd_imc_sig_ecc"} == {"sign:own_imc_sig_ecc", "manifest", "flash"}
     assert flash.read_bytes() != before[1]
+    assert flash.read_bytes() == _cli_flash(prj, prj.root / "cli")
 
 
-def test_parallel_processes(prj: Project) -> None:
+def test_parallel_processes(prj: Project, tmp_path: Path) -> None:
     ran, _, _ = doit(prj, "-n", "2", "-P", "process", "flash")
-    assert "flash" in ran
+    assert ran == DIGESTS | ALL_SLOTS | {"imc", "manifest", "flash"}
     _, flash = _outputs(prj)
-    from independent import check_flash
+    assert flash.read_bytes() == _cli_flash(prj, tmp_path)
+    assert doit(prj, "-n", "2", "-P", "process", "flash")[0] == set()
 
-    check_flash(flash.read_bytes())
+
+def test_manifest_verify_list_clean(tmp_path: Path) -> None:
+    prj = make_project(tmp_path, sample_bundle=True)
+    man, flash = _outputs(prj)
+    ran, _, _ = doit(prj, "manifest")
+    assert "manifest" in ran and "flash" not in ran and man.exists() and not flash.exists()
+    ran, _, out = doit(prj, "verify")
+    assert ran == {"flash", "verify"} and " 0 failed" in out
+    _, _, out = doit(prj, "list")
+    listed = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert {"digest", "imc", "sign", "manifest", "flash", "verify"} <= listed
+    doit(prj, "clean")
+    assert not man.exists() and not flash.exists()
+    # the digest and signature directories are gone too; doit's state and the cache stay
+    left = {p.name for p in (prj.root / "out" / "test").iterdir()}
+    assert ".doit.sqlite3" in left and left <= {".doit.sqlite3", "fingerprints.json"}
 
 
 def test_build_command_runs_same_tasks_without_dodo(
     prj: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(prj.root)
-    args = [
-        "build",
-        "--cfg",
-        str(prj.cfg),
-        "--key-dir",
-        str(prj.keys),
-        "--prebuilt-dir",
-        str(prj.prebuilt),
+    opts = ["--key-dir", str(prj.keys), "--prebuilt-dir", str(prj.prebuilt)]
+    # doit arguments before and after build's own options
+    assert main(["build", "-n", "2", "-P", "thread", "flash", "--cfg", str(prj.cfg), *opts]) == 0
+    out = capsys.readouterr().out
+    assert set(re.findall(r"^\.  (\S+)", out, re.M)) == DIGESTS | ALL_SLOTS | {
+        "imc",
+        "manifest",
         "flash",
-    ]
-    assert main(args) == 0
-    assert (prj.root / "out" / "test-flash-image.bin").exists()
-    capsys.readouterr()
-    assert main(args) == 0
+    }
+    assert (prj.root / "out" / "test-flash-image.bin").read_bytes() == _cli_flash(
+        prj, prj.root / "cli"
+    )
+    assert main(["build", f"--cfg={prj.cfg}", *opts]) == 0  # default task: flash
     out = capsys.readouterr().out
     assert "-- flash" in out and ".  " not in out
+    assert main(["build", "--cfg", str(prj.cfg), *opts, "list"]) == 0
+    assert "manifest" in capsys.readouterr().out
 
 
-def test_build_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["build", "--cfg", str(tmp_path / "nope.toml"), "flash"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nope.toml" in err[0]
-
-
-def test_dodo_bad_config_is_one_line(tmp_path: Path) -> None:
-    prj = Project(tmp_path, tmp_path / "nope.toml", tmp_path, tmp_path, tmp_path)
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "config file not found"),
+        # valid TOML, but plan() refuses it: the error comes while the tasks are generated
+        ("version = 2", "prebuilt vendor signature covers only version = 1"),
+    ],
+)
+def test_config_errors_are_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    text: str | None,
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if text is None:
+        prj = Project(tmp_path, tmp_path / "nope.toml", tmp_path, tmp_path, tmp_path)
+    else:
+        prj = make_project(tmp_path, vendor_signature="prebuilt", version=2)
     _, _, out = doit(prj, "flash", ok=False)
-    assert "cptra-imgtool: error:" in out and "Traceback" not in out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cptra-imgtool: error:") and message in out
+    assert main(["build", *prj.args("flash")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cptra-imgtool: error:") and message in err[0]
+
+
+def test_build_needs_cfg(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "flash"]) == 2
+    assert "--cfg" in capsys.readouterr().err
+    assert main(["build", "--help"]) == 0
+    assert "--prebuilt-dir" in capsys.readouterr().out
+
+
+def test_fingerprint_cache_sees_restored_mtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checker's cache is keyed by the full stat (ctime included): rewriting a file and
+    restoring its mtime does not return the old digest."""
+    from imgtool.manifest import image_digest_file
+    from tasks import checker
+
+    checker.configure(tmp_path / "fp.json")
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"one")
+    old = time.time_ns() - 10 * checker.RACY_NS
+    os.utime(f, ns=(old, old))
+    monkeypatch.setattr(checker, "RACY_NS", 0)  # ctime is now: settled for this test
+    assert checker.digest_file(f)[0] == image_digest_file(f)
+    checker.save()
+    assert str(f) in (tmp_path / "fp.json").read_text()
+    checker.configure(tmp_path / "other.json")
+    checker.configure(tmp_path / "fp.json")  # a new run: the cache comes from the file
+    one = image_digest_file(f)
+    assert checker.lookup(f, f.stat()) == one
+    time.sleep(0.05)  # past the filesystem's timestamp granularity
+    f.write_bytes(b"two")
+    os.utime(f, ns=(old, old))
+    assert checker.lookup(f, f.stat()) is None
+    assert checker.digest_file(f)[0] == image_digest_file(f) != one
+
+
+def test_flash_skips_rehash_of_known_images_but_not_changes(
+    prj: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Images whose settled fingerprint equals the manifest digest are not hashed again by the
+    flash writer; an image that changes while the flash image is written still fails the
+    task and leaves the previous flash image in place."""
+    import imgtool.flash
+    from tasks import checker
+
+    monkeypatch.chdir(prj.root)
+    monkeypatch.setattr(checker, "RACY_NS", 0)  # the fresh test images count as settled
+    real = imgtool.flash.write_flash_file
+    seen: list[list[imgtool.flash.FlashItem]] = []
+    tamper: list[Path] = []
+
+    def spy(path: Path, items: list[imgtool.flash.FlashItem], **kw: object) -> int:
+        seen.append(items)
+        n = real(path, items, **kw)  # type: ignore[arg-type]
+        for p in tamper:
+            p.write_bytes(p.read_bytes() + b"late")
+        return n
+
+    monkeypatch.setattr(imgtool.flash, "write_flash_file", spy)
+    assert main(["build", *prj.args("flash")]) == 0
+    soc = [it for it in seen[-1] if it.identifier >= imgtool.flash.SOC_ID_BASE]
+    assert len(soc) == 5 and all(it.expect_digest is None for it in soc)
+    _, flash = _outputs(prj)
+    before = flash.read_bytes()
+    assert before == _cli_flash(prj, prj.root / "cli")
+
+    (prj.prebuilt / "img0.bin").write_bytes(b"other bytes")
+    tamper.append(prj.prebuilt / "img1.bin")
+    capsys.readouterr()
+    assert main(["build", *prj.args("flash")]) == 1
+    out = capsys.readouterr()
+    assert "img1.bin: image changed while the flash image was written" in out.out + out.err
+    assert flash.read_bytes() == before
+    assert [p.name for p in flash.parent.iterdir() if "staged" in p.name] == []
