@@ -15,14 +15,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# NXP's Code Signing Tool for the i.MX signing-server tests (Debian package; skipped without apt).
+# System tools the tests use (Debian packages; skipped with a reason where apt is missing):
+# NXP's Code Signing Tool (imx-code-signing-tool) for the i.MX signing-server tests, bubblewrap
+# for the cst sandbox, PostgreSQL for the shared LMS state store.
+SYSTEM_TOOLS := cst csf_parser srktool bwrap openssl gcc curl
 system-deps:
-	@if command -v cst >/dev/null 2>&1 && command -v csf_parser >/dev/null 2>&1; then :; \
+	@missing=; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing=1; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
+	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq imx-code-signing-tool openssl gcc curl >/dev/null; \
-	else echo "apt-get not available: the i.MX CST tests will be skipped"; fi
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq imx-code-signing-tool \
+	    bubblewrap postgresql openssl gcc curl >/dev/null; \
+	else echo "apt-get not available: the i.MX CST, sandbox and PostgreSQL tests will be skipped"; fi
 
 lint: setup
 	$(BIN)/ruff check $(wildcard $(SRC))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from imgtool import lms, lms_state
+from imgtool.lms_signer import LmsSigner
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
         cache_size = lms_state.cache_path(priv).stat().st_size
         lms_state._TREES.clear()
         t = time.perf_counter()
-        signer = lms.LmsSigner.load(priv)
+        signer = LmsSigner.load(priv)
         signer.sign_digest(bytes(48))
         first = time.perf_counter() - t
         times = []

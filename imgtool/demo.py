@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from . import bundle, ecc, lms
+from .lms_signer import LmsSigner
 
 DEMO = "demo"
 # sizes like the reference AST2700 prebuilt binaries (bytes)
@@ -60,8 +61,8 @@ def sample_bundle(keys: Path) -> bytes:
     whole chain from the bundle to the SoC manifest."""
     vnd_ecc = ecc.EccSigner.load(keys / "vnd-fw-ecc-prvk.pem")
     own_ecc = ecc.EccSigner.load(keys / "own-fw-ecc-prvk.pem")
-    vnd_lms = lms.LmsSigner.load(keys / "vnd-fw-lms-prvk.pem")
-    own_lms = lms.LmsSigner.load(keys / "own-fw-lms-prvk.pem")
+    vnd_lms = LmsSigner.load(keys / "vnd-fw-lms-prvk.pem")
+    own_lms = LmsSigner.load(keys / "own-fw-lms-prvk.pem")
     fmc = sample_payload("caliptra-fmc", 18_848)
     rt = sample_payload("caliptra-runtime", 83_416)
     fmc_off = bundle.MANIFEST_SIZE

@@ -9,6 +9,7 @@ import pytest
 from imgtool import lms
 from imgtool.cli import main
 from imgtool.config import load_config
+from imgtool.lms_signer import LmsSigner
 
 
 def test_keygen_ecc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,7 +33,7 @@ def test_keygen_lms_needs_force_for_non_caliptra_types(
     capsys.readouterr()
     assert main(["lms-status", str(tmp_path / "k-prvk.pem")]) == 0
     assert "used: 0  left: 32" in capsys.readouterr().out
-    lms.LmsSigner.load(tmp_path / "k-prvk.pem").sign_digest(bytes(48))
+    LmsSigner.load(tmp_path / "k-prvk.pem").sign_digest(bytes(48))
     assert main(["lms-status", str(tmp_path / "k-prvk.pem")]) == 0
     assert "used: 1  left: 31" in capsys.readouterr().out
 
@@ -79,7 +80,7 @@ def test_adopt_a_full_tree_key(tmp_path: Path, capsys: pytest.CaptureFixture[str
     lms_state.state_path(priv).unlink()
     lms_state.cache_path(priv).unlink()
     assert main(["lms-status", str(priv), "--init", "--next-q", "7"]) == 0
-    assert lms.sig_q(lms.LmsSigner.load(priv).sign_digest(bytes(48))) == 7
+    assert lms.sig_q(LmsSigner.load(priv).sign_digest(bytes(48))) == 7
     assert main(["lms-status", str(priv), "--init"]) == 2  # never reset
     assert "never reset" in capsys.readouterr().err
 

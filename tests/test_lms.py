@@ -11,8 +11,9 @@ import pytest
 from hsslms import LMS_Pub
 from hsslms.utils import INVALID
 
-from imgtool import lms, lms_state
+from imgtool import lms, lms_signer, lms_state
 from imgtool.errors import FormatError, KeyFileError
+from imgtool.lms_signer import LmsSigner
 
 N = 24
 
@@ -67,7 +68,7 @@ def test_keygen_round_trip(tmp_path: Path, lms_type: int, ots_type: int) -> None
     assert priv.stat().st_mode & 0o777 == 0o600
     if (lms_type, ots_type) != (lms.LMS_SHA256_M24_H10, 8):  # ~7M hashes: too slow written plainly
         assert pub_bytes[24:] == straightforward_root(priv.read_bytes())
-    signer = lms.LmsSigner.load(priv)
+    signer = LmsSigner.load(priv)
     assert not signer.is_sparse
     for i in range(3):
         msg = hashlib.sha384(b"message %d" % i).digest()
@@ -80,7 +81,7 @@ def test_keygen_round_trip(tmp_path: Path, lms_type: int, ots_type: int) -> None
 
 def test_slot_layout_for_short_types(tmp_path: Path) -> None:
     priv, _ = lms_state.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 8)
-    slot = lms.LmsSigner.load(priv).sign_digest(bytes(48))
+    slot = LmsSigner.load(priv).sign_digest(bytes(48))
     assert struct.unpack_from(">I", slot, 1256)[0] == lms.LMS_SHA256_M24_H5
     assert slot[8 + 24 + 26 * 24 : 1256] == bytes((51 - 26) * 24)  # unused y entries
     assert slot[1260 + 5 * 24 :] == bytes(10 * 24)  # unused path entries
@@ -89,8 +90,8 @@ def test_slot_layout_for_short_types(tmp_path: Path) -> None:
 
 def test_sparse_reference_key(ref: Path, caplog: pytest.LogCaptureFixture) -> None:
     keys = ref / "key" / "ast2700-default"
-    lms._WARNED.clear()
-    signer = lms.LmsSigner.load(keys / "own-man-lms-prvk.pem")
+    lms_signer._WARNED.clear()
+    signer = LmsSigner.load(keys / "own-man-lms-prvk.pem")
     assert signer.is_sparse
     msg = hashlib.sha384(b"abc").digest()
     with caplog.at_level(logging.WARNING, logger="imgtool"):
@@ -113,7 +114,7 @@ def test_full_key_without_state_is_refused(tmp_path: Path) -> None:
     priv, _ = lms_state.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 7)
     lms_state.state_path(priv).unlink()
     with pytest.raises(KeyFileError, match="without a state file"):
-        lms.LmsSigner.load(priv)
+        LmsSigner.load(priv)
 
 
 def test_bad_key_files(tmp_path: Path) -> None:

@@ -16,15 +16,17 @@ import pytest
 
 from imgtool import lms, lms_state
 from imgtool.errors import LmsStateError
+from imgtool.lms_signer import LmsSigner
 
 REPO = Path(__file__).resolve().parent.parent
 SIGNER = """
 import sys, hashlib, time
 from pathlib import Path
 from imgtool import lms
+from imgtool.lms_signer import LmsSigner
 priv, out, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 pace = float(sys.argv[4])
-signer = lms.LmsSigner.load(priv)
+signer = LmsSigner.load(priv)
 with open(out, "a") as fh:
     for i in range(count):
         msg = hashlib.sha384(f"{out}:{i}".encode()).digest()
@@ -54,7 +56,7 @@ def _spawn(priv: Path, out: Path, count: int, pace: float = 0) -> subprocess.Pop
 
 
 def test_q_sequence_and_state(h10: Path) -> None:
-    signer = lms.LmsSigner.load(h10)
+    signer = LmsSigner.load(h10)
     qs = [lms.sig_q(signer.sign_digest(hashlib.sha384(b"%d" % i).digest())) for i in range(7)]
     assert qs == list(range(7))
     assert _next_q(h10) == 7
@@ -97,7 +99,7 @@ def test_sigkill_never_reuses_a_leaf(h10: Path, tmp_path: Path) -> None:
 
 def test_exhaustion_is_clear_and_keeps_state(tmp_path: Path) -> None:
     priv, _ = lms_state.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 7)
-    signer = lms.LmsSigner.load(priv)
+    signer = LmsSigner.load(priv)
     for i in range(32):
         signer.sign_digest(hashlib.sha384(b"%d" % i).digest())
     before = lms_state.state_path(priv).read_bytes()
@@ -112,7 +114,7 @@ def test_state_from_another_key_is_refused(tmp_path: Path) -> None:
     b, _ = lms_state.generate(tmp_path / "b", lms.LMS_SHA256_M24_H5, 7)
     lms_state.state_path(a).write_bytes(lms_state.state_path(b).read_bytes())
     with pytest.raises(LmsStateError, match="another LMS key"):
-        lms.LmsSigner.load(a).sign_digest(bytes(48))
+        LmsSigner.load(a).sign_digest(bytes(48))
 
 
 @pytest.mark.parametrize("damage", ["foreign", "corrupt", "truncated"])
@@ -130,7 +132,7 @@ def test_bad_cache_is_rebuilt_not_used(
     else:
         cache.write_bytes(good[:-10])
     lms_state._TREES.clear()
-    signer = lms.LmsSigner.load(a)
+    signer = LmsSigner.load(a)
     msg = hashlib.sha384(b"x").digest()
     with caplog.at_level("WARNING", logger="imgtool"):
         slot = signer.sign_digest(msg)
@@ -148,4 +150,4 @@ def test_signing_with_cache_does_not_recompute_tree(
         raise AssertionError("tree recomputed although the cache is valid")
 
     monkeypatch.setattr(lms_state, "compute_tree", boom)
-    lms.LmsSigner.load(h10).sign_digest(bytes(48))
+    LmsSigner.load(h10).sign_digest(bytes(48))

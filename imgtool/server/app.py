@@ -25,8 +25,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from .. import ecc, lms
+from .. import ecc
 from ..errors import ImgtoolError, LmsStateError, ServerError
+from ..lms_signer import LmsSigner
 from . import validate
 from .audit import AuditLog
 from .auth import Token, authenticate, load_tokens
@@ -288,7 +289,7 @@ class SigningService:
             lock = self._lms_locks.setdefault(priv, threading.Lock())
         with lock:
             try:
-                return lms.LmsSigner.load(priv).sign_digest(digest)
+                return LmsSigner.load(priv).sign_digest(digest)
             except LmsStateError as exc:
                 log.error("caliptra: %s", exc)  # names the key file, never key material
                 raise Reject(500, "Signing error: the LMS key has no usable leaf left") from None

@@ -29,9 +29,9 @@ def main() -> int:
     if a.algo == "ecc":
         sig = ecc.sign_digest_der(ecc.load_private(priv), digest)
     else:
-        from imgtool import lms
+        from imgtool.lms_signer import LmsSigner
 
-        sig = lms.LmsSigner.load(priv).sign_digest(digest)
+        sig = LmsSigner.load(priv).sign_digest(digest)
     if a.by_file:
         Path(a.input).write_bytes(sig)
     else:
