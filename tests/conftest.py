@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,27 @@ REPO = Path(__file__).resolve().parent.parent
 REF = REPO.parent / "shared" / "reference" / "cptra_imgtool"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 sys.path.insert(0, str(HELPERS))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Session default for the LMS state store (module- and session-scoped fixtures start
+    before any per-test fixture): a throw-away directory, never the user's real store."""
+    d = tempfile.mkdtemp(prefix="cptra-lms-state-")
+    atexit.register(shutil.rmtree, d, True)
+    os.environ["XDG_STATE_HOME"] = d
+    os.environ["CPTRA_IMGTOOL_STATE"] = str(Path(d) / "lms-state.sqlite3")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_lms_state(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """No test touches the real per-user LMS state store: each gets its own (subprocesses
+    inherit the environment)."""
+    d = tmp_path_factory.mktemp("lms-state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(d))
+    monkeypatch.setenv("CPTRA_IMGTOOL_STATE", str(d / "lms-state.sqlite3"))
+    return d
 
 
 @pytest.fixture
