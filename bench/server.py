@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "tests" / "server"))
 import imx_pki  # noqa: E402
 from srvfixtures import MACHINE, Server, start_server  # noqa: E402
 
-from imgtool import lms, lms_state  # noqa: E402
+from imgtool import lms, lms_tree  # noqa: E402
 
 
 def load(
@@ -78,7 +78,7 @@ def main() -> None:
             keys = server.keys
             for suffix in ("prvk.pem", "pubk.pem", "prvk.pem.state", "prvk.pem.tree"):
                 (keys / f"own-man-lms-{suffix}").unlink(missing_ok=True)
-            lms_state.generate(
+            lms_tree.generate(
                 keys / "own-man-lms", lms.LMS_SHA256_M24_H10, lms.LMOTS_SHA256_N24_W4
             )
             print("| endpoint | clients | requests/s | p50 ms | p99 ms |")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import ecc, lms, lms_state
-from .errors import ConfigError, KeyFileError
+from . import ecc, lms, lms_scan, lms_state, lms_tree
+from . import store as store_mod
+from .errors import ConfigError, KeyFileError, LmsStateError
+from .fileio import atomic_write
 
 # What Caliptra's ROM and runtime accept; anything else needs --force.
 CALIPTRA_LMS = (lms.LMS_SHA256_M24_H15, lms.LMOTS_SHA256_N24_W4)
@@ -39,7 +43,7 @@ DEMO_IMAGES = (
 )
 
 
-def _progress(label: str) -> lms_state.Progress | None:
+def _progress(label: str) -> lms_tree.Progress | None:
     if not sys.stderr.isatty():
         return None
 
@@ -68,9 +72,13 @@ def lms_types(height: int, w: int, force: bool) -> tuple[int, int]:
     return types
 
 
-def make_lms_key(prefix: Path, height: int, w: int, force: bool) -> tuple[Path, Path]:
+def make_lms_key(
+    prefix: Path, height: int, w: int, force: bool, state: str | None = None
+) -> tuple[Path, Path]:
     lt, ot = lms_types(height, w, force)
-    return lms_state.generate(prefix, lt, ot, progress=_progress(f"LMS H{height}/W{w} tree"))
+    return lms_tree.generate(
+        prefix, lt, ot, progress=_progress(f"LMS H{height}/W{w} tree"), store=state
+    )
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -79,31 +87,168 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         priv, pub = ecc.generate_keypair(out)
         print(f"ECC P-384 key pair: {priv} (private, 0600), {pub}")
         return 0
-    priv, pub = make_lms_key(out, args.height, args.w, args.force)
+    priv, pub = make_lms_key(out, args.height, args.w, args.force, args.state)
     print(f"LMS H{args.height}/W{args.w} key pair: {priv} (private, 0600), {pub}")
-    print(f"leaf state: {lms_state.state_path(priv)}  tree cache: {lms_state.cache_path(priv)}")
+    print(f"leaf state: {lms_state.state_path(priv)}  tree cache: {lms_tree.cache_path(priv)}")
+    print(f"state store: {store_mod.open_store(args.state).description}")
     return 0
+
+
+def _time(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lms_init(
+    args: argparse.Namespace, priv: Path, key: lms.LmsPrivateKey, pub: lms.LmsPublicKey
+) -> None:
+    st = store_mod.open_store(args.state)
+    if lms.sparse_root(key) == pub.root:
+        raise KeyFileError(
+            f"{priv}: a sparse demo key (only leaf {lms.SPARSE_Q} is real): nothing to adopt"
+        )
+    if args.next_q is None and not args.scan:
+        raise LmsStateError(
+            "--init needs --next-q N (the first leaf never used anywhere) or --scan FILE... "
+            "(manifests, flash images and bundles this key signed), or both"
+        )
+    h = key.height
+    w = lms.LMOTS_PARAMS[key.ots_type][0]
+    nodes = lms_tree.get_tree(priv, key, pub, progress=_progress(f"LMS H{h}/W{w} tree"))
+    scan_next = 0
+    if args.scan:
+        found = lms_scan.used_leaves(args.scan, pub, nodes)
+        if found:
+            top = max(found, key=lambda u: u.q)
+            scan_next = top.q + 1
+            print(
+                f"--scan: {len(found)} signature(s) by this key in {len(args.scan)} file(s); "
+                f"highest leaf {top.q} ({top.where})"
+            )
+            if args.next_q is not None and args.next_q < scan_next:
+                raise LmsStateError(
+                    f"--next-q {args.next_q}: {top.where} holds this key's signature at leaf "
+                    f"{top.q}; use --next-q {scan_next} or higher"
+                )
+        else:
+            print(f"--scan: no signature by this key in {len(args.scan)} file(s)")
+    if args.next_q is not None:
+        next_q = args.next_q
+    else:
+        next_q = max(scan_next, lms_state.witnesses(priv, pub, st).next_q)
+    before = lms_state.init(priv, pub, st, next_q)
+    was = (
+        f" (was: file {before.file}, store {before.store})"
+        if before.known
+        else " (no state before)"
+    )
+    print(f"{priv}: full-tree key adopted; next leaf {next_q} of {1 << h}{was}")
+
+
+def _status_doc(
+    priv: Path, key: lms.LmsPrivateKey, pub: lms.LmsPublicKey, st: store_mod.StateStore, last: int
+) -> dict[str, Any]:
+    ident = store_mod.KeyIdentity.of(pub)
+    h = key.height
+    doc: dict[str, Any] = {
+        "key": str(priv),
+        "key_id": ident.key_id,
+        "lms_type": pub.lms_type,
+        "ots_type": pub.ots_type,
+        "height": h,
+        "w": lms.LMOTS_PARAMS[key.ots_type][0],
+        "I": pub.I.hex(),
+        "leaves": ident.leaves,
+    }
+    w = lms_state.witnesses(priv, ident, st)
+    if not w.known and w.max_logged_q is None:
+        if lms.sparse_root(key) == pub.root:
+            return {**doc, "sparse": True, "sparse_q": lms.SPARSE_Q}
+        raise LmsStateError(
+            f"{priv}: full-tree key with no leaf state: no {lms_state.state_path(priv).name} "
+            f"and no row in the {st.description}; adopt it with `lms-status KEY --init "
+            "--next-q N` or `--init --scan out/*.bin`"
+        )
+    return {
+        **doc,
+        "sparse": False,
+        "file": {"path": str(lms_state.state_path(priv)), "next_q": w.file},
+        "store": {
+            "location": store_mod.redact(st.location),
+            "kind": st.kind,
+            "next_q": w.store,
+            "log_size": w.log_size,
+            "max_logged_q": w.max_logged_q,
+        },
+        "next_q": w.next_q,
+        "used": w.next_q,
+        "left": ident.leaves - w.next_q,
+        "in_sync": w.file == w.store,
+        "last_signatures": [r.as_dict() for r in st.signatures(ident, last)],
+    }
+
+
+def _print_status(doc: dict[str, Any], st: store_mod.StateStore) -> None:
+    kind = f"H{doc['height']}/W{doc['w']}"
+    if doc["sparse"]:
+        print(
+            f"{doc['key']}: sparse demo key {kind}: only leaf {lms.SPARSE_Q} is real and "
+            "every signature reuses it"
+        )
+        return
+    f, s = doc["file"], doc["store"]
+    print(f"{doc['key']}: full-tree key {kind}, key id {doc['key_id'][:16]}, I={doc['I']}")
+    ftxt = "missing" if f["next_q"] is None else f"next_q {f['next_q']}"
+    stxt = "no record" if s["next_q"] is None else f"next_q {s['next_q']}"
+    print(f"state file: {f['path']}: {ftxt}")
+    print(f"store:      {st.description}: {stxt}, {s['log_size']} signature(s) logged")
+    if not doc["in_sync"]:
+        print(
+            f"WARNING: the witnesses disagree (file {f['next_q']}, store {s['next_q']}); the "
+            "next signature uses the higher one and moves the other forward"
+        )
+    print(f"leaves used: {doc['used']}  left: {doc['left']}  total: {doc['leaves']}")
+    if doc["last_signatures"]:
+        print("last signatures:")
+        for r in doc["last_signatures"]:
+            actor = f" actor {r['actor']}" if r["actor"] else ""
+            print(
+                f"  q={r['q']:<6} {_time(r['time'])} {r['host']} {r['signer']}{actor} "
+                f"msg sha256 {r['msg_sha256'][:16]}"
+            )
 
 
 def cmd_lms_status(args: argparse.Namespace) -> int:
     priv = Path(args.key)
-    key, pub = lms_state.load_pair(priv, args.pub)
-    h = key.height
-    w = lms.LMOTS_PARAMS[key.ots_type][0]
+    key, pub = lms_tree.load_pair(priv, args.pub)
+    if args.next_q is not None and not args.init:
+        raise LmsStateError("--next-q goes with --init")
+    if args.scan and not args.init:
+        raise LmsStateError("--scan goes with --init")
+    if args.last < 0:
+        raise LmsStateError(f"--last {args.last}: must be 0 or more")
+    st = store_mod.open_store(args.state)
     if args.init:
-        lms_state.adopt(priv, key, pub, args.next_q, progress=_progress(f"LMS H{h}/W{w} tree"))
-        print(f"{priv}: full-tree key adopted; next leaf {args.next_q} of {1 << h}")
-    if not lms_state.state_path(priv).exists():
-        if lms.sparse_root(key) == pub.root:
-            print(
-                f"{priv}: sparse demo key H{h}/W{w}: only leaf {lms.SPARSE_Q} is real and "
-                "every signature reuses it"
-            )
-            return 0
-        raise KeyFileError(f"{priv}: full-tree key without a state file")
-    used, total = lms_state.status(priv, pub)
-    print(f"{priv}: full-tree key H{h}/W{w}, I={pub.I.hex()}")
-    print(f"leaves used: {used}  left: {total - used}  total: {total}")
+        _lms_init(args, priv, key, pub)
+    elif args.export:
+        data = lms_state.export_state(priv, pub, st)
+        atomic_write(Path(args.export), data, mode=0o600)
+        print(f"{priv}: state exported to {args.export}")
+    elif args.import_:
+        src = Path(args.import_)
+        try:
+            data = src.read_bytes()
+        except OSError as exc:
+            raise LmsStateError(f"{src}: cannot read ({exc.strerror})") from None
+        before, next_q = lms_state.import_state(priv, pub, st, data, str(src))
+        print(
+            f"{priv}: imported next_q {next_q} into the {st.description} "
+            f"(was: file {before.file}, store {before.store})"
+        )
+    doc = _status_doc(priv, key, pub, st, args.last)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        _print_status(doc, st)
     return 0
 
 
@@ -209,27 +354,56 @@ def cmd_new_project(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    state_help = (
+        "LMS state store: a SQLite file, sqlite:///PATH or postgresql://... "
+        "(default $CPTRA_IMGTOOL_STATE, else $XDG_STATE_HOME/cptra-imgtool/lms-state.sqlite3)"
+    )
     p = sub.add_parser("keygen", help="generate an ECC P-384 or LMS key pair")
     p.add_argument("--algo", required=True, choices=["ecc", "lms"])
     p.add_argument("--out", required=True, help="PREFIX: writes PREFIX-prvk.pem, PREFIX-pubk.pem")
     p.add_argument("--height", type=int, default=15, help="LMS tree height (5, 10, 15, 20)")
     p.add_argument("--w", type=int, default=4, help="LM-OTS Winternitz parameter (4, 8)")
     p.add_argument("--force", action="store_true", help="allow LMS types Caliptra does not accept")
+    p.add_argument("--state", help=state_help)
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("lms-status", help="show how many one-time leaves of an LMS key are used")
+    p = sub.add_parser(
+        "lms-status",
+        help="show an LMS key's leaf state (file and store); adopt, export or import it",
+    )
     p.add_argument("key", help="LMS private key file")
     p.add_argument("--pub", help="public key (default: the -pubk file beside the key)")
+    p.add_argument("--state", help=state_help)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.add_argument(
+        "--last", type=int, default=5, help="how many of the last signatures to show (default 5)"
+    )
+    act = p.add_mutually_exclusive_group()
+    act.add_argument(
         "--init",
         action="store_true",
-        help="adopt a full-tree key made elsewhere: build its tree cache and state file",
+        help="adopt a full-tree key made elsewhere, or recover lost state: needs --next-q "
+        "and/or --scan; never goes below what the file, the store or its log knows",
+    )
+    act.add_argument("--export", metavar="FILE", help="write the key's state and log as JSON")
+    act.add_argument(
+        "--import",
+        dest="import_",
+        metavar="FILE",
+        help="merge an --export file into this store (refuses to go backwards)",
     )
     p.add_argument(
         "--next-q",
         type=int,
-        default=0,
-        help="with --init: the first leaf never used before (default 0)",
+        default=None,
+        help="with --init: the first leaf never used before",
+    )
+    p.add_argument(
+        "--scan",
+        nargs="+",
+        metavar="FILE",
+        help="with --init: manifests, flash images or Caliptra bundles to search for leaves "
+        "this key already used (the next leaf is above the highest found)",
     )
     p.set_defaults(func=cmd_lms_status)
 

@@ -1,15 +1,14 @@
-"""LMS signing with a private key file: composes the RFC 8554 math (:mod:`imgtool.lms`) with the
-leaf state (:mod:`imgtool.lms_state`). Neither of those imports this module or each other's
-signing logic.
+"""LMS signing with a private key file: composes the RFC 8554 math (:mod:`imgtool.lms`), the
+tree cache (:mod:`imgtool.lms_tree`) and the leaf state (:mod:`imgtool.lms_state` over
+:mod:`imgtool.store`). The math and the state never import each other.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
-from . import lms_state
+from . import lms_state, lms_tree
 from .errors import KeyFileError, SigningError
 from .lms import (
     SLOT_LEN,
@@ -17,13 +16,11 @@ from .lms import (
     LmsPrivateKey,
     LmsPublicKey,
     auth_path,
-    load_private,
-    load_public,
     sig_to_slot,
     sparse_nodes,
     sparse_root,
 )
-from .store import KeyIdentity, StateStore, open_store
+from .store import SIGNERS, KeyIdentity, StateStore, open_store
 
 log = logging.getLogger("imgtool")
 _WARNED: set[bytes] = set()
@@ -45,10 +42,13 @@ class LmsSigner:
         signer: str = "build",
         actor: str | None = None,
     ):
+        if signer not in SIGNERS:
+            raise SigningError(f"signer {signer!r}: must be one of {', '.join(SIGNERS)}")
         self.key = key
         self._pub = pub
         self.key_path = key_path
         self.is_sparse = sparse
+        self.identity = KeyIdentity.of(pub)
         self.store_location = store
         self.signer = signer
         self.actor = actor
@@ -65,7 +65,10 @@ class LmsSigner:
     ) -> LmsSigner:
         """Load a key pair. ``store``: the leaf-state store location (None: ``--state`` /
         ``CPTRA_IMGTOOL_STATE`` / the per-user default); ``signer`` (build, server, helper) and
-        ``actor`` (free text, e.g. ``token:<id>``) go into the store's signature log."""
+        ``actor`` (free text, e.g. ``token:<id>``) go into the store's signature log.
+
+        A key is full-tree when its state file or the store knows it, a sparse demo key when
+        its root is the sparse tree's; anything else is refused (no leaf is guessed)."""
         priv_path = Path(priv_path)
         if pub_path is None:
             pub_path = priv_path.with_name(priv_path.name.replace("prvk", "pubk"))
@@ -73,20 +76,24 @@ class LmsSigner:
                 raise KeyFileError(
                     f"{priv_path}: LMS public key not found beside it (tried {pub_path})"
                 )
-        key = load_private(priv_path)
-        pub = load_public(pub_path)
-        if (pub.lms_type, pub.ots_type, pub.I) != (key.lms_type, key.ots_type, key.I):
-            raise KeyFileError(f"{priv_path}: LMS private key does not match {pub_path}")
-        opts: dict[str, Any] = {"store": store, "signer": signer, "actor": actor}
+        key, pub = lms_tree.load_pair(priv_path, pub_path)
+        sparse: bool | None = None
         if lms_state.state_path(priv_path).exists():
-            return cls(key, pub, priv_path, sparse=False, **opts)
-        if sparse_root(key) == pub.root:
-            return cls(key, pub, priv_path, sparse=True, **opts)
+            sparse = False
+        elif sparse_root(key) == pub.root:
+            sparse = True
+        else:
+            st = open_store(store)
+            if st.get(KeyIdentity.of(pub)) is not None:
+                sparse = False
+        if sparse is not None:
+            return cls(key, pub, priv_path, sparse, store=store, signer=signer, actor=actor)
         raise KeyFileError(
             f"{priv_path}: full-tree LMS key without a state file "
-            f"({lms_state.state_path(priv_path).name}); refusing to guess a leaf "
-            "(create keys with `cptra-imgtool keygen --algo lms`, or adopt this one with "
-            "`cptra-imgtool lms-status KEY --init --next-q N`)"
+            f"({lms_state.state_path(priv_path).name}) and unknown to the {st.description}; "
+            "refusing to guess a leaf (create keys with `cptra-imgtool keygen --algo lms`, or "
+            "adopt this one with `cptra-imgtool lms-status KEY --init --next-q N` or "
+            "`--init --scan out/*.bin`)"
         )
 
     def store(self) -> StateStore:
@@ -94,15 +101,12 @@ class LmsSigner:
         return open_store(self.store_location)
 
     def leaves_left(self) -> int | None:
-        """Leaves never reserved by either witness (None for sparse demo keys)."""
+        """Leaves that neither witness nor the signature log has seen used (None for sparse
+        demo keys)."""
         if self.is_sparse:
             return None
-        total = 1 << self._pub.height
-        used = lms_state.read_state(self.key_path, self._pub)
-        row = self.store().get(KeyIdentity.of(self._pub))
-        if row is not None:
-            used = max(used, row.next_q)
-        return total - used
+        w = lms_state.witnesses(self.key_path, self.identity, self.store())
+        return max(0, self.identity.leaves - w.next_q)
 
     def public_key(self) -> LmsPublicKey:
         return self._pub
@@ -128,7 +132,16 @@ class LmsSigner:
             nodes = sparse_nodes(self.key)
             sig = self.key.sign_at(SPARSE_Q, digest, auth_path(nodes, self.key.height, SPARSE_Q))
         else:
-            sig = lms_state.sign_full_tree(self.key_path, self.key, self._pub, digest)
+            nodes = lms_tree.get_tree(self.key_path, self.key, self._pub)
+            q = lms_state.reserve(
+                self.key_path,
+                self.identity,
+                self.store(),
+                digest,
+                signer=self.signer,
+                actor=self.actor,
+            )
+            sig = self.key.sign_at(q, digest, auth_path(nodes, self.key.height, q))
         if not self._pub.verify(digest, sig):
             raise SigningError(f"{self.key_path}: LMS signature does not verify (wrong key?)")
         return sig_to_slot(sig)

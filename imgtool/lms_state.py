@@ -1,19 +1,23 @@
-"""Full-tree LMS keys: key generation, the tree cache and the leaf-state file.
+"""LMS leaf state: two witnesses that only move forward.
 
-Files beside a private key ``K`` (e.g. ``own-man-lms-prvk.pem``):
+1. **The state file** ``K.state`` beside a private key ``K`` (it travels with the key). JSON with
+   exactly the fields ``format`` (:data:`STATE_FORMAT`), ``key`` (the key's identity, the hex
+   SHA-256 of its 48-byte public key), ``leaves`` (2^h) and ``next_q`` (the first leaf never
+   handed out, 0..leaves). Parsed strictly: a missing, unknown, mistyped (``true`` is not an
+   integer) or out-of-range field is an error naming the file and the field.
+2. **The state store** (:mod:`imgtool.store`): one row per key identity with its ``next_q`` and
+   a log of every signature.
 
-* ``K.state`` -- JSON ``{"format", "key", "leaves", "next_q"}``; ``key`` is the SHA-256 of the
-  48-byte public key, so a state file copied from another key is refused. ``next_q`` is the
-  first leaf never handed out. It only ever grows.
-* ``K.lock`` -- an empty file; ``flock(LOCK_EX)`` on it serialises reservations across processes.
-* ``K.tree`` -- the tree cache: magic, the key's SHA-256, the height, every node T[1..2^(h+1)-1]
-  (24 bytes each) and a SHA-256 over all of it. A cache whose magic, key, length, checksum or
-  root does not match is ignored and rebuilt, never used.
+Reserving a leaf, under ``flock`` on ``K.lock`` (serialises the file witness across processes):
+read the file; in ONE store transaction take q = max(store next_q, file next_q), refuse if the
+key is exhausted or the log shows q used for a different message, log q and the message's
+SHA-256, advance the store to q + 1, commit; then write ``q + 1`` to the file (temporary file,
+fsync, rename, fsync the directory). Only then is the signature computed and released, so a
+crash at any point can skip a leaf but never reuse one. A witness found behind the other is a
+loud warning naming both values, and it is moved forward, never back. A key that neither
+witness knows is refused until ``lms-status KEY --init`` adopts it explicitly.
 
-Reserving leaf q: lock; read ``next_q``; refuse if the tree is exhausted; write ``q + 1`` to a
-temporary file, fsync, rename over the state file, fsync the directory; unlock. Only then is the
-signature for q computed and released, so a crash at any point can skip a leaf but never reuse
-one.
+This module never imports :mod:`imgtool.lms`; the signer composes the two.
 """
 
 from __future__ import annotations
@@ -21,38 +25,33 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import json
 import logging
 import os
-import struct
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import KeyFileError, LmsStateError
+from .errors import LmsStateError
 from .fileio import atomic_write
-from .lms import (
-    D_INTR,
-    D_LEAF,
-    D_PBLC,
-    LMOTS_PARAMS,
-    LmsPrivateKey,
-    LmsPublicKey,
-    N,
-    auth_path,
-    height,
-    load_private,
-    load_public,
-    sparse_root,
+from .store import (
+    EXPORT_FORMAT,
+    SIGNERS,
+    KeyIdentity,
+    PublicKeyLike,
+    SignatureRecord,
+    StateStore,
+    UnknownKeyError,
 )
 
 log = logging.getLogger("imgtool")
 
 STATE_FORMAT = "cptra-imgtool-lms-state-1"
-CACHE_MAGIC = b"CPTRA-LMS-TREE1\n"
-Progress = Callable[[int, int], None]
+STATE_FIELDS = ("format", "key", "leaves", "next_q")
+MAX_STATE_BYTES = 4096
+MAX_EXPORT_BYTES = 256 << 20
 
 
 def state_path(priv: str | Path) -> Path:
@@ -60,24 +59,33 @@ def state_path(priv: str | Path) -> Path:
     return p.with_name(p.name + ".state")
 
 
-def cache_path(priv: str | Path) -> Path:
-    p = Path(priv)
-    return p.with_name(p.name + ".tree")
-
-
 def lock_path(priv: str | Path) -> Path:
     p = Path(priv)
     return p.with_name(p.name + ".lock")
 
 
-def key_tag(pub: LmsPublicKey) -> bytes:
-    return hashlib.sha256(pub.to_bytes()).digest()
+def _identity(key: KeyIdentity | PublicKeyLike) -> KeyIdentity:
+    return key if isinstance(key, KeyIdentity) else KeyIdentity.of(key)
 
 
-# ---------------------------------------------------------------------------- state
+def _show(value: object) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------- the state file
 @contextlib.contextmanager
 def locked(priv: str | Path) -> Iterator[None]:
-    fd = os.open(lock_path(priv), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(lock_path(priv), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise LmsStateError(
+            f"{lock_path(priv)}: cannot open the lock file ({exc.strerror})"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -85,245 +93,316 @@ def locked(priv: str | Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def read_state(priv: str | Path, pub: LmsPublicKey) -> int:
-    """next_q of a key's state file. Raises LmsStateError if missing, corrupt or foreign."""
-    sp = state_path(priv)
-    try:
-        data = json.loads(sp.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LmsStateError(f"{sp}: LMS state file not found") from None
-    except (OSError, ValueError) as exc:
-        raise LmsStateError(f"{sp}: unreadable LMS state file ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-        raise LmsStateError(f"{sp}: not a cptra-imgtool LMS state file")
-    if data.get("key") != key_tag(pub).hex():
-        raise LmsStateError(f"{sp}: state file belongs to another LMS key")
-    next_q = data.get("next_q")
-    if not isinstance(next_q, int) or not 0 <= next_q <= (1 << pub.height):
-        raise LmsStateError(f"{sp}: invalid next_q {next_q!r}")
-    return next_q
-
-
-def write_state(priv: str | Path, pub: LmsPublicKey, next_q: int) -> None:
-    doc = {
-        "format": STATE_FORMAT,
-        "key": key_tag(pub).hex(),
-        "leaves": 1 << pub.height,
-        "next_q": next_q,
-    }
-    atomic_write(state_path(priv), (json.dumps(doc, indent=1) + "\n").encode(), mode=0o600)
-
-
-def reserve(priv: str | Path, pub: LmsPublicKey, count: int = 1) -> int:
-    """Durably reserve ``count`` consecutive leaves; returns the first."""
-    with locked(priv):
-        q = read_state(priv, pub)
-        total = 1 << pub.height
-        if q + count > total:
-            raise LmsStateError(
-                f"{priv}: LMS key exhausted ({q} of {total} one-time leaves used); "
-                "generate a new key"
-            )
-        write_state(priv, pub, q + count)
-    return q
-
-
-def status(priv: str | Path, pub: LmsPublicKey) -> tuple[int, int]:
-    """(leaves used, leaves in the tree)."""
-    return read_state(priv, pub), 1 << pub.height
-
-
-# ---------------------------------------------------------------------------- tree
-def _fast_sha256() -> Callable[[bytes | bytearray], Any]:
-    """CPython's built-in SHA-256: for the 47-byte bytes inputs of the LM-OTS chains it is about
-    twice as fast per call as OpenSSL's through hashlib (measured: 0.43 vs 0.92 ms per H15/W4
-    leaf). Same function; falls back to hashlib where the module is missing."""
-    for name in ("_sha2", "_sha256"):  # Python >= 3.12, 3.11
-        try:
-            fn: Callable[[bytes | bytearray], Any] = importlib.import_module(name).sha256
-        except (ImportError, AttributeError):
-            continue
-        return fn
-    return hashlib.sha256
-
-
-_J = [bytes((j,)) for j in range(256)]
-
-
-def _leaf_chunk(args: tuple[bytes, bytes, int, int, int, int]) -> list[bytes]:
-    """Leaf nodes T[2^h + q] for q in [start, end). Module-level so process pools can run it."""
-    ident, seed, ots_type, h, start, end = args
-    sha = _fast_sha256()
-    w, p, _ = LMOTS_PARAMS[ots_type]
-    js = _J[: (1 << w) - 1]
-    out = []
-    for q in range(start, end):
-        prefix = ident + struct.pack(">I", q)
-        ys = []
-        for i in range(p):
-            pi = prefix + struct.pack(">H", i)
-            tmp = sha(pi + b"\xff" + seed).digest()[:N]
-            for j in js:
-                tmp = sha(pi + j + tmp).digest()[:N]
-            ys.append(tmp)
-        k = sha(prefix + D_PBLC + b"".join(ys)).digest()[:N]
-        out.append(sha(ident + struct.pack(">I", (1 << h) + q) + D_LEAF + k).digest()[:N])
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate field {k}")
+        out[k] = v
     return out
 
 
-def compute_tree(
-    key: LmsPrivateKey, workers: int | None = None, progress: Progress | None = None
-) -> list[bytes]:
-    """Every node of the full tree (index = node number, index 0 unused)."""
-    h = key.height
-    leaves_n = 1 << h
-    workers = workers or os.cpu_count() or 1
-    chunk = max(1, min(256, leaves_n // (workers * 8) or 1))
-    jobs = [
-        (key.I, key.seed, key.ots_type, h, s, min(s + chunk, leaves_n))
-        for s in range(0, leaves_n, chunk)
-    ]
-    leaves: list[bytes] = []
-    if workers == 1 or len(jobs) == 1:
-        for job in jobs:
-            leaves += _leaf_chunk(job)
-            if progress:
-                progress(len(leaves), leaves_n)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
-            for part in ex.map(_leaf_chunk, jobs):
-                leaves += part
-                if progress:
-                    progress(len(leaves), leaves_n)
-    nodes = [b""] * (2 * leaves_n)
-    nodes[leaves_n:] = leaves
-    sha = hashlib.sha256
-    ident = key.I
-    for r in range(leaves_n - 1, 0, -1):
-        nodes[r] = sha(
-            ident + struct.pack(">I", r) + D_INTR + nodes[2 * r] + nodes[2 * r + 1]
-        ).digest()[:N]
-    return nodes
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _cache_bytes(pub: LmsPublicKey, nodes: list[bytes]) -> bytes:
-    body = CACHE_MAGIC + key_tag(pub) + struct.pack("<I", pub.height) + b"".join(nodes[1:])
-    return body + hashlib.sha256(body).digest()
-
-
-def write_cache(priv: str | Path, pub: LmsPublicKey, nodes: list[bytes]) -> None:
-    atomic_write(cache_path(priv), _cache_bytes(pub, nodes), mode=0o600)
-
-
-def load_cache(priv: str | Path, pub: LmsPublicKey) -> list[bytes] | None:
-    """The cached nodes, or None (with a warning) when the cache is absent or not valid."""
-    cp = cache_path(priv)
+def _load_json(data: bytes, source: Path | str, limit: int) -> Any:
+    if len(data) > limit:
+        raise LmsStateError(f"{source}: {len(data)} bytes, larger than any valid file ({limit})")
     try:
-        data = cp.read_bytes()
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LmsStateError(f"{source}: not UTF-8 text") from None
+    try:
+        return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise LmsStateError(
+            f"{source}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise LmsStateError(f"{source}: not a valid state file ({exc})") from None
+
+
+def parse_state(data: bytes, source: Path | str, ident: KeyIdentity) -> int:
+    """next_q of a state file's bytes; every field checked. Raises LmsStateError."""
+    doc = _load_json(data, source, MAX_STATE_BYTES)
+    if not isinstance(doc, dict):
+        raise LmsStateError(f"{source}: not a JSON object (an LMS state file is one)")
+    for name in STATE_FIELDS:
+        if name not in doc:
+            raise LmsStateError(f"{source}: missing field {name}")
+    for name in doc:
+        if name not in STATE_FIELDS:
+            raise LmsStateError(f"{source}: unknown field {_show(name)}")
+    fmt, key, leaves, next_q = (doc[n] for n in STATE_FIELDS)
+    if fmt != STATE_FORMAT:
+        raise LmsStateError(f"{source}: field format: {_show(fmt)} is not {STATE_FORMAT!r}")
+    if not isinstance(key, str):
+        raise LmsStateError(f"{source}: field key: {_show(key)} is not a hex string")
+    if key != ident.key_id:
+        raise LmsStateError(
+            f"{source}: field key: state file belongs to another LMS key "
+            f"({key[:16]}, this key is {ident.short})"
+        )
+    if not _is_int(leaves):
+        raise LmsStateError(f"{source}: field leaves: {_show(leaves)} is not an integer")
+    if leaves != ident.leaves:
+        raise LmsStateError(
+            f"{source}: field leaves: {leaves}, but the key has {ident.leaves} leaves"
+        )
+    if not _is_int(next_q):
+        raise LmsStateError(f"{source}: field next_q: {_show(next_q)} is not an integer")
+    if not 0 <= next_q <= leaves:
+        raise LmsStateError(f"{source}: field next_q: {next_q} outside 0..{leaves}")
+    return int(next_q)
+
+
+def read_state_opt(priv: str | Path, key: KeyIdentity | PublicKeyLike) -> int | None:
+    """next_q of the state file, or None when there is none. Raises LmsStateError if it is
+    unreadable or malformed."""
+    sp = state_path(priv)
+    try:
+        with open(sp, "rb") as fh:
+            data = fh.read(MAX_STATE_BYTES + 1)
     except FileNotFoundError:
         return None
-    h = pub.height
-    count = (1 << (h + 1)) - 1
-    head = len(CACHE_MAGIC) + 32 + 4
-    reason = None
-    if len(data) != head + count * N + 32:
-        reason = "wrong length"
-    elif hashlib.sha256(data[:-32]).digest() != data[-32:]:
-        reason = "checksum mismatch (corrupted)"
-    elif data[: len(CACHE_MAGIC)] != CACHE_MAGIC:
-        reason = "not a tree cache"
-    elif data[len(CACHE_MAGIC) : len(CACHE_MAGIC) + 32] != key_tag(pub):
-        reason = "built for another key"
-    if reason is None:
-        nodes = [b""] + [data[head + i * N : head + (i + 1) * N] for i in range(count)]
-        if nodes[1] == pub.root:
-            return nodes
-        reason = "root does not match the public key"
-    log.warning("%s: LMS tree cache ignored (%s); rebuilding it", cp, reason)
-    return None
+    except OSError as exc:
+        raise LmsStateError(f"{sp}: unreadable LMS state file ({exc.strerror})") from None
+    return parse_state(data, sp, _identity(key))
 
 
-_TREES: dict[bytes, list[bytes]] = {}
+def read_state(priv: str | Path, key: KeyIdentity | PublicKeyLike) -> int:
+    """next_q of the state file. Raises LmsStateError if missing or malformed."""
+    q = read_state_opt(priv, key)
+    if q is None:
+        raise LmsStateError(f"{state_path(priv)}: LMS state file not found")
+    return q
 
 
-def get_tree(
-    priv: str | Path, key: LmsPrivateKey, pub: LmsPublicKey, progress: Progress | None = None
-) -> list[bytes]:
-    tag = key_tag(pub)
-    if tag in _TREES:
-        return _TREES[tag]
-    nodes = load_cache(priv, pub)
-    if nodes is None:
-        nodes = compute_tree(key, progress=progress)
-        if nodes[1] != pub.root:
-            raise KeyFileError(f"{priv}: LMS private key does not produce the public key's root")
-        write_cache(priv, pub, nodes)
-    _TREES[tag] = nodes
-    return nodes
+def write_state(priv: str | Path, key: KeyIdentity | PublicKeyLike, next_q: int) -> None:
+    ident = _identity(key)
+    doc = {"format": STATE_FORMAT, "key": ident.key_id, "leaves": ident.leaves, "next_q": next_q}
+    try:
+        atomic_write(state_path(priv), (json.dumps(doc, indent=1) + "\n").encode(), mode=0o600)
+    except OSError as exc:
+        raise LmsStateError(f"{state_path(priv)}: cannot write ({exc.strerror})") from None
 
 
-def sign_full_tree(priv: Path, key: LmsPrivateKey, pub: LmsPublicKey, message: bytes) -> bytes:
-    """Reserve the next leaf durably, then sign at it (exact RFC 8554 signature)."""
-    nodes = get_tree(priv, key, pub)
-    q = reserve(priv, pub)
-    return key.sign_at(q, message, auth_path(nodes, key.height, q))
+# ---------------------------------------------------------------------------- both witnesses
+@dataclass(frozen=True)
+class Witnesses:
+    file: int | None  # the state file's next_q (None: no file)
+    store: int | None  # the store row's next_q (None: no row)
+    log_size: int
+    max_logged_q: int | None
+
+    @property
+    def known(self) -> bool:
+        return self.file is not None or self.store is not None
+
+    @property
+    def next_q(self) -> int:
+        """The first leaf neither witness nor the log has seen used."""
+        logged = 0 if self.max_logged_q is None else self.max_logged_q + 1
+        return max(self.file or 0, self.store or 0, logged)
 
 
-# ---------------------------------------------------------------------------- keygen
-def generate(
-    prefix: str | Path,
-    lms_type: int,
-    ots_type: int,
-    *,
-    workers: int | None = None,
-    progress: Progress | None = None,
-) -> tuple[Path, Path]:
-    """Write PREFIX-prvk.pem (0600), PREFIX-pubk.pem, and the state and cache beside the key."""
-    priv_path = Path(f"{prefix}-prvk.pem")
-    pub_path = Path(f"{prefix}-pubk.pem")
-    for p in (priv_path, pub_path, state_path(priv_path), cache_path(priv_path)):
-        if p.exists():
-            raise KeyFileError(f"{p}: already exists, refusing to overwrite")
-    height(lms_type)  # validates
-    key = LmsPrivateKey(lms_type, ots_type, os.urandom(16), os.urandom(N))
-    nodes = compute_tree(key, workers=workers, progress=progress)
-    pub = LmsPublicKey(lms_type, ots_type, key.I, nodes[1])
-    priv_path.parent.mkdir(parents=True, exist_ok=True)
-    write_cache(priv_path, pub, nodes)
-    write_state(priv_path, pub, 0)
-    atomic_write(pub_path, pub.to_bytes())
-    atomic_write(priv_path, key.to_bytes(), mode=0o600)
-    return priv_path, pub_path
+def witnesses(priv: str | Path, key: KeyIdentity | PublicKeyLike, store: StateStore) -> Witnesses:
+    ident = _identity(key)
+    f = read_state_opt(priv, ident)
+    row = store.get(ident)
+    n, mx = (row.log_size, row.max_logged_q) if row else store.log_stats(ident)
+    return Witnesses(f, row.next_q if row else None, n, mx)
 
 
-def adopt(
-    priv: str | Path,
-    key: LmsPrivateKey,
-    pub: LmsPublicKey,
-    next_q: int,
-    progress: Progress | None = None,
+def _report(
+    priv: Path, ident: KeyIdentity, store: StateStore, f: int | None, s: int | None, q: int
 ) -> None:
-    """Start leaf state for a full-tree key generated elsewhere. The caller vouches that no leaf
-    below ``next_q`` was ever used; refuses if a state file exists or the root does not match."""
-    if state_path(priv).exists():
-        raise LmsStateError(f"{state_path(priv)}: already exists; the state is never reset")
-    if not 0 <= next_q < (1 << pub.height):
-        raise LmsStateError(f"--next-q {next_q}: outside 0..{(1 << pub.height) - 1}")
-    if sparse_root(key) == pub.root:
-        raise KeyFileError(f"{priv}: a sparse demo key (only leaf 5 is real): nothing to adopt")
-    nodes = compute_tree(key, progress=progress)
-    if nodes[1] != pub.root:
-        raise KeyFileError(f"{priv}: not a full-tree key for this public key (root differs)")
-    write_cache(priv, pub, nodes)
-    with locked(priv):
-        if state_path(priv).exists():
-            raise LmsStateError(f"{state_path(priv)}: already exists; the state is never reset")
-        write_state(priv, pub, next_q)
+    sp = state_path(priv)
+    where = f"{store.description} (key {ident.short})"
+    if s is None and f is not None:
+        log.warning("%s had no record of LMS key %s; adopted next_q %d from %s", where, priv, f, sp)
+    elif f is None and s is not None:
+        log.warning("%s: missing; %s says next_q %d; recreated it at %d", sp, where, s, q + 1)
+    elif f is not None and s is not None and s < f:
+        log.warning(
+            "%s is BEHIND the state file: store next_q %d, %s next_q %d (store restored from "
+            "an older copy?); signed at q %d and moved the store forward",
+            where, s, sp, f, q,
+        )  # fmt: skip
+    elif f is not None and s is not None and f < s:
+        level = logging.INFO if store.shared else logging.WARNING
+        log.log(
+            level,
+            "%s is BEHIND the store: file next_q %d, %s next_q %d (restored from a backup, "
+            "a copied key folder, or another server instance signed); signed at q %d and moved "
+            "the file forward",
+            sp, f, where, s, q,
+        )  # fmt: skip
 
 
-def load_pair(
-    priv: str | Path, pub: str | Path | None = None
-) -> tuple[LmsPrivateKey, LmsPublicKey]:
+def reserve(
+    priv: str | Path,
+    key: KeyIdentity | PublicKeyLike,
+    store: StateStore,
+    message: bytes,
+    *,
+    signer: str = "build",
+    actor: str | None = None,
+) -> int:
+    """Durably reserve one leaf for ``message`` in both witnesses; returns q."""
     priv = Path(priv)
-    pub = Path(pub) if pub else priv.with_name(priv.name.replace("prvk", "pubk"))
-    return load_private(priv), load_public(pub)
+    ident = _identity(key)
+    msg = hashlib.sha256(message).hexdigest()
+    with locked(priv):
+        f = read_state_opt(priv, ident)
+        try:
+            res = store.reserve(
+                ident, f or 0, msg, signer=signer, actor=actor, create=f is not None
+            )
+        except UnknownKeyError:
+            raise LmsStateError(
+                f"{priv}: no leaf state for this full-tree LMS key: neither "
+                f"{state_path(priv).name} nor the {store.description} knows it; refusing to "
+                "guess a leaf (run `cptra-imgtool lms-status KEY --init --next-q N` or "
+                "`--init --scan out/*.bin`)"
+            ) from None
+        _report(priv, ident, store, f, res.store_before, res.q)
+        write_state(priv, ident, res.q + 1)
+    return res.q
+
+
+def init(
+    priv: str | Path, key: KeyIdentity | PublicKeyLike, store: StateStore, next_q: int
+) -> Witnesses:
+    """Explicit adoption/recovery: both witnesses set to ``next_q``, refusing any value below
+    what the file, the store or its log knows. Returns the witnesses as they were."""
+    priv = Path(priv)
+    ident = _identity(key)
+    if not _is_int(next_q) or not 0 <= next_q <= ident.leaves:
+        raise LmsStateError(f"--next-q {_show(next_q)}: outside 0..{ident.leaves}")
+    with locked(priv):
+        before = witnesses(priv, ident, store)
+        if before.file is not None and next_q < before.file:
+            raise LmsStateError(
+                f"--next-q {next_q}: {state_path(priv)} says leaves below {before.file} were "
+                f"handed out; refusing to go back (use --next-q {before.next_q} or higher)"
+            )
+        store.init(ident, next_q)
+        write_state(priv, ident, next_q)
+    return before
+
+
+# ---------------------------------------------------------------------------- export / import
+def export_state(priv: str | Path, key: KeyIdentity | PublicKeyLike, store: StateStore) -> bytes:
+    """The key's state (next_q = the maximum both witnesses and the log know, and the log)."""
+    ident = _identity(key)
+    with locked(priv):
+        w = witnesses(priv, ident, store)
+        if not w.known:
+            raise LmsStateError(f"{priv}: no leaf state to export (neither file nor store)")
+        records = store.signatures(ident) if w.store is not None else []
+    doc = {
+        "format": EXPORT_FORMAT,
+        "key_id": ident.key_id,
+        "public_key": ident.public_bytes().hex(),
+        "leaves": ident.leaves,
+        "next_q": w.next_q,
+        "exported": time.time(),
+        "signatures": [r.as_dict() for r in reversed(records)],
+    }
+    return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+_EXPORT_FIELDS = ("format", "key_id", "public_key", "leaves", "next_q", "exported", "signatures")
+_RECORD_FIELDS = ("q", "msg_sha256", "time", "host", "signer", "actor")
+
+
+def parse_export(data: bytes, source: str, ident: KeyIdentity) -> tuple[int, list[SignatureRecord]]:
+    """(next_q, signature log) of an export file for this key; every field checked."""
+    doc = _load_json(data, source, MAX_EXPORT_BYTES)
+    if not isinstance(doc, dict):
+        raise LmsStateError(f"{source}: not a JSON object")
+    for name in _EXPORT_FIELDS:
+        if name not in doc:
+            raise LmsStateError(f"{source}: missing field {name}")
+    for name in doc:
+        if name not in _EXPORT_FIELDS:
+            raise LmsStateError(f"{source}: unknown field {_show(name)}")
+    if doc["format"] != EXPORT_FORMAT:
+        raise LmsStateError(
+            f"{source}: field format: {_show(doc['format'])} is not {EXPORT_FORMAT!r}"
+        )
+    if doc["key_id"] != ident.key_id or doc["public_key"] != ident.public_bytes().hex():
+        raise LmsStateError(
+            f"{source}: field key_id: the export is for another LMS key "
+            f"({str(doc['key_id'])[:16]}, this key is {ident.short})"
+        )
+    if not _is_int(doc["leaves"]) or doc["leaves"] != ident.leaves:
+        raise LmsStateError(f"{source}: field leaves: {_show(doc['leaves'])} is not {ident.leaves}")
+    next_q = doc["next_q"]
+    if not _is_int(next_q) or not 0 <= next_q <= ident.leaves:
+        raise LmsStateError(f"{source}: field next_q: {_show(next_q)} outside 0..{ident.leaves}")
+    if not isinstance(doc["exported"], int | float) or isinstance(doc["exported"], bool):
+        raise LmsStateError(f"{source}: field exported: {_show(doc['exported'])} is not a time")
+    sigs = doc["signatures"]
+    if not isinstance(sigs, list):
+        raise LmsStateError(f"{source}: field signatures: not a list")
+    records: list[SignatureRecord] = []
+    seen: set[int] = set()
+    for i, r in enumerate(sigs):
+        where = f"{source}: signatures[{i}]"
+        if not isinstance(r, dict):
+            raise LmsStateError(f"{where}: not an object")
+        for name in _RECORD_FIELDS:
+            if name not in r:
+                raise LmsStateError(f"{where}: missing field {name}")
+        for name in r:
+            if name not in _RECORD_FIELDS:
+                raise LmsStateError(f"{where}: unknown field {_show(name)}")
+        q, msg, t, host, signer, actor = (r[n] for n in _RECORD_FIELDS)
+        if not _is_int(q) or not 0 <= q < next_q:
+            raise LmsStateError(f"{where}: field q: {_show(q)} outside 0..{next_q - 1}")
+        if q in seen:
+            raise LmsStateError(f"{where}: field q: {q} appears twice")
+        seen.add(q)
+        if (
+            not isinstance(msg, str)
+            or len(msg) != 64
+            or any(c not in "0123456789abcdef" for c in msg)
+        ):
+            raise LmsStateError(f"{where}: field msg_sha256: {_show(msg)} is not a SHA-256 in hex")
+        if not isinstance(t, int | float) or isinstance(t, bool) or t < 0:
+            raise LmsStateError(f"{where}: field time: {_show(t)} is not a time")
+        if not isinstance(host, str) or len(host) > 255 or not host.isprintable():
+            raise LmsStateError(f"{where}: field host: {_show(host)} is not a host name")
+        if signer not in SIGNERS:
+            raise LmsStateError(
+                f"{where}: field signer: {_show(signer)} is not one of {', '.join(SIGNERS)}"
+            )
+        if actor is not None and (
+            not isinstance(actor, str) or len(actor) > 200 or not actor.isprintable()
+        ):
+            raise LmsStateError(f"{where}: field actor: {_show(actor)} is not short printable text")
+        records.append(SignatureRecord(q, msg, float(t), host, signer, actor))
+    return int(next_q), records
+
+
+def import_state(
+    priv: str | Path, key: KeyIdentity | PublicKeyLike, store: StateStore, data: bytes, source: str
+) -> tuple[Witnesses, int]:
+    """Merge an export into the store and the file, refusing to go backwards. Returns the
+    witnesses as they were and the imported next_q."""
+    priv = Path(priv)
+    ident = _identity(key)
+    next_q, records = parse_export(data, source, ident)
+    with locked(priv):
+        before = witnesses(priv, ident, store)
+        if before.file is not None and next_q < before.file:
+            raise LmsStateError(
+                f"import: {source} says next_q {next_q}, but {state_path(priv)} already says "
+                f"{before.file}; refusing to go backwards"
+            )
+        store.import_key(ident, next_q, records)
+        write_state(priv, ident, next_q)
+    return before, next_q

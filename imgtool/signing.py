@@ -68,7 +68,7 @@ class LocalLmsSigner:
         return str(self.key_path)
 
     def sign_digest(self, digest: bytes) -> bytes:
-        signer = LmsSigner.load(self.key_path, self.pub_path)
+        signer = LmsSigner.load(self.key_path, self.pub_path, signer="build")
         sig = signer.sign_digest(digest)
         if not signer.public_key().verify(digest, sig):
             raise SigningError(f"{self.key_path}: LMS signature does not verify (internal error)")

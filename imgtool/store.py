@@ -44,9 +44,10 @@ from typing import Any, Protocol
 from .errors import LmsStateError
 
 ENV = "CPTRA_IMGTOOL_STATE"
+_HOST = socket.gethostname()
 DB_NAME = "lms-state.sqlite3"
 SCHEMA_VERSION = 2
-SIGNERS = ("build", "server", "helper", "import")
+SIGNERS = ("build", "server", "helper")
 EXPORT_FORMAT = "cptra-imgtool-lms-export-1"
 MAX_ACTOR = 200
 
@@ -64,6 +65,10 @@ class PublicKeyLike(Protocol):
     def root(self) -> bytes: ...
     @property
     def height(self) -> int: ...
+
+
+class UnknownKeyError(LmsStateError):
+    """The store has no row for a key and was told not to create one."""
 
 
 @dataclass(frozen=True)
@@ -396,15 +401,19 @@ class StateStore:
         actor: str | None = None,
         host: str | None = None,
         now: float | None = None,
+        create: bool = True,
     ) -> Reservation:
         """In one committed transaction: q = max(row's next_q, floor); refuse if q is exhausted
-        or the log shows q used for a different message; log (q, message); next_q = q + 1."""
+        or the log shows q used for a different message; log (q, message); next_q = q + 1.
+        Without ``create`` a key the store has no row for raises UnknownKeyError."""
         _check_signer(signer, actor)
         if isinstance(floor, bool) or not 0 <= floor:
             raise LmsStateError(f"invalid leaf floor {floor!r}")
         now = time.time() if now is None else now
-        host = host or socket.gethostname()
+        host = host or _HOST
         with self._tx() as cur:
+            if not create and self._row(cur, ident, lock=True) is None:
+                raise UnknownKeyError(f"{self.description}: no row for key {ident.short}")
             before = self._ensure_row(cur, ident, now)
             q = max(before or 0, floor)
             if q >= ident.leaves:
@@ -477,19 +486,6 @@ class StateStore:
         return before
 
     # -- moving a key between stores
-    def export_key(self, ident: KeyIdentity) -> dict[str, Any]:
-        row = self.get(ident)
-        if row is None:
-            raise LmsStateError(f"{self.description}: no state for key {ident.short} to export")
-        return {
-            "format": EXPORT_FORMAT,
-            "key_id": ident.key_id,
-            "public_key": ident.public_bytes().hex(),
-            "leaves": ident.leaves,
-            "next_q": row.next_q,
-            "signatures": [s.as_dict() for s in reversed(self.signatures(ident))],
-        }
-
     def import_key(
         self, ident: KeyIdentity, next_q: int, records: list[SignatureRecord]
     ) -> int | None:

@@ -74,15 +74,21 @@ def test_new_project_from_reference_prebuilt(tmp_path: Path) -> None:
 
 
 def test_adopt_a_full_tree_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from imgtool import lms_state
+    from imgtool import lms_state, lms_tree
 
-    priv, _ = lms_state.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
+    priv, _ = lms_tree.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
     lms_state.state_path(priv).unlink()
-    lms_state.cache_path(priv).unlink()
+    lms_tree.cache_path(priv).unlink()
     assert main(["lms-status", str(priv), "--init", "--next-q", "7"]) == 0
     assert lms.sig_q(LmsSigner.load(priv).sign_digest(bytes(48))) == 7
-    assert main(["lms-status", str(priv), "--init"]) == 2  # never reset
-    assert "never reset" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["lms-status", str(priv), "--init"]) == 2  # needs --next-q or --scan
+    assert "--init needs --next-q N" in capsys.readouterr().err
+    assert main(["lms-status", str(priv), "--init", "--next-q", "3"]) == 2  # never backwards
+    err = capsys.readouterr().err
+    assert "refusing to go back" in err and "--next-q 8" in err and err.count("\n") == 1
+    assert main(["lms-status", str(priv), "--init", "--next-q", "20"]) == 0  # forward is fine
+    assert lms.sig_q(LmsSigner.load(priv).sign_digest(bytes(48))) == 20
 
 
 def test_adopting_a_sparse_key_is_refused(

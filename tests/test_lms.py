@@ -11,7 +11,7 @@ import pytest
 from hsslms import LMS_Pub
 from hsslms.utils import INVALID
 
-from imgtool import lms, lms_signer, lms_state
+from imgtool import lms, lms_signer, lms_state, lms_tree
 from imgtool.errors import FormatError, KeyFileError
 from imgtool.lms_signer import LmsSigner
 
@@ -62,7 +62,7 @@ def hss_verify(pub: bytes, msg: bytes, slot: bytes) -> bool:
     ],
 )
 def test_keygen_round_trip(tmp_path: Path, lms_type: int, ots_type: int) -> None:
-    priv, pub = lms_state.generate(tmp_path / "k", lms_type, ots_type)
+    priv, pub = lms_tree.generate(tmp_path / "k", lms_type, ots_type)
     pub_bytes = pub.read_bytes()
     assert len(pub_bytes) == 48 and len(priv.read_bytes()) == 48
     assert priv.stat().st_mode & 0o777 == 0o600
@@ -80,7 +80,7 @@ def test_keygen_round_trip(tmp_path: Path, lms_type: int, ots_type: int) -> None
 
 
 def test_slot_layout_for_short_types(tmp_path: Path) -> None:
-    priv, _ = lms_state.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 8)
+    priv, _ = lms_tree.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 8)
     slot = LmsSigner.load(priv).sign_digest(bytes(48))
     assert struct.unpack_from(">I", slot, 1256)[0] == lms.LMS_SHA256_M24_H5
     assert slot[8 + 24 + 26 * 24 : 1256] == bytes((51 - 26) * 24)  # unused y entries
@@ -111,10 +111,11 @@ def test_prebuilt_vendor_lms_signature_parses(ref: Path) -> None:
 
 
 def test_full_key_without_state_is_refused(tmp_path: Path) -> None:
-    priv, _ = lms_state.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 7)
+    priv, _ = lms_tree.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 7)
     lms_state.state_path(priv).unlink()
-    with pytest.raises(KeyFileError, match="without a state file"):
-        LmsSigner.load(priv)
+    LmsSigner.load(priv)  # the store still knows the key: fine
+    with pytest.raises(KeyFileError, match="without a state file.*unknown to the sqlite store"):
+        LmsSigner.load(priv, store=str(tmp_path / "other.sqlite3"))
 
 
 def test_bad_key_files(tmp_path: Path) -> None:

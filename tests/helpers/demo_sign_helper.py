@@ -31,7 +31,7 @@ def main() -> int:
     else:
         from imgtool.lms_signer import LmsSigner
 
-        sig = LmsSigner.load(priv).sign_digest(digest)
+        sig = LmsSigner.load(priv, signer="helper").sign_digest(digest)
     if a.by_file:
         Path(a.input).write_bytes(sig)
     else:

@@ -72,11 +72,11 @@ def ecc_keys(keys: Path) -> None:
 
 def lms_keys(keys: Path) -> None:
     """Full-tree H5/W4 LMS keys (32 leaves each: plenty for a test, quick to generate)."""
-    from imgtool import lms, lms_state
+    from imgtool import lms, lms_tree
 
     for name in KEY_NAMES:
         if not (keys / f"{name}-lms-prvk.pem").exists():
-            lms_state.generate(keys / f"{name}-lms", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
+            lms_tree.generate(keys / f"{name}-lms", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
 
 
 def key_section(section: str, prefix: str, ecc_on: bool, lms_on: bool) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from imgtool import ecc, lms, lms_state
+from imgtool import ecc, lms, lms_tree
 from imgtool.cli import main
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +55,7 @@ def make_keystore(root: Path) -> Path:
     keys.mkdir(parents=True)
     for name in ("own-fw", "own-man", "vnd-fw", "vnd-man"):
         ecc.generate_keypair(keys / f"{name}-ecc")
-        lms_state.generate(keys / f"{name}-lms", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
+        lms_tree.generate(keys / f"{name}-lms", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
     (root / "bmc-b" / "caliptra").mkdir(parents=True)
     return keys
 
