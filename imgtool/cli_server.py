@@ -1,9 +1,10 @@
-"""CLI: serve, token, sign-helper."""
+"""CLI: serve, token (add, list, revoke), sign-helper."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import socket
 import sys
 from pathlib import Path
@@ -25,9 +26,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .server import Settings, create_app
+    from .server.asgi import ServeOptions, run
 
     if args.insecure_no_auth and not _is_loopback(args.host):
         raise ServerError(
@@ -36,38 +36,88 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ServerError("--tls-cert and --tls-key go together")
     settings = Settings.from_env(
+        keyfile_root=args.keys,
         tokens_file=args.tokens,
         audit_log=args.audit_log,
+        lms_state=args.state,
+        max_jobs=args.max_jobs,
         insecure_no_auth=args.insecure_no_auth or None,
+        allow_unsandboxed_cst=args.allow_unsandboxed_cst or None,
     )
     app = create_app(settings)
-    uvicorn.run(
-        app,
+    service = app.state.service
+    for note in service.startup_notes():
+        print(f"cptra-imgtool: warning: {note}", file=sys.stderr, flush=True)
+    opts = ServeOptions(
         host=args.host,
         port=args.port,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
+        max_per_client=args.max_per_client,
+        max_body=settings.request_max_size,
         log_level=settings.log_level.lower(),
         ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key,
-        server_header=False,
-        access_log=False,
     )
+    try:
+        run(app, opts)
+    finally:
+        service.close()
     return 0
 
 
-def cmd_token_add(args: argparse.Namespace) -> int:
-    from .server.auth import add_token
+def _split(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
 
-    machines = [m for m in args.machines.split(",") if m]
-    endpoints = [e for e in args.endpoints.split(",") if e]
+
+def cmd_token_add(args: argparse.Namespace) -> int:
+    from .server.auth import add_token, parse_quota
+
+    machines = _split(args.machines)
     if not machines:
         raise ServerError("--machines: name at least one machine (or *)")
-    secret = add_token(args.tokens, args.id, machines, endpoints)
+    quota = parse_quota(args.lms_quota) if args.lms_quota else None
+    secret = add_token(args.tokens, args.id, machines, _split(args.endpoints), quota)
     print(secret)
     print(
         f"token {args.id!r} added to {args.tokens} (only its hash is stored; this is the only "
         "time the token is shown)",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from .server.auth import load_tokens
+
+    tokens = load_tokens(args.tokens)
+    if args.json:
+        doc = [
+            {
+                "id": t.id,
+                "machines": list(t.machines),
+                "endpoints": list(t.endpoints),
+                "lms_quota": [t.lms_quota.count, t.lms_quota.period_s] if t.lms_quota else None,
+            }
+            for t in tokens
+        ]
+        print(json.dumps(doc, indent=1))
+        return 0
+    for t in tokens:
+        quota = str(t.lms_quota) if t.lms_quota else "server default"
+        print(
+            f"{t.id}\tmachines={','.join(t.machines)}\tendpoints={','.join(t.endpoints)}"
+            f"\tlms_quota={quota}"
+        )
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from .server.auth import revoke_token
+
+    revoke_token(args.tokens, args.id)
+    print(f"token {args.id!r} revoked in {args.tokens} (a running server sees it at once)")
     return 0
 
 
@@ -96,6 +146,7 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
         token_file=args.token_file,
         timeout=args.timeout,
         verify_tls=args.ca_cert or True,
+        expect_pub=args.pubkey,
     )
     if args.by_file:
         from .fileio import atomic_write
@@ -106,14 +157,49 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the signing server (digsigserver-compatible)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9999)
+    p.add_argument(
+        "--keys", type=Path, help="key store directory (default: DIGSIGSERVER_KEYFILE_URI)"
+    )
     p.add_argument("--tokens", type=Path, help="tokens file (from `token add`)")
     p.add_argument(
         "--audit-log", type=Path, help="JSON-lines audit log (env CPTRA_IMGTOOL_AUDIT_LOG)"
     )
+    p.add_argument(
+        "--state", help="LMS leaf-state store: path or postgresql://... (env CPTRA_IMGTOOL_STATE)"
+    )
+    p.add_argument(
+        "--max-jobs",
+        type=_positive_int,
+        help="concurrent signing jobs (env CPTRA_IMGTOOL_MAX_JOBS; default: one per CPU)",
+    )
+    p.add_argument("--header-timeout", type=_positive_float, default=10.0, metavar="S")
+    p.add_argument("--body-timeout", type=_positive_float, default=30.0, metavar="S")
+    p.add_argument("--max-connections", type=_positive_int, default=4096)
+    p.add_argument("--max-per-client", type=_positive_int, default=128)
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument(
@@ -121,17 +207,33 @@ def register(sub: Any) -> None:
         action="store_true",
         help="run without tokens (loopback addresses only)",
     )
+    p.add_argument(
+        "--allow-unsandboxed-cst",
+        action="store_true",
+        help="serve /sign/imx even where bwrap cannot sandbox cst",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("token", help="manage the server's bearer tokens")
-    tsub = p.add_subparsers(dest="token_command", metavar="add")
+    tsub = p.add_subparsers(dest="token_command", metavar="add|list|revoke")
     tsub.required = True
     t = tsub.add_parser("add", help="create a token (printed once; the file keeps its hash)")
     t.add_argument("--tokens", type=Path, required=True)
     t.add_argument("--id", required=True)
     t.add_argument("--machines", required=True, help="comma-separated machine names, or *")
     t.add_argument("--endpoints", default="imx,caliptra", help="imx,caliptra (default both)")
+    t.add_argument(
+        "--lms-quota", help="LMS signatures allowed: N per day, or N/PERIOD (e.g. 50/1h)"
+    )
     t.set_defaults(func=cmd_token_add)
+    t = tsub.add_parser("list", help="list tokens (ids, scopes, quotas; never hashes)")
+    t.add_argument("--tokens", type=Path, required=True)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_token_list)
+    t = tsub.add_parser("revoke", help="remove a token (a running server stops accepting it)")
+    t.add_argument("--tokens", type=Path, required=True)
+    t.add_argument("--id", required=True)
+    t.set_defaults(func=cmd_token_revoke)
 
     p = sub.add_parser("sign-helper", help="a [sign_helper] command backed by the signing server")
     p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:9999")
@@ -140,6 +242,11 @@ def register(sub: Any) -> None:
     p.add_argument("--algo", required=True, choices=["ecc", "lms"])
     p.add_argument(
         "--token-file", type=Path, help="file holding the token (or CPTRA_IMGTOOL_TOKEN)"
+    )
+    p.add_argument(
+        "--pubkey",
+        type=Path,
+        help="expected public key: refuse to ask for a signature if the server's differs",
     )
     p.add_argument("--by-file", action="store_true")
     p.add_argument("--input", help="digest file, overwritten with the signature (--by-file)")

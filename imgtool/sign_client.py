@@ -23,6 +23,21 @@ def _token(token_file: Path | None) -> str | None:
     return os.environ.get("CPTRA_IMGTOOL_TOKEN") or None
 
 
+def _parse_pub(algo: str, data: bytes, source: str) -> object:
+    if algo == "ecc":
+        try:
+            return ecc.load_public_bytes(data)
+        except ValueError:
+            raise ServerError(f"{source}: not a P-384 public key") from None
+    return lms.LmsPublicKey.from_bytes(data, source)
+
+
+def _same(algo: str, a: object, b: object) -> bool:
+    if algo == "ecc":
+        return bool(ecc.public_to_hw(a) == ecc.public_to_hw(b))  # type: ignore[arg-type]
+    return bool(a == b)
+
+
 def sign_remote(
     server: str,
     machine: str,
@@ -32,15 +47,35 @@ def sign_remote(
     token_file: Path | None = None,
     timeout: float = 60.0,
     verify_tls: bool | str = True,
+    expect_pub: Path | None = None,
 ) -> bytes:
-    """Ask the server to sign; returns DER (ECC) or the 1620-byte slot (LMS), verified."""
+    """Fetch and check the server's public key, then ask it to sign; returns DER (ECC) or the
+    1620-byte slot (LMS), verified against that key. With ``expect_pub`` the server's key must
+    be that one, or no signature is requested (no LMS leaf is spent on a wrong key)."""
     if len(digest) != DIGEST_LEN:
         raise ServerError(f"digest must be {DIGEST_LEN} bytes, got {len(digest)}")
+    expected = None
+    if expect_pub is not None:
+        try:
+            expected = _parse_pub(algo, expect_pub.read_bytes(), str(expect_pub))
+        except OSError as exc:
+            raise ServerError(f"{expect_pub}: cannot read: {exc.strerror}") from None
     tok = _token(token_file)
     headers = {"Authorization": f"Bearer {tok}"} if tok else {}
     base = server.rstrip("/")
     try:
         with httpx.Client(timeout=timeout, headers=headers, verify=verify_tls) as c:
+            p = c.get(f"{base}/pubkey", params={"machine": machine, "key": key, "algo": algo})
+            if p.status_code != 200:
+                raise ServerError(
+                    f"{base}: public key: HTTP {p.status_code} {p.text.strip()[:200]}"
+                )
+            pub = _parse_pub(algo, p.content, f"{base}/pubkey")
+            if expected is not None and not _same(algo, pub, expected):
+                raise ServerError(
+                    f"{base}: the server's {key} {algo} public key for {machine} is not "
+                    f"{expect_pub}; no signature requested"
+                )
             r = c.post(
                 f"{base}/sign/caliptra",
                 data={"machine": machine, "key": key, "algo": algo, "digest": digest.hex()},
@@ -50,23 +85,13 @@ def sign_remote(
                     f"{base}: signing failed: HTTP {r.status_code} {r.text.strip()[:200]}"
                 )
             sig = r.content
-            p = c.get(f"{base}/pubkey", params={"machine": machine, "key": key, "algo": algo})
-            if p.status_code != 200:
-                raise ServerError(
-                    f"{base}: public key: HTTP {p.status_code} {p.text.strip()[:200]}"
-                )
-            pub = p.content
     except httpx.HTTPError as exc:
         raise ServerError(f"{base}: {type(exc).__name__}: {exc}") from None
     if algo == "ecc":
-        try:
-            key_obj = ecc.load_public_bytes(pub)
-        except ValueError:
-            raise ServerError(f"{base}: /pubkey did not return a P-384 public key") from None
-        if not ecc.verify_digest(key_obj, digest, sig):
+        if not ecc.verify_digest(pub, digest, sig):  # type: ignore[arg-type]
             raise ServerError(f"{base}: the server's ECC signature does not verify")
         return sig
-    lpub = lms.LmsPublicKey.from_bytes(pub, f"{base}/pubkey")
-    if len(sig) != lms.SLOT_LEN or not lpub.verify(digest, sig):
+    assert isinstance(pub, lms.LmsPublicKey)
+    if len(sig) != lms.SLOT_LEN or not pub.verify(digest, sig):
         raise ServerError(f"{base}: the server's LMS signature does not verify")
     return sig

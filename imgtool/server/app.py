@@ -1,23 +1,30 @@
 """The ASGI app (Starlette): /sign/imx, /sign/caliptra, /pubkey, /healthz.
 
-Every request is authenticated (bearer token, scoped to machines and endpoints), size-limited
-while it streams in, counted against a job limit (429 beyond it), and written to the audit log.
+Every request is authenticated (bearer token) and authorized for its (machine, endpoint) before
+anything is looked up, size-limited while it streams in, queued for a bounded time when all job
+slots are busy (then 429 with Retry-After), and written to the audit log -- every request,
+including 404/405 and failed /healthz probes, with an "about to sign" record before any
+signature is made. If a record cannot be written the request fails closed (5xx, no signature,
+no LMS leaf spent).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import math
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -25,16 +32,27 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from .. import ecc
+from .. import ecc, lms
 from ..errors import ImgtoolError, LmsStateError, ServerError
 from ..lms_signer import LmsSigner
+from . import csf as csfmod
 from . import validate
-from .audit import AuditLog
-from .auth import Token, authenticate, load_tokens
-from .imx import CSF_INPUT, ImxError, check_csf, run_cst, unpack_keys
+from .audit import AuditError, AuditLog
+from .auth import Token, TokenStore, authenticate
+from .imx import CSF_INPUT, ImxError
+from .keycache import KeyCache, KeyTree
+from .quota import LmsQuota, QuotaExceeded
+from .sandbox import CstRunner
 from .settings import Settings
 
 log = logging.getLogger("imgtool.server")
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+FORBIDDEN = "forbidden: this token may not use that machine or endpoint\n"
+ENDPOINTS = {"/sign/imx": "imx", "/sign/caliptra": "caliptra", "/pubkey": "pubkey"}
 
 
 class BodyTooLarge(Exception):
@@ -44,51 +62,199 @@ class BodyTooLarge(Exception):
 class Reject(Exception):
     """Answer with ``status`` and a one-line text; the request is over."""
 
-    def __init__(self, status: int, text: str) -> None:
+    def __init__(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(text)
         self.status = status
         self.text = text
+        self.headers = headers or {}
 
 
 @dataclass
 class Ctx:
     endpoint: str
     client: str
+    method: str
+    path: str = ""
     token: Token | None = None
     machine: str = ""
     key: str = ""
     inputs: dict[str, str] = field(default_factory=dict)
     too_large: bool = False
+    signing: bool = False  # an "about to sign" record was written: a signature may follow
+    lms_q: int | None = None
     started: float = field(default_factory=time.monotonic)
+
+
+class JobSlots:
+    """``n`` concurrent signing jobs; up to ``max_queue`` more wait up to ``timeout`` s."""
+
+    def __init__(self, n: int, timeout: float, max_queue: int) -> None:
+        self.n = n
+        self.timeout = timeout
+        self.max_queue = max_queue
+        self.sem = asyncio.Semaphore(n)
+        self.waiting = 0
+        self.avg_s = 0.05  # moving average of a job's duration (for Retry-After)
+
+    def retry_after(self) -> str:
+        return str(max(1, min(60, math.ceil(self.avg_s * (self.waiting + 1) / self.n))))
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.sem.locked() and self.waiting >= self.max_queue:
+            raise Reject(429, "too many signing jobs queued; retry later", self._ra())
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self.sem.acquire(), self.timeout)
+        except TimeoutError:
+            raise Reject(
+                429, "too many signing jobs in progress; retry later", self._ra()
+            ) from None
+        finally:
+            self.waiting -= 1
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.avg_s = 0.8 * self.avg_s + 0.2 * (time.monotonic() - t)
+            self.sem.release()
+
+    def _ra(self) -> dict[str, str]:
+        return {"Retry-After": self.retry_after()}
 
 
 class SigningService:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
+        settings.check()
         if settings.tokens_file is None and not settings.insecure_no_auth:
             raise ServerError(
                 "no tokens file: refusing to start without authentication "
                 "(give --tokens FILE, or --insecure-no-auth on a loopback address)"
             )
-        self.tokens = load_tokens(settings.tokens_file) if settings.tokens_file else None
-        self.audit = AuditLog(settings.audit_log)
-        self.jobs = asyncio.Semaphore(settings.max_jobs)
+        self.tokens = TokenStore(settings.tokens_file) if settings.tokens_file else None
+        try:
+            self.audit = AuditLog(settings.audit_log)
+        except AuditError as exc:
+            raise ServerError(f"audit log: {exc}") from None
+        self.quota: LmsQuota | None = None
+        if settings.tokens_file is not None:
+            qdb = settings.quota_db or settings.tokens_file.with_name(
+                settings.tokens_file.name + ".lms-quota.sqlite3"
+            )
+            self.quota = LmsQuota(qdb)
+        self.jobs = JobSlots(settings.jobs, settings.queue_timeout, settings.max_queue)
         self.work_root = settings.work_dir or Path(tempfile.gettempdir())
+        if not self.work_root.is_dir():
+            raise ServerError(f"{self.work_root}: work directory not found")
+        self.cache_root = Path(tempfile.mkdtemp(prefix="cptra-imgtool-keys-"))
+        self.keys = KeyCache(
+            self.cache_root / "trees", settings.tar_max_bytes, settings.tar_max_files
+        )
+        protected = [settings.keyfile_root, self.work_root, self.cache_root]
+        protected += [p for p in (settings.tokens_file, settings.audit_log) if p is not None]
+        why = CstRunner.probe()
+        self.sandbox_problem = why
+        self.imx_refused = why is not None and not settings.allow_unsandboxed_cst
+        self.cst = CstRunner(sandbox=why is None, protected=protected)
         self._ecc_keys: dict[Path, tuple[int, Any]] = {}
+        self._pub_cache: dict[Path, tuple[int, bytes]] = {}
         self._lms_locks: dict[Path, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+
+    def startup_notes(self) -> list[str]:
+        """What the operator must know at start-up (printed by `serve`)."""
+        notes = []
+        if self.sandbox_problem is not None:
+            if self.imx_refused:
+                notes.append(
+                    f"cst sandbox not available ({self.sandbox_problem}): /sign/imx is refused; "
+                    "start with --allow-unsandboxed-cst to run cst without a sandbox"
+                )
+            else:
+                notes.append(
+                    f"cst sandbox not available ({self.sandbox_problem}): running cst WITHOUT a "
+                    "sandbox (--allow-unsandboxed-cst); the CSF checks are the only barrier"
+                )
+        return notes
+
+    def close(self) -> None:
+        """Remove the unpacked key trees (called when the server stops)."""
+        self.keys.close()
+        shutil.rmtree(self.cache_root, ignore_errors=True)
+
+    # ------------------------------------------------------------------ audit (middleware)
+    def finish(self, ctx: Ctx, status: int) -> None:
+        """The request's final audit record (and one log line). Raises AuditError."""
+        ms = round((time.monotonic() - ctx.started) * 1000, 1)
+        tid = ctx.token.id if ctx.token else None
+        log.info(
+            "%s %s machine=%s token=%s -> %s (%.1f ms)",
+            ctx.method,
+            ctx.endpoint if ctx.endpoint != "other" else validate.log_safe(ctx.path, 80),
+            ctx.machine or "-",
+            tid or "-",
+            status,
+            ms,
+        )
+        if ctx.endpoint == "healthz" and status == 200:
+            return  # health probes are recorded only when they fail
+        rec: dict[str, Any] = {
+            "event": "request",
+            "token_id": tid,
+            "client": ctx.client,
+            "method": ctx.method,
+            "endpoint": ctx.endpoint,
+            "machine": ctx.machine,
+            "key": ctx.key,
+            "inputs_sha256": ctx.inputs,
+            "result": status,
+            "duration_ms": ms,
+        }
+        if ctx.endpoint == "other":
+            rec["path"] = validate.log_safe(ctx.path)
+        if ctx.lms_q is not None:
+            rec["lms_q"] = ctx.lms_q
+        self.audit.record(**rec)
+
+    def about_to_sign(self, ctx: Ctx) -> None:
+        """The record that must exist before a signature is made; fail closed without it."""
+        try:
+            self.audit.record(
+                event="sign",
+                token_id=ctx.token.id if ctx.token else None,
+                client=ctx.client,
+                endpoint=ctx.endpoint,
+                machine=ctx.machine,
+                key=ctx.key,
+                inputs_sha256=ctx.inputs,
+            )
+        except AuditError as exc:
+            log.error("audit log unavailable, refusing to sign: %s", exc)
+            raise Reject(503, "Signing error: the audit log is unavailable") from None
+        ctx.signing = True
 
     # ------------------------------------------------------------------ plumbing
     def _auth(self, request: Request, ctx: Ctx) -> None:
         if self.tokens is None:
             return
-        ctx.token = authenticate(self.tokens, request.headers.get("authorization"))
+        tokens = self.tokens.current()
+        if tokens is None:
+            log.error("tokens file unusable, refusing every request: %s", self.tokens.error)
+            raise Reject(503, "authentication unavailable")
+        ctx.token = authenticate(tokens, request.headers.get("authorization"))
         if ctx.token is None:
             raise Reject(401, "missing or invalid bearer token")
 
-    def _allow(self, ctx: Ctx, machine: str) -> None:
-        if ctx.token is not None and not ctx.token.allows(machine, ctx.endpoint):
-            raise Reject(403, f"token not allowed for machine {machine!r} / {ctx.endpoint}")
+    def _allow(self, ctx: Ctx, machine: str, endpoint: str) -> None:
+        """Authorize (token, machine, endpoint) -- before anything about the machine is looked
+        up, so an unknown machine and another tenant's machine get the same 403."""
+        if not validate.machine_ok(machine):
+            ctx.machine = "(invalid)"
+            raise Reject(400, "invalid machine name")
+        ctx.machine = machine
+        if ctx.token is not None and not ctx.token.allows(machine, endpoint):
+            raise Reject(403, FORBIDDEN.strip())
 
     def _limited(self, request: Request, ctx: Ctx) -> Request:
         limit = self.s.request_max_size
@@ -97,7 +263,7 @@ class SigningService:
             raise Reject(413, f"request body larger than {limit} bytes")
         seen = 0
 
-        async def receive() -> dict[str, Any]:
+        async def receive() -> Message:
             nonlocal seen
             msg = dict(await request.receive())
             if msg["type"] == "http.request":
@@ -110,55 +276,27 @@ class SigningService:
         return Request(request.scope, receive)
 
     async def _handle(
-        self, request: Request, endpoint: str, body: Callable[[Request, Ctx], Awaitable[Response]]
+        self, request: Request, body: Callable[[Request, Ctx], Awaitable[Response]]
     ) -> Response:
-        ctx = Ctx(endpoint, request.client.host if request.client else "")
-        status = 500
+        ctx: Ctx = request.scope["cptra_ctx"]
         try:
             self._auth(request, ctx)
-            response = await body(request, ctx)
-            status = response.status_code
-            return response
+            return await body(request, ctx)
         except Reject as r:
-            status = r.status
-            return PlainTextResponse(r.text + "\n", status_code=r.status)
+            return PlainTextResponse(r.text + "\n", status_code=r.status, headers=r.headers)
         except BodyTooLarge:
-            status = 413
             return PlainTextResponse("request body too large\n", status_code=413)
         except ImxError as exc:
-            status = exc.status
-            log.warning("%s: %s", endpoint, exc.detail or exc.public)
+            log.warning("%s: %s", ctx.endpoint, exc.detail or exc.public)
             return PlainTextResponse(exc.public + "\n", status_code=exc.status)
         except HTTPException as exc:  # raised by Starlette's form parsers (limits, bad bodies)
             status = 413 if ctx.too_large else exc.status_code
             return PlainTextResponse(f"{exc.detail}\n", status_code=status)
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client
             if ctx.too_large:
-                status = 413
                 return PlainTextResponse("request body too large\n", status_code=413)
-            log.error("%s: internal error (%s)", endpoint, type(exc).__name__)
+            log.error("%s: internal error (%s)", ctx.endpoint, type(exc).__name__)
             return PlainTextResponse("Signing error\n", status_code=500)
-        finally:
-            ms = round((time.monotonic() - ctx.started) * 1000, 1)
-            self.audit.record(
-                token_id=ctx.token.id if ctx.token else None,
-                client=ctx.client,
-                endpoint=endpoint,
-                machine=ctx.machine,
-                key=ctx.key,
-                inputs_sha256=ctx.inputs,
-                result=status,
-                duration_ms=ms,
-            )
-            log.info(
-                "%s %s machine=%s token=%s -> %s (%.1f ms)",
-                request.method,
-                endpoint,
-                ctx.machine or "-",
-                ctx.token.id if ctx.token else "-",
-                status,
-                ms,
-            )
 
     @staticmethod
     def _field(form: FormData, name: str, default: str | None = None) -> str:
@@ -169,6 +307,8 @@ class SigningService:
             raise Reject(400, f"missing form field {name!r}")
         if not isinstance(value, str):
             raise Reject(400, f"form field {name!r} must be a value, not a file")
+        if not validate.printable(value):
+            raise Reject(400, f"form field {name!r} has control or non-ASCII characters")
         return value
 
     @staticmethod
@@ -178,118 +318,138 @@ class SigningService:
             raise Reject(400, f"missing file upload {name!r}")
         return value
 
-    def _machine_dir(self, machine: str, sub: str) -> Path:
-        if not validate.machine_ok(machine):
-            raise Reject(400, "invalid machine name")
-        d = self.s.keyfile_root / machine / sub
-        if not d.is_dir():
-            raise Reject(404, f"unknown machine {machine!r}")
-        return d
-
     # ------------------------------------------------------------------ /sign/imx
     async def sign_imx(self, request: Request) -> Response:
-        return await self._handle(request, "imx", self._sign_imx)
+        return await self._handle(request, self._sign_imx)
 
     async def _sign_imx(self, request: Request, ctx: Ctx) -> Response:
         async with self._limited(request, ctx).form(max_files=2, max_fields=8) as form:
             machine = self._field(form, "machine")
-            ctx.machine = machine if validate.machine_ok(machine) else "(invalid)"
             soctype = self._field(form, "soctype")
             cstversion = self._field(form, "cstversion")
             backend = self._field(form, "backend", "ssl")
+            self._allow(ctx, machine, "imx")
             if soctype not in validate.SOCTYPES:
                 raise Reject(400, f"unsupported soctype (allowed: {', '.join(validate.SOCTYPES)})")
-            if not validate.CST_VERSION_RE.match(cstversion):
+            if not validate.CST_VERSION_RE.fullmatch(cstversion):
                 raise Reject(400, "invalid cstversion")
             if backend not in validate.BACKENDS:
                 raise Reject(400, "unsupported backend (this server offers: ssl)")
-            keys_dir = self._machine_dir(machine, "imxsign")
-            self._allow(ctx, machine)
-            archive = keys_dir / "imx-cst-keys.tar.gz"
-            if not archive.is_file():
-                raise Reject(404, f"no i.MX keys for machine {machine!r}")
             cst = self.s.imx_cst_base / f"cst-{cstversion}" / "linux64" / "bin" / "cst"
             if not cst.is_file():
                 raise Reject(400, f"cst {cstversion} is not available")
+            if self.imx_refused:
+                raise Reject(503, "i.MX signing is disabled: no sandbox for cst on this server")
             csf_up, art_up = self._upload(form, "csf"), self._upload(form, "artifact")
             art_name = art_up.filename or ""
             if not validate.upload_name_ok(art_name):
                 raise Reject(400, "artifact file name not allowed")
-            csf_bytes = await csf_up.read()
-            try:
-                csf_text = csf_bytes.decode("utf-8")
-            except UnicodeDecodeError:
-                raise Reject(400, "CSF is not UTF-8 text") from None
+            csf_bytes = await csf_up.read(csfmod.MAX_BYTES + 1)
             ctx.inputs["csf"] = hashlib.sha256(csf_bytes).hexdigest()
-            if self.jobs.locked():
-                raise Reject(429, "too many signing jobs in progress; retry later")
-            async with self.jobs:
-                work = Path(tempfile.mkdtemp(prefix="cptra-imx-", dir=self.work_root))
+            try:
+                parsed = csfmod.parse(csf_bytes)
+            except csfmod.CsfError as exc:
+                raise Reject(400, str(exc)) from None
+            archive = self.s.keyfile_root / machine / "imxsign" / "imx-cst-keys.tar.gz"
+            async with self.jobs.slot():
+                tree = await asyncio.to_thread(self.keys.acquire, archive)
+                work: Path | None = None
                 try:
-                    unpack_keys(archive, work, self.s.tar_max_bytes, self.s.tar_max_files)
-                    check_csf(csf_text, work)
-                    (work / CSF_INPUT).write_bytes(csf_bytes)
+                    try:
+                        csfmod.check_files(parsed, tree.files, art_name)
+                    except csfmod.CsfError as exc:
+                        raise Reject(400, str(exc)) from None
+                    if art_name in tree.tops:
+                        raise Reject(400, "artifact file name not allowed")
+                    work = Path(tempfile.mkdtemp(prefix="cptra-imx-", dir=self.work_root))
+                    (work / CSF_INPUT).write_bytes(csfmod.render(parsed))
                     ctx.inputs["artifact"] = await _save(art_up, work / art_name)
-                    out = await run_cst(cst, work, self.s.subprocess_timeout)
+                    self.about_to_sign(ctx)
+                    out = await self._run_cst(cst, work, tree)
                 finally:
-                    shutil.rmtree(work, ignore_errors=True)
+                    if work is not None:
+                        await asyncio.to_thread(shutil.rmtree, work, True)
+                    self.keys.release(tree)
         return Response(
             out,
             media_type="application/octet-stream",
             headers={"Content-Disposition": 'attachment; filename="artifact.signed"'},
         )
 
+    async def _run_cst(self, cst: Path, work: Path, tree: KeyTree) -> bytes:
+        binds = {name: tree.root / name for name in tree.tops}
+        if not self.cst.sandbox:  # copies: cst must not be able to change the cached tree
+            await asyncio.to_thread(_copy_tops, tree, work)
+        return await self.cst.run(cst, work, binds, self.s.subprocess_timeout)
+
     # ------------------------------------------------------------------ /sign/caliptra
     async def sign_caliptra(self, request: Request) -> Response:
-        return await self._handle(request, "caliptra", self._sign_caliptra)
+        return await self._handle(request, self._sign_caliptra)
 
-    def _caliptra_key(self, ctx: Ctx, machine: str, key: str, algo: str, kind: str) -> Path:
-        ctx.machine = machine if validate.machine_ok(machine) else "(invalid)"
+    def _caliptra_key(self, ctx: Ctx, machine: str, key: str, algo: str) -> Path:
+        """The private key path (authorized first; 404 only for an allowed machine)."""
+        self._allow(ctx, machine, "caliptra")
         if key not in validate.CALIPTRA_KEYS:
             raise Reject(400, f"key must be one of {', '.join(validate.CALIPTRA_KEYS)}")
         if algo not in validate.CALIPTRA_ALGOS:
             raise Reject(400, "algo must be ecc or lms")
         ctx.key = f"{key}-{algo}"
-        d = self._machine_dir(machine, "caliptra")
-        self._allow(ctx, machine)
-        p = d / f"{key}-{algo}-{kind}.pem"
-        if not p.is_file():
-            raise Reject(404, f"no {key} {algo} key for machine {machine!r}")
-        return p
+        return self.s.keyfile_root / machine / "caliptra" / f"{key}-{algo}-prvk.pem"
 
     async def _sign_caliptra(self, request: Request, ctx: Ctx) -> Response:
         async with self._limited(request, ctx).form(max_files=0, max_fields=8) as form:
             machine = self._field(form, "machine")
             key, algo = self._field(form, "key"), self._field(form, "algo")
             digest_hex = self._field(form, "digest")
-        priv = self._caliptra_key(ctx, machine, key, algo, "prvk")
-        if not validate.DIGEST_RE.match(digest_hex):
+        priv = self._caliptra_key(ctx, machine, key, algo)
+        if not validate.DIGEST_RE.fullmatch(digest_hex):
             raise Reject(400, "digest must be 96 hex characters (SHA-384)")
+        if not priv.is_file():
+            raise Reject(404, f"no {key} {algo} key for machine {machine!r}")
         digest = bytes.fromhex(digest_hex)
         ctx.inputs["digest"] = hashlib.sha256(digest).hexdigest()
         if algo == "ecc":
-            sig = ecc.sign_digest_der(self._ecc_key(priv), digest)
+            k = self._ecc_key(priv)
+            self.about_to_sign(ctx)
+            sig = ecc.sign_digest_der(k, digest)
         else:
-            if self.jobs.locked():
-                raise Reject(429, "too many signing jobs in progress; retry later")
-            async with self.jobs:
-                sig = await asyncio.to_thread(self._lms_sign, priv, digest)
+            async with self.jobs.slot():
+                if self.quota is not None and ctx.token is not None:
+                    quota = ctx.token.lms_quota or self.s.lms_quota
+                    try:
+                        await asyncio.to_thread(self.quota.charge, ctx.token.id, quota)
+                    except QuotaExceeded as exc:
+                        raise Reject(
+                            429,
+                            "LMS signature quota of this token is used up; retry later",
+                            {"Retry-After": str(exc.retry_after)},
+                        ) from None
+                self.about_to_sign(ctx)
+                actor = f"token:{ctx.token.id}" if ctx.token else None
+                sig = await asyncio.to_thread(self._lms_sign, priv, digest, actor=actor)
+                ctx.lms_q = lms.sig_q(lms.slot_to_sig(sig))
         return Response(sig, media_type="application/octet-stream")
 
     def _ecc_key(self, path: Path) -> Any:
         mtime = path.stat().st_mtime_ns
         cached = self._ecc_keys.get(path)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, ecc.load_private(path))
+            try:
+                cached = (mtime, ecc.load_private(path))
+            except ImgtoolError as exc:
+                log.error("caliptra: %s", exc)
+                raise Reject(500, "Signing error") from None
             self._ecc_keys[path] = cached
         return cached[1]
 
-    def _lms_sign(self, priv: Path, digest: bytes) -> bytes:
+    def _lms_sign(self, priv: Path, digest: bytes, *, actor: str | None = None) -> bytes:
         with self._locks_guard:
             lock = self._lms_locks.setdefault(priv, threading.Lock())
         with lock:
             try:
-                return LmsSigner.load(priv).sign_digest(digest)
+                return LmsSigner.load(
+                    priv, signer="server", store=self.s.lms_state, actor=actor
+                ).sign_digest(digest)
             except LmsStateError as exc:
                 log.error("caliptra: %s", exc)  # names the key file, never key material
                 raise Reject(500, "Signing error: the LMS key has no usable leaf left") from None
@@ -301,15 +461,81 @@ class SigningService:
     async def pubkey(self, request: Request) -> Response:
         async def body(req: Request, ctx: Ctx) -> Response:
             q = req.query_params
-            p = self._caliptra_key(
-                ctx, q.get("machine", ""), q.get("key", ""), q.get("algo", ""), "pubk"
-            )
-            return Response(p.read_bytes(), media_type="application/octet-stream")
+            for name in ("machine", "key", "algo"):
+                if not validate.printable(q.get(name, "")):
+                    raise Reject(400, f"parameter {name!r} has control or non-ASCII characters")
+            key, algo = q.get("key", ""), q.get("algo", "")
+            priv = self._caliptra_key(ctx, q.get("machine", ""), key, algo)
+            data = await asyncio.to_thread(self._public_key, priv, algo)
+            if data is None:
+                raise Reject(404, f"no {key} {algo} key for machine {ctx.machine!r}")
+            return Response(data, media_type="application/octet-stream")
 
-        return await self._handle(request, "caliptra", body)
+        return await self._handle(request, body)
+
+    def _public_key(self, priv: Path, algo: str) -> bytes | None:
+        """``-pubk.pem`` beside the private key, or derived from the private key."""
+        pub = priv.with_name(priv.name.replace("-prvk.pem", "-pubk.pem"))
+        if pub.is_file():
+            return pub.read_bytes()
+        if not priv.is_file():
+            return None
+        mtime = priv.stat().st_mtime_ns
+        cached = self._pub_cache.get(priv)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        try:
+            if algo == "ecc":
+                data = (
+                    ecc.load_private(priv)
+                    .public_key()
+                    .public_bytes(
+                        serialization.Encoding.PEM,
+                        serialization.PublicFormat.SubjectPublicKeyInfo,
+                    )
+                )
+            else:
+                data = _lms_public_from_private(priv)
+        except ImgtoolError as exc:
+            log.error("pubkey: %s", exc)
+            raise Reject(500, "Signing error: cannot read the key") from None
+        self._pub_cache[priv] = (mtime, data)
+        return data
 
     async def healthz(self, request: Request) -> Response:
+        problems = []
+        if not self.s.keyfile_root.is_dir():
+            problems.append("key store missing")
+        if self.tokens is not None and self.tokens.current() is None:
+            problems.append("tokens file unusable")
+        if problems:
+            return PlainTextResponse("unhealthy: " + ", ".join(problems) + "\n", status_code=503)
         return PlainTextResponse("ok\n")
+
+
+def _lms_public_from_private(priv: Path) -> bytes:
+    """An LMS public key computed from the private key: the full tree's root when the key has
+    a leaf-state file (computed once, single-process), else the sparse demo tree's root."""
+    from .. import lms_state, lms_tree
+
+    key = lms.load_private(priv)
+    if lms_state.state_path(priv).exists():
+        root = lms_tree.compute_tree(key, workers=1)[1]
+    else:
+        root = lms.sparse_root(key)
+    return lms.LmsPublicKey(key.lms_type, key.ots_type, key.I, root).to_bytes()
+
+
+def _copy_tops(tree: KeyTree, work: Path) -> None:
+    for name in tree.tops:
+        src = tree.root / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, copy_function=shutil.copyfile)
+            for p in (work / name).rglob("*"):
+                p.chmod(0o700 if p.is_dir() else 0o600)
+            (work / name).chmod(0o700)
+        else:
+            shutil.copyfile(src, work / name)
 
 
 async def _save(upload: UploadFile, dest: Path) -> str:
@@ -320,6 +546,55 @@ async def _save(upload: UploadFile, dest: Path) -> str:
             h.update(chunk)
             out.write(chunk)
     return h.hexdigest()
+
+
+class AuditMiddleware:
+    """Gives every HTTP request a Ctx, and writes its audit record before the response starts.
+    When that write fails, a response that may carry a signature is replaced by a 503."""
+
+    def __init__(self, app: Any, service: SigningService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        endpoint = ENDPOINTS.get(path) or ("healthz" if path == "/healthz" else "other")
+        client = scope.get("client")
+        ctx = Ctx(endpoint, client[0] if client else "", validate.log_safe(scope["method"], 16))
+        ctx.path = path
+        scope["cptra_ctx"] = ctx
+        blocked = False
+
+        async def guarded(msg: Message) -> None:
+            nonlocal blocked
+            if blocked:
+                return
+            if msg["type"] == "http.response.start":
+                try:
+                    self.service.finish(ctx, int(msg["status"]))
+                except AuditError as exc:
+                    log.error("audit log unavailable: %s", exc)
+                    if ctx.signing or int(msg["status"]) < 400:
+                        blocked = True
+                        body = b"Signing error: the audit log is unavailable\n"
+                        await send(
+                            {
+                                "type": "http.response.start",
+                                "status": 503,
+                                "headers": [
+                                    (b"content-type", b"text/plain; charset=utf-8"),
+                                    (b"content-length", str(len(body)).encode()),
+                                ],
+                            }
+                        )
+                        await send({"type": "http.response.body", "body": body})
+                        return
+            await send(msg)
+
+        await self.app(scope, receive, guarded)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -335,5 +610,6 @@ def create_app(settings: Settings) -> Starlette:
             Route("/healthz", service.healthz, methods=["GET"]),
         ],
     )
+    app.add_middleware(AuditMiddleware, service=service)
     app.state.service = service
     return app

@@ -1,4 +1,5 @@
-"""Server settings from the environment (digsigserver's names where they exist)."""
+"""Server settings from the environment (digsigserver's names where they exist) and the
+``serve`` command line (which wins)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import ServerError
+from .auth import Quota, parse_quota
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -24,12 +26,33 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ServerError(f"{name}: not a number: {raw!r}") from None
+    if not value > 0:
+        raise ServerError(f"{name}: must be positive")
+    return value
+
+
 def keyfile_root(uri: str) -> Path:
     """DIGSIGSERVER_KEYFILE_URI: file:///path or a plain path (s3:// is not supported)."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return Path(parsed.path if parsed.scheme else uri)
     raise ServerError(f"DIGSIGSERVER_KEYFILE_URI: scheme {parsed.scheme!r} is not supported")
+
+
+def default_jobs() -> int:
+    """One signing job per CPU the process may use (cst and LMS signing are CPU-bound)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -41,35 +64,59 @@ class Settings:
     tokens_file: Path | None = None
     audit_log: Path | None = None
     subprocess_timeout: int = 60
-    max_jobs: int = 4
+    max_jobs: int = 0  # 0: one per CPU (default_jobs())
+    queue_timeout: float = 30.0  # how long a job waits for a slot before 429
+    max_queue: int = 256  # jobs waiting beyond that: 429 at once
     tar_max_bytes: int = 16 * 1024 * 1024
     tar_max_files: int = 256
     insecure_no_auth: bool = False
     work_dir: Path | None = None  # where per-request work dirs go (default: the system temp)
+    lms_state: str | None = None  # LMS leaf-state store (None: CPTRA_IMGTOOL_STATE / default)
+    lms_quota: Quota = Quota(256, 86400)  # per token, unless the token has its own
+    quota_db: Path | None = None  # default: beside the tokens file
+    allow_unsandboxed_cst: bool = False
+
+    @property
+    def jobs(self) -> int:
+        return self.max_jobs or default_jobs()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         e = os.environ if env is None else env
         uri = e.get("DIGSIGSERVER_KEYFILE_URI", "")
-        if not uri:
-            raise ServerError("DIGSIGSERVER_KEYFILE_URI is not set (where the keys live)")
+        if not uri and overrides.get("keyfile_root") is None:
+            raise ServerError(
+                "no key store: give --keys DIR or set DIGSIGSERVER_KEYFILE_URI (where the keys "
+                "live)"
+            )
         tokens = e.get("CPTRA_IMGTOOL_TOKENS")
         audit = e.get("CPTRA_IMGTOOL_AUDIT_LOG")
         level = e.get("DIGSIGSERVER_LOG_LEVEL", "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ServerError(f"DIGSIGSERVER_LOG_LEVEL: unknown level {level!r}")
+        quota = e.get("CPTRA_IMGTOOL_LMS_QUOTA")
         values: dict[str, object] = {
-            "keyfile_root": keyfile_root(uri),
+            "keyfile_root": keyfile_root(uri) if uri else None,
             "imx_cst_base": Path(e.get("DIGSIGSERVER_IMX_CST_BASE", "/opt/NXP")),
             "request_max_size": _int(e, "DIGSIGSERVER_REQUEST_MAX_SIZE", 64 * 1024 * 1024),
             "log_level": level,
             "tokens_file": Path(tokens) if tokens else None,
             "audit_log": Path(audit) if audit else None,
             "subprocess_timeout": _int(e, "CPTRA_IMGTOOL_SUBPROCESS_TIMEOUT", 60),
-            "max_jobs": _int(e, "CPTRA_IMGTOOL_MAX_JOBS", 4),
+            "max_jobs": _int(e, "CPTRA_IMGTOOL_MAX_JOBS", default_jobs()),
+            "queue_timeout": _float(e, "CPTRA_IMGTOOL_QUEUE_TIMEOUT", 30.0),
             "work_dir": Path(e["CPTRA_IMGTOOL_WORK_DIR"])
             if e.get("CPTRA_IMGTOOL_WORK_DIR")
             else None,
+            "lms_state": e.get("CPTRA_IMGTOOL_STATE") or None,
+            "lms_quota": parse_quota(quota, "CPTRA_IMGTOOL_LMS_QUOTA")
+            if quota
+            else Quota(256, 86400),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        """Refuse to start on a key store that is not there."""
+        if not self.keyfile_root.is_dir():
+            raise ServerError(f"{self.keyfile_root}: key store not found (not a directory)")

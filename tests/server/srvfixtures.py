@@ -74,6 +74,8 @@ def start_server(
     timeout: int = 3,
     max_size: int = 2_000_000,
     with_cst: bool = True,
+    extra_args: tuple[str, ...] = (),
+    env_extra: dict[str, str] | None = None,
 ) -> Server:
     root = tmp / "keystore"
     keys = make_keystore(root)
@@ -95,17 +97,24 @@ def start_server(
     else:
         import tarfile
 
+        # the same names as the real PKI (the CSF checks want them to exist), dummy contents
         (tmp / "imx" / "crts").mkdir()
-        (tmp / "imx" / "crts" / "x_crt.pem").write_text("cert")
+        (tmp / "imx" / "keys").mkdir()
+        for n in ("SRK_1_2_3_4_table.bin", f"{imx_pki.CSF}_crt.pem", f"{imx_pki.IMG}_crt.pem"):
+            (tmp / "imx" / "crts" / n).write_text("cert")
+        (tmp / "imx" / "keys" / "key_pass.txt").write_text("pass")
         with tarfile.open(imx_dir / "imx-cst-keys.tar.gz", "w:gz") as tar:
             tar.add(tmp / "imx" / "crts", arcname="crts")
+            tar.add(tmp / "imx" / "keys", arcname="keys")
+    # The fakes run in the same sandbox as the real cst: they can write only into their job
+    # dir, so the OK fake returns what it saw (argv, environment, visible files) in its output.
     fake_cst(
         base,
         FAKE_CST_OK,
-        f'echo "argv: $0 $*" >> {cst_log}\nenv >> {cst_log}\n'
-        'printf "\\324\\000\\000\\000fake" > "$4"\n',
+        'printf "\\324\\000\\000\\000fake\\n" > "$4"\n'
+        'echo "argv: $0 $*" >> "$4"\n/usr/bin/env >> "$4"\n',
     )
-    fake_cst(base, FAKE_CST_HANG, "sleep 30\n")
+    fake_cst(base, FAKE_CST_HANG, "exec /bin/sleep 30\n")
     tokens = tmp / "tokens.json"
     token = _add_token(tokens, "ci-builder", f"{MACHINE},{IMX_MACHINE}")
     other = _add_token(tokens, "other", "bmc-b", "caliptra")
@@ -121,6 +130,7 @@ def start_server(
         "CPTRA_IMGTOOL_SUBPROCESS_TIMEOUT": str(timeout),
         "CPTRA_IMGTOOL_MAX_JOBS": str(max_jobs),
         "CPTRA_IMGTOOL_WORK_DIR": str(work),
+        **(env_extra or {}),
     }
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 - kept open for the server's life
     proc = subprocess.Popen(
@@ -135,6 +145,7 @@ def start_server(
             str(tokens),
             "--audit-log",
             str(audit),
+            *extra_args,
         ],
         env=env,
         stdout=log,

@@ -1,0 +1,410 @@
+"""The CSF (Command Sequence File) description that a client sends to ``/sign/imx``: read the way
+NXP's ``cst`` reads it, then held to an allow-list of HAB4 signing commands.
+
+``cst``'s lexer (flex, case-insensitive) turns the text into: WORD ``[a-z][a-z0-9]*``; FILENAME
+``".*"`` -- greedy, from the first double quote to the LAST one on the line, with backslashes turned
+into slashes; NUMBER ``0x[0-9a-f]+`` or ``[0-9]+``; ``=``, ``|``, ``[``, ``]``, ``,``, ``.``; a
+comment ``#`` to the end of the line (only when a newline follows); a continuation ``\\`` that
+swallows the REST of the line and its newline; spaces and tabs; and it silently ignores every
+other character. That last rule is how ``File = !"/abs/path"`` reached an absolute path: the ``!``
+vanished in the lexer. :func:`tokenize` reproduces that lexer exactly, and :func:`parse` refuses
+anything that would fall into its "ignore" rule, so what is checked here is what ``cst`` sees.
+
+Accepted: the HAB4 commands used to sign an image (Header, Install SRK, Install CSFK, Install
+NOCAK, Authenticate CSF, Install Key, Authenticate Data, Unlock, Init, Set Engine, NOP), each with
+its own keywords and value shapes. ``File`` values must be plain quoted relative names of regular
+files in this request's key archive (never under ``keys/``); ``Blocks`` must name the uploaded
+artifact. The accepted description is written back out in canonical form (:func:`render`), so the
+text ``cst`` reads is the text that was checked. Every refusal is a :class:`CsfError` naming the
+line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+MAX_BYTES = 64 * 1024
+MAX_LINE = 1024
+MAX_LINES = 2000
+
+# Token kinds (as cst's parser sees them)
+WORD, FILENAME, NUMBER, EQUALS, OR, LBRACK, RBRACK, COMMA, DOT, EOL = (
+    "WORD",
+    "FILENAME",
+    "NUMBER",
+    "=",
+    "|",
+    "[",
+    "]",
+    ",",
+    ".",
+    "EOL",
+)
+_PUNCT = {"=": EQUALS, "|": OR, "[": LBRACK, "]": RBRACK, ",": COMMA, ".": DOT}
+_WORD_RE = re.compile(rb"[A-Za-z][A-Za-z0-9]*")
+_HEX_RE = re.compile(rb"0[xX][0-9A-Fa-f]+")
+_DEC_RE = re.compile(rb"[0-9]+")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_][A-Za-z0-9._+-]*)*")
+
+
+class CsfError(Exception):
+    """The CSF is refused; ``str()`` is one line that names the line number."""
+
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(f"CSF line {line}: {why}" if line else f"CSF: {why}")
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str
+    text: str  # WORD/NUMBER: as written; FILENAME: the name cst uses (quotes off, \ -> /)
+    line: int
+    raw: bytes = b""  # FILENAME: the bytes between the quotes as written
+    ignored: bytes = b""  # bytes cst's lexer would skip silently (a refusal reason)
+
+
+def tokenize(data: bytes) -> list[Token]:
+    """``cst``'s lexer, rule for rule (longest match, first rule on a tie). Characters that
+    ``cst`` ignores come back as tokens of kind ``"IGNORED"`` so that the caller can refuse them;
+    comments and continuations come back as ``"COMMENT"``/``"CONT"`` with what they swallowed."""
+    out: list[Token] = []
+    i, line, n = 0, 1, len(data)
+    while i < n:
+        c = data[i : i + 1]
+        if _WORD_RE.match(data, i):
+            m = _WORD_RE.match(data, i)
+            assert m is not None
+            out.append(Token(WORD, m.group().decode("ascii"), line))
+            i = m.end()
+        elif c == b'"':
+            end = data.find(b"\n", i)
+            end = n if end < 0 else end
+            last = data.rfind(b'"', i + 1, end)
+            if last < 0:  # no closing quote on this line: cst ignores the lone quote
+                out.append(Token("IGNORED", "", line, ignored=c))
+                i += 1
+                continue
+            raw = data[i + 1 : last]
+            text = raw.replace(b"\\", b"/").split(b"\0", 1)[0]  # strdup stops at a NUL
+            out.append(Token(FILENAME, text.decode("latin-1"), line, raw=raw))
+            i = last + 1
+        elif c.isdigit():
+            m = _HEX_RE.match(data, i)
+            d = _DEC_RE.match(data, i)
+            assert d is not None
+            best = m if m is not None and m.end() > d.end() else d
+            out.append(Token(NUMBER, best.group().decode("ascii"), line))
+            i = best.end()
+        elif c in (b"#", b"\\"):
+            end = data.find(b"\n", i)
+            if end < 0:  # the rule needs the newline: without one, cst skips just this byte
+                out.append(Token("IGNORED", "", line, ignored=c))
+                i += 1
+                continue
+            kind = "COMMENT" if c == b"#" else "CONT"
+            out.append(Token(kind, "", line, ignored=data[i + 1 : end]))
+            i = end + 1
+            line += 1
+        elif c in (b" ", b"\t"):
+            i += 1
+        elif c == b"\n":
+            out.append(Token(EOL, "", line))
+            i += 1
+            line += 1
+        elif c.decode("latin-1") in _PUNCT:
+            out.append(Token(_PUNCT[c.decode("latin-1")], c.decode("latin-1"), line))
+            i += 1
+        else:
+            out.append(Token("IGNORED", "", line, ignored=c))
+            i += 1
+    out.append(Token(EOL, "", line))  # cst appends a newline at EOF
+    return out
+
+
+# ------------------------------------------------------------------------------ the allow-list
+ENGINES = ("any", "sahara", "rtic", "dcp", "caam", "sw", "srtc", "snvs", "ocotp")
+HASHES = ("sha1", "sha256", "sha384", "sha512")
+
+# value shapes
+V_FILE = "file"  # one FILENAME from the key archive
+V_BLOCKS = "blocks"  # NUMBER NUMBER NUMBER FILENAME (, ...)*
+V_NUM = "num"  # one NUMBER
+V_VERSION = "version"  # NUMBER . NUMBER
+V_WORD = "word"  # one WORD from a list
+V_FLAGS = "flags"  # WORDs/NUMBERs joined by | (engine configuration)
+V_LIST = "list"  # WORDs/NUMBERs separated by , (features, UID)
+
+_ENGINE = (V_WORD, ENGINES)
+_ENGCFG = (V_FLAGS, ())
+_HASH = (V_WORD, HASHES)
+_CERTFMT = (V_WORD, ("x509",))
+_SIGFMT = (V_WORD, ("cms", "pkcs1"))
+_IDX = (V_NUM, ())
+_FILE = (V_FILE, ())
+
+SECTIONS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
+    "header": {
+        "target": (V_WORD, ("hab",)),
+        "version": (V_VERSION, ()),
+        "hash algorithm": _HASH,
+        "engine": _ENGINE,
+        "engine configuration": _ENGCFG,
+        "certificate format": _CERTFMT,
+        "signature format": _SIGFMT,
+    },
+    "install srk": {"file": _FILE, "source index": _IDX, "hash algorithm": _HASH},
+    "install csfk": {"file": _FILE, "certificate format": _CERTFMT},
+    "install nocak": {"file": _FILE, "certificate format": _CERTFMT},
+    "authenticate csf": {
+        "engine": _ENGINE,
+        "engine configuration": _ENGCFG,
+        "signature format": _SIGFMT,
+    },
+    "install key": {
+        "file": _FILE,
+        "verification index": _IDX,
+        "target index": _IDX,
+        "certificate format": _CERTFMT,
+        "hash algorithm": _HASH,
+    },
+    "authenticate data": {
+        "blocks": (V_BLOCKS, ()),
+        "verification index": _IDX,
+        "engine": _ENGINE,
+        "engine configuration": _ENGCFG,
+        "signature format": _SIGFMT,
+    },
+    "unlock": {"engine": _ENGINE, "features": (V_LIST, ()), "uid": (V_LIST, ())},
+    "init": {"engine": _ENGINE, "features": (V_LIST, ())},
+    "set engine": {"hash algorithm": _HASH, "engine": _ENGINE, "engine configuration": _ENGCFG},
+    "nop": {},
+}
+_ONCE = ("header", "install srk", "authenticate csf")
+
+
+@dataclass
+class Statement:
+    line: int
+    keyword: str  # canonical, lower case, single spaces
+    tokens: list[Token]  # the value
+
+
+@dataclass
+class Section:
+    line: int
+    name: str  # canonical, lower case
+    statements: list[Statement] = field(default_factory=list)
+
+
+@dataclass
+class Csf:
+    sections: list[Section]
+    files: list[str]  # every File value (key-archive names)
+    blocks: list[str]  # every Blocks file name
+
+
+def _text_checks(data: bytes) -> None:
+    if len(data) > MAX_BYTES:
+        raise CsfError(0, f"larger than {MAX_BYTES} bytes")
+    if not data.strip():
+        raise CsfError(0, "empty")
+    for no, raw in enumerate(data.split(b"\n"), 1):
+        if no > MAX_LINES:
+            raise CsfError(no, f"more than {MAX_LINES} lines")
+        if len(raw) > MAX_LINE:
+            raise CsfError(no, f"longer than {MAX_LINE} bytes")
+        body = raw[:-1] if raw.endswith(b"\r") else raw  # CRLF files are fine
+        for b in body:
+            if b == 0:
+                raise CsfError(no, "NUL byte")
+            if b > 0x7E:
+                raise CsfError(no, "non-ASCII byte (the CSF must be plain ASCII text)")
+            if b < 0x20 and b != 0x09:
+                raise CsfError(no, f"control character 0x{b:02x}")
+
+
+def _lines(tokens: list[Token]) -> list[list[Token]]:
+    """Logical lines (a continuation joins two physical lines, as in cst)."""
+    lines: list[list[Token]] = []
+    cur: list[Token] = []
+    for t in tokens:
+        if t.kind == "IGNORED":
+            what = t.ignored.decode("latin-1")
+            raise CsfError(t.line, f"unexpected character {what!r} (cst would skip it)")
+        if t.kind == "CONT":
+            if t.ignored.strip(b" \t\r"):
+                raise CsfError(t.line, "text after a line continuation '\\' (cst drops it)")
+            continue
+        if t.kind == "COMMENT":  # swallows its newline: no end of line for cst
+            if cur:
+                raise CsfError(t.line, "comment after a value (cst joins it to the next line)")
+            continue
+        if t.kind == EOL:
+            if cur:
+                lines.append(cur)
+            cur = []
+            continue
+        cur.append(t)
+    if cur:
+        lines.append(cur)
+    return lines
+
+
+def check_name(tok: Token) -> str:
+    """A FILENAME token's value if it is a plain relative name; else CsfError."""
+    raw = tok.raw.decode("latin-1")
+    if '"' in raw:
+        raise CsfError(tok.line, "more than one quoted string on a line (cst joins them)")
+    if "\\" in raw:
+        raise CsfError(tok.line, "backslash in a file name")
+    if raw.startswith("/"):
+        raise CsfError(tok.line, f"absolute file name {raw!r}")
+    parts = raw.split("/")
+    if ".." in parts or "." in parts or "" in parts:
+        raise CsfError(tok.line, f"file name {raw!r} is not a plain relative name")
+    if not _NAME_RE.fullmatch(raw):
+        raise CsfError(tok.line, f"file name {raw!r} has characters outside [A-Za-z0-9._+-/]")
+    return raw
+
+
+def _value(stmt: Statement, shape: str, allowed: tuple[str, ...]) -> None:
+    v = stmt.tokens
+    kinds = [t.kind for t in v]
+    where, kw = stmt.line, stmt.keyword
+    if not v:
+        raise CsfError(where, f"{kw!r} has no value")
+    if shape == V_FILE:
+        if kinds != [FILENAME]:
+            raise CsfError(where, f"{kw!r} must be one double-quoted file name")
+        check_name(v[0])
+    elif shape == V_NUM:
+        if kinds != [NUMBER]:
+            raise CsfError(where, f"{kw!r} must be a number")
+    elif shape == V_VERSION:
+        if kinds != [NUMBER, DOT, NUMBER] or v[0].text != "4":
+            raise CsfError(where, "Version must be 4.x (HAB4)")
+    elif shape == V_WORD:
+        if kinds != [WORD] or v[0].text.lower() not in allowed:
+            raise CsfError(where, f"{kw!r} must be one of {', '.join(allowed)}")
+    elif shape in (V_FLAGS, V_LIST):
+        sep = OR if shape == V_FLAGS else COMMA
+        prev = sep
+        for t in v:
+            if t.kind in (WORD, NUMBER):
+                pass
+            elif t.kind == sep and prev != sep:
+                pass
+            else:
+                raise CsfError(where, f"unexpected {t.kind!r} in {kw!r}")
+            prev = t.kind
+        if prev == sep:
+            raise CsfError(where, f"{kw!r} ends with {sep!r}")
+    elif shape == V_BLOCKS:
+        i = 0
+        while True:
+            if kinds[i : i + 4] != [NUMBER, NUMBER, NUMBER, FILENAME]:
+                raise CsfError(where, 'Blocks must be: address offset length "file" [, ...]')
+            check_name(v[i + 3])
+            i += 4
+            if i == len(v):
+                break
+            if kinds[i] != COMMA or i + 1 == len(v):
+                raise CsfError(where, "Blocks: blocks are separated by ','")
+            i += 1
+
+
+def parse(data: bytes) -> Csf:
+    """Parse and check a CSF description. Raises CsfError naming the line."""
+    _text_checks(data)
+    sections: list[Section] = []
+    for toks in _lines(tokenize(data)):
+        first = toks[0]
+        if first.kind == LBRACK:
+            words = toks[1:-1]
+            if toks[-1].kind != RBRACK or not words or any(t.kind != WORD for t in words):
+                raise CsfError(first.line, "a section header is [Words]")
+            name = " ".join(t.text.lower() for t in words)
+            if name not in SECTIONS:
+                raise CsfError(first.line, f"section [{name}] is not allowed (HAB4 signing only)")
+            if name in _ONCE and any(s.name == name for s in sections):
+                raise CsfError(first.line, f"section [{name}] appears twice")
+            if not sections and name != "header":
+                raise CsfError(first.line, "the first section must be [Header]")
+            sections.append(Section(first.line, name))
+            continue
+        eq = next((k for k, t in enumerate(toks) if t.kind == EQUALS), -1)
+        if eq <= 0 or any(t.kind != WORD for t in toks[:eq]):
+            raise CsfError(first.line, "expected 'Keyword = value' or a [Section]")
+        if not sections:
+            raise CsfError(first.line, "keyword before the first section")
+        keyword = " ".join(t.text.lower() for t in toks[:eq])
+        sec = sections[-1]
+        spec = SECTIONS[sec.name].get(keyword)
+        if spec is None:
+            raise CsfError(first.line, f"keyword {keyword!r} is not allowed in [{sec.name}]")
+        if any(s.keyword == keyword for s in sec.statements):
+            raise CsfError(first.line, f"keyword {keyword!r} given twice in [{sec.name}]")
+        stmt = Statement(first.line, keyword, toks[eq + 1 :])
+        _value(stmt, *spec)
+        sec.statements.append(stmt)
+    if not sections:
+        raise CsfError(0, "no sections")
+    for need in _ONCE:
+        if not any(s.name == need for s in sections):
+            raise CsfError(0, f"no [{need}] section")
+    files: list[str] = []
+    blocks: list[str] = []
+    for sec in sections:
+        for st in sec.statements:
+            names = [check_name(t) for t in st.tokens if t.kind == FILENAME]
+            (blocks if st.keyword == "blocks" else files).extend(names)
+    return Csf(sections, files, blocks)
+
+
+def check_files(
+    csf: Csf, archive_files: Collection[str], artifact: str, data: bytes | None = None
+) -> None:
+    """File values must name regular files of the key archive (not under keys/), Blocks the
+    uploaded artifact. ``archive_files`` holds the archive's regular files' relative names."""
+    for sec in csf.sections:
+        for st in sec.statements:
+            for t in st.tokens:
+                if t.kind != FILENAME:
+                    continue
+                name = check_name(t)
+                if st.keyword == "blocks":
+                    if name != artifact:
+                        raise CsfError(st.line, f"Blocks may name only the uploaded {artifact!r}")
+                    continue
+                if name.split("/", 1)[0] == "keys" or name.rsplit("/", 1)[-1] == "key_pass.txt":
+                    raise CsfError(st.line, f"{name!r}: private key material may not be named")
+                if name not in archive_files:
+                    raise CsfError(st.line, f"{name!r} is not a file of this machine's key archive")
+
+
+def render(csf: Csf) -> bytes:
+    """The checked description in canonical form: one statement per line, one space between
+    tokens, blocks joined by ``, \\`` continuations (cst joins quoted strings on one line)."""
+    out: list[str] = []
+    for sec in csf.sections:
+        out.append("[" + " ".join(w.capitalize() for w in sec.name.split()) + "]")
+        for st in sec.statements:
+            parts: list[str] = []
+            for t in st.tokens:
+                if t.kind == FILENAME:
+                    parts.append(f'"{check_name(t)}"')
+                elif t.kind == COMMA and st.keyword == "blocks":
+                    parts[-1] += ", \\\n       "
+                elif t.kind == DOT:
+                    parts[-1] += "."
+                elif parts and parts[-1].endswith("."):
+                    parts[-1] += t.text
+                else:
+                    parts.append(t.text)
+            kw = " ".join(w.capitalize() for w in st.keyword.split())
+            out.append(f"    {kw} = " + " ".join(parts))
+        out.append("")
+    return ("\n".join(out) + "\n").encode("ascii")
