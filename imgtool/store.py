@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import socket
 import sqlite3
 import struct
@@ -611,14 +612,38 @@ class PostgresStore(StateStore):
         import psycopg
 
         self._psycopg = psycopg
-        try:
-            self._conn = psycopg.connect(url, connect_timeout=int(connect_timeout), autocommit=True)
-        except psycopg.Error as exc:
-            raise LmsStateError(f"{self.description}: cannot connect ({_pg_reason(exc)})") from None
+        self._timeout = max(1, int(connect_timeout))
+        self._connect()
         with self._tx() as cur:
             # one migrator at a time across the fleet; released at commit
             cur.execute("SELECT pg_advisory_xact_lock(7411520811)")
             self._migrate(cur)
+
+    def _connect(self) -> None:
+        psycopg = self._psycopg
+        try:
+            self._conn = psycopg.connect(
+                self.location, connect_timeout=self._timeout, autocommit=True
+            )
+        except psycopg.Error as exc:
+            raise LmsStateError(
+                f"{self.description}: cannot connect ({_pg_reason(exc, self.location)})"
+            ) from None
+        self._used = time.monotonic()
+
+    def _alive(self) -> None:
+        """Reconnect when the server dropped us (restart, failover, idle timeout): checked
+        before a transaction starts, so no reservation is ever retried blindly."""
+        psycopg = self._psycopg
+        if self._conn.closed or self._conn.broken:
+            self._connect()
+        elif time.monotonic() - self._used > 1.0:
+            try:
+                self._conn.execute("SELECT 1")
+            except psycopg.OperationalError:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+                self._connect()
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s")
@@ -628,19 +653,35 @@ class PostgresStore(StateStore):
         psycopg = self._psycopg
         with self._lock:
             try:
+                self._alive()
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     yield cur
             except psycopg.Error as exc:
-                raise LmsStateError(f"{self.description}: {_pg_reason(exc)}") from None
+                raise LmsStateError(
+                    f"{self.description}: {_pg_reason(exc, self.location)}"
+                ) from None
+            finally:
+                self._used = time.monotonic()
 
     def close(self) -> None:
         self._conn.close()
 
 
-def _pg_reason(exc: BaseException) -> str:
-    """First line of a psycopg error, which names the server but never the password."""
+def _pg_reason(exc: BaseException, url: str) -> str:
+    """First line of a psycopg error, with the URL's password (as written and decoded) and the
+    URL itself masked: libpq echoes parts of a malformed connection string."""
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    line = text[0][:300] if text else type(exc).__name__
+    secrets = [url]
+    m = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)@", url)
+    if m:
+        raw = m.group(1).partition(":")[2]
+        secrets += [raw, urllib.parse.unquote(raw)]
+    for m in re.finditer(r"[?&]password=([^&#]*)", url):
+        secrets += [m.group(1), urllib.parse.unquote_plus(m.group(1))]
+    for sec in sorted({x for x in secrets if x}, key=len, reverse=True):
+        line = line.replace(sec, "***")
+    return line[:200]
 
 
 # ------------------------------------------------------------------------------- opening

@@ -209,9 +209,9 @@ def test_copied_key_folder_parallel_builds(tmp_path: Path) -> None:
     several times each, in parallel, never share a leaf, and every signature verifies."""
     from projects import make_project
 
-    p1 = make_project(tmp_path / "p1", lms=True, flags=1)
+    p1 = make_project(tmp_path / "p1", lms=True, flags=1, sample_bundle=True)
     shutil.copytree(p1.keys, tmp_path / "p2" / "keys")
-    p2 = make_project(tmp_path / "p2", lms=True, flags=1)
+    p2 = make_project(tmp_path / "p2", lms=True, flags=1, sample_bundle=True)
     script = (
         "import sys\nfrom pathlib import Path\nfrom imgtool.cli import main\n"
         "args, pre, out = sys.argv[1:-2], Path(sys.argv[-2]), Path(sys.argv[-1])\n"
@@ -311,15 +311,19 @@ def test_deleted_state_refused_until_init_with_scan(
     and never goes at or below the highest q the scanned manifests and flash images used."""
     from projects import make_project
 
-    p = make_project(tmp_path / "p", lms=True, flags=1)
+    p = make_project(tmp_path / "p", lms=True, flags=1, sample_bundle=True)
     assert main(["create-auth-flash", *p.args(), "--man", str(p.man), "--flash", str(p.flash)]) == 0
-    for _ in range(3):  # more manifests: the own-fw key reaches q 7 (svn slot: little-endian)
+    for _ in range(3):  # more manifests: more own-fw leaves (the svn slot: q little-endian)
         p.prebuilt.joinpath("img0.bin").write_bytes(os.urandom(9))
         assert main(["create-auth-man", *p.args(), "--man", str(p.man)]) == 0
     own_fw = p.keys / "own-fw-lms-prvk.pem"
     m = manifest.Manifest.parse(p.man.read_bytes())
-    last_q = lms.sig_q(manifest.svn_lms_sig_swap_q(m.own_svn_sig_lms))
-    assert last_q == _file_q(own_fw) - 1 == 7
+    in_last = {
+        "own_pub_sig_lms": lms.sig_q(m.own_pub_sig_lms),
+        "own_svn_sig_lms": lms.sig_q(manifest.svn_lms_sig_swap_q(m.own_svn_sig_lms)),
+    }
+    top_slot, top = max(in_last.items(), key=lambda kv: kv[1])
+    assert top == _file_q(own_fw) - 1 >= 7
     _delete_everywhere(own_fw)
     capsys.readouterr()
     assert main(["create-auth-man", *p.args(), "--man", str(p.out / "x.bin")]) == 2
@@ -328,16 +332,16 @@ def test_deleted_state_refused_until_init_with_scan(
     assert not (p.out / "x.bin").exists()
     assert main(["lms-status", str(own_fw), "--init"]) == 2
     assert "--init needs --next-q" in capsys.readouterr().err
-    # only the flash image (whose manifest has q 0 and 1) and the last manifest (q 6, 7)
+    # the flash image (its bundle and first manifest: the lowest leaves) and the last manifest
     args = ["lms-status", str(own_fw), "--init", "--scan", str(p.flash), str(p.man)]
-    assert main([*args, "--next-q", "7"]) == 2
+    assert main([*args, "--next-q", str(top)]) == 2
     err = capsys.readouterr().err
-    assert "own_svn_sig_lms" in err and "leaf 7" in err and "--next-q 8" in err
+    assert top_slot in err and f"leaf {top};" in err and f"--next-q {top + 1}" in err
     assert not lms_state.state_path(own_fw).exists()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "highest leaf 7" in out and "next leaf 8 of 32" in out
-    assert _sign(own_fw, b"after recovery") == 8
+    assert f"highest leaf {top}" in out and f"next leaf {top + 1} of 32" in out
+    assert _sign(own_fw, b"after recovery") == top + 1
 
 
 def test_scan_finds_leaves_in_flash_and_bundles(tmp_path: Path) -> None:
