@@ -7,9 +7,11 @@
 * Two kinds of private key:
   - *sparse* demo keys (the reference keys): only leaf q = 5 has a real LM-OTS key, every other
     leaf's OTS public key is 24 zero bytes. They always sign at q = 5 and a warning says so.
-  - *full-tree* keys (``keygen``): every leaf is real. Signing reserves the next leaf in a state
-    file beside the key (locked, fsynced, never decremented) and reads the authentication path
-    from a tree cache bound to the key (:mod:`imgtool.lms_state`).
+  - *full-tree* keys (``keygen``): every leaf is real. Signing reserves the next leaf in the leaf
+    state (:mod:`imgtool.lms_state`: the state file beside the key and the state store,
+    :mod:`imgtool.store`) and reads the authentication path from the tree cache
+    (:mod:`imgtool.lms_tree`); :mod:`imgtool.lms_signer` composes them. This module is the math
+    only and imports neither.
 * The nonce C is derived deterministically:
   ``C = SHA-256("cptra-imgtool lms nonce" || SEED || I || u32(q) || message)[:24]``,
   so identical inputs give identical bytes and (q, C) never repeats for different messages.
