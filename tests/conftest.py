@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 REF = REPO.parent / "shared" / "reference" / "cptra_imgtool"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 sys.path.insert(0, str(HELPERS))
+# each test in its own working directory; the checkout must be unchanged at the end
+pytest_plugins = ["tree_guard"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,13 +32,16 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _isolated_lms_state(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Path:
+) -> Iterator[Path]:
     """No test touches the real per-user LMS state store: each gets its own (subprocesses
     inherit the environment)."""
     d = tmp_path_factory.mktemp("lms-state")
     monkeypatch.setenv("XDG_STATE_HOME", str(d))
     monkeypatch.setenv("CPTRA_IMGTOOL_STATE", str(d / "lms-state.sqlite3"))
-    return d
+    yield d
+    from imgtool import store
+
+    store.close_all()  # this test's store connections
 
 
 @pytest.fixture

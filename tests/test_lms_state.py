@@ -359,8 +359,19 @@ def test_scan_finds_leaves_in_flash_and_bundles(tmp_path: Path) -> None:
         found = lms_scan.used_leaves([p.flash, p.man, bundle], pub, nodes)
         # every leaf the key ever handed out appears in one of those files, and nothing else
         assert sorted({u.q for u in found}) == list(range(_file_q(priv))), name
+    # the AST2700 A1 layout: the raw bundle at 0, the FLSH image at 0x100000
+    a1 = tmp_path / "a1.bin"
+    raw = bundle.read_bytes()
+    a1.write_bytes(raw + bytes(0x100000 - len(raw)) + p.flash.read_bytes())
+    assert {u.q for u in lms_scan.used_leaves([a1], pub, nodes)} == {
+        u.q for u in lms_scan.used_leaves([p.flash, bundle], pub, nodes)
+    }
     with pytest.raises(Exception, match="not a SoC manifest, flash image"):
         lms_scan.used_leaves([p.cfg], pub, nodes)
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(p.flash.read_bytes()[:40])  # a FLSH header whose table is cut short
+    with pytest.raises(Exception, match="junk.bin"):
+        lms_scan.used_leaves([junk], pub, nodes)
 
 
 # ---------------------------------------------------------------------------- log and init
