@@ -148,7 +148,7 @@ def one(name: str, argv: list[str], conns: int, duration: float, mode: str, d: P
                     return f"| {name} | {mode} | did not start: {log.read_text()[-200:]!r} |"
                 time.sleep(0.1)
         time.sleep(0.5)
-        r = slow_load(port, connections=conns, duration=duration, mode=mode)
+        r = slow_load(port, connections=conns, duration=duration, mode=mode, body_length=1_000_000)
         fds = len(os.listdir(f"/proc/{proc.pid}/fd")) if proc.poll() is None else -1
     finally:
         proc.terminate()

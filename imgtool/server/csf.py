@@ -108,8 +108,8 @@ def tokenize(data: bytes) -> list[Token]:
             out.append(Token(kind, "", line, ignored=data[i + 1 : end]))
             i = end + 1
             line += 1
-        elif c in (b" ", b"\t"):
-            i += 1
+        elif c in (b" ", b"\t") or (c == b"\r" and data[i + 1 : i + 2] == b"\n"):
+            i += 1  # blanks; the CR of a CRLF (cst skips it as an unexpected character)
         elif c == b"\n":
             out.append(Token(EOL, "", line))
             i += 1

@@ -50,11 +50,13 @@ def _ldd(path: Path) -> list[Path]:
 
 def dependencies(program: Path, protected: Sequence[Path] = ()) -> list[Path]:
     """Every file ``program`` needs to run: itself, its ELF dependencies, and for a ``#!`` script
-    its interpreter plus the existing files its text names by absolute path (the usual wrapper
-    that sets LD_PRELOAD and execs the real binary), recursively. Files under ``protected``
+    its interpreter plus the programs and libraries (ELF files or scripts) its text names by
+    absolute path (the usual wrapper that sets LD_PRELOAD and execs the real binary),
+    recursively; data files a script names are not included. Files under ``protected``
     (the key store, the job root, the server's own files) are never included."""
     seen: dict[Path, None] = {}
-    todo = [program]
+    todo: list[Path] = [program]
+    named: set[Path] = set()  # named in a script: bound only if a program or library
     prot = [p.resolve() for p in protected]
     while todo:
         p = todo.pop()
@@ -66,17 +68,21 @@ def dependencies(program: Path, protected: Sequence[Path] = ()) -> list[Path]:
             continue
         if not real.is_file() or any(real == q or q in real.parents for q in prot):
             continue
-        seen[p] = None
         try:
             with open(real, "rb") as fh:
                 head = fh.read(4)
                 if head[:2] == b"#!":
                     text = (head + fh.read(64 * 1024)).decode("utf-8", "replace")
-                    todo += [Path(m) for m in _ABS_PATH.findall(text)]
+                    found = [Path(m) for m in _ABS_PATH.findall(text)]
+                    named.update(found)
+                    todo += found
                 elif head == b"\x7fELF":
                     todo += _ldd(real)
+                elif p in named:
+                    continue  # a data file a wrapper mentions (/etc/...): never bound
         except OSError:
             continue
+        seen[p] = None
     return list(seen)
 
 

@@ -45,21 +45,31 @@ def slow_load(
     *,
     connections: int = 1000,
     duration: float = 15.0,
-    attacker: str = "127.0.0.2",
+    attackers: tuple[str, ...] = ("127.0.0.2",),
     probe_host: str = "127.0.0.1",
     probe_every: float = 0.2,
     probe_timeout: float = 1.0,
     trickle_every: float = 2.0,
     mode: str = "headers",
+    body_length: int = 100_000,
+    reconnect: bool = False,
 ) -> SlowResult:
-    """Open ``connections`` sockets from ``attacker`` that send a partial request (``mode``:
-    "headers" = header bytes one at a time; "body" = complete headers announcing a 1 MB body,
-    then one body byte at a time), one byte per socket every ``trickle_every`` s, for
-    ``duration`` s, while probing /healthz. Returns what happened."""
+    """Open ``connections`` sockets (source addresses taken in turn from ``attackers``) that send
+    a partial request (``mode``: "headers" = header bytes one at a time; "body" = complete
+    headers announcing ``body_length`` bytes, then one body byte at a time; "mixed" = half
+    each), one byte per socket every ``trickle_every`` s, for ``duration`` s, while probing
+    /healthz from ``probe_host``. With ``reconnect`` a socket the server closed is replaced."""
     res = SlowResult()
-    socks: list[socket.socket] = []
+    socks: dict[socket.socket, tuple[bytes, int]] = {}
     stop = time.monotonic() + duration
     done = threading.Event()
+    head_pad = b"X-Pad: " + b"a" * 60_000
+    body_start = (
+        b"POST /sign/imx HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        b"boundary=b\r\nContent-Length: " + str(body_length).encode() + b"\r\n\r\n"
+    )
+    header_start = b"POST /sign/imx HTTP/1.1\r\nHost: x\r\n"
+    n_opened = 0
 
     def prober() -> None:
         while not done.is_set():
@@ -72,52 +82,49 @@ def slow_load(
                 res.probe_max_s = max(res.probe_max_s, lat)
             done.wait(probe_every)
 
+    def open_one() -> None:
+        nonlocal n_opened
+        kind = mode if mode != "mixed" else ("headers" if n_opened % 2 else "body")
+        src = attackers[n_opened % len(attackers)]
+        n_opened += 1
+        s = socket.socket()
+        try:
+            s.bind((src, 0))
+            s.settimeout(1.0)
+            s.connect(("127.0.0.1", port))
+            s.sendall(header_start if kind == "headers" else body_start)
+            s.setblocking(False)
+        except OSError:
+            res.refused += 1
+            s.close()
+            return
+        socks[s] = (head_pad if kind == "headers" else b"x" * body_length, 0)
+        res.opened += 1
+
     th = threading.Thread(target=prober, daemon=True)
     th.start()
-    if mode == "headers":
-        head = b"POST /sign/imx HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 10_000
-        start = b"P"
-    else:
-        head = b"x" * 1_000_000
-        start = (
-            b"POST /sign/imx HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-            b"boundary=b\r\nContent-Length: 1000000\r\n\r\n"
-        )
-    pos: dict[int, int] = {}
     try:
         for _ in range(connections):
             if time.monotonic() > stop:
                 break
-            try:
-                s = socket.socket()
-                s.bind((attacker, 0))
-                s.settimeout(1.0)
-                s.connect((probe_host if attacker == probe_host else "127.0.0.1", port))
-                s.sendall(start)
-                s.setblocking(False)
-            except OSError:
-                res.refused += 1
-                s.close()
-                continue
-            socks.append(s)
-            pos[id(s)] = 1 if mode == "headers" else 0
-            res.opened += 1
+            open_one()
         while time.monotonic() < stop:
             for s in list(socks):
-                i = pos[id(s)]
+                data, i = socks[s]
                 try:
-                    s.send(head[i : i + 1])
-                    pos[id(s)] = i + 1
-                    # a closed connection shows as EOF/reset on the next recv/send
-                    try:
+                    try:  # a closed connection shows as EOF/reset on recv/send
                         if s.recv(65536) == b"":
                             raise ConnectionResetError
                     except BlockingIOError:
                         pass
+                    s.send(data[i : i + 1])
+                    socks[s] = (data, i + 1)
                 except OSError:
                     res.closed_by_server += 1
-                    socks.remove(s)
+                    del socks[s]
                     s.close()
+                    if reconnect and time.monotonic() < stop:
+                        open_one()
             done.wait(trickle_every)
     finally:
         done.set()

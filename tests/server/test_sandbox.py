@@ -1,0 +1,128 @@
+"""The cst sandbox holds even when the CSF checks are bypassed: the runner is called directly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import imx_pki
+import pytest
+
+from imgtool.server.imx import ImxError
+from imgtool.server.sandbox import CstRunner, dependencies
+
+WHY = CstRunner.probe()
+needs_bwrap = pytest.mark.skipif(WHY is not None, reason=f"no sandbox here: {WHY}")
+needs_cst = pytest.mark.skipif(
+    imx_pki.cst_available() is not None, reason=str(imx_pki.cst_available())
+)
+
+
+def _job(tmp: Path, pki_root: Path, csf: str) -> tuple[Path, dict[str, Path]]:
+    """A job dir with the CSF and artifact; the key tree bound read-only (as the server does)."""
+    tree = tmp / "tree"
+    shutil.copytree(pki_root, tree)
+    job = tmp / "job"
+    job.mkdir()
+    (job / "csf-input.txt").write_text(csf)
+    (job / "flash.bin").write_bytes(os.urandom(0x8000))
+    return job, {"crts": tree / "crts", "keys": tree / "keys"}
+
+
+@needs_bwrap
+@needs_cst
+def test_cst_cannot_read_outside_its_job_even_with_a_hostile_csf(tmp_path: Path) -> None:
+    pki = imx_pki.make_pki(tmp_path / "imx")
+    cst = imx_pki.install_cst(tmp_path / "nxp")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(pki.root / "crts" / "SRK_1_2_3_4_table.bin", outside / "table.bin")
+    # the CSF the parser would refuse: an absolute path outside the job (hidden behind '!')
+    csf = imx_pki.csf_text("flash.bin").replace(
+        '"crts/SRK_1_2_3_4_table.bin"', f'!"{outside}/table.bin"'
+    )
+    job, binds = _job(tmp_path / "a", pki.root, csf)
+    runner = CstRunner(sandbox=True)
+    with pytest.raises(ImxError) as err:
+        asyncio.run(runner.run(cst, job, binds, 30))
+    assert "File not present" in err.value.detail and str(outside) in err.value.detail
+    # control: the same job without the sandbox reads that file and signs
+    job2, _ = _job(tmp_path / "b", pki.root, csf)
+    for name, src in binds.items():
+        shutil.copytree(src, job2 / name)
+    out = asyncio.run(CstRunner(sandbox=False).run(cst, job2, {}, 30))
+    assert out[:1] == b"\xd4"
+    # and the sandboxed run of the honest CSF works
+    job3, binds3 = _job(tmp_path / "c", pki.root, imx_pki.csf_text("flash.bin"))
+    assert asyncio.run(runner.run(cst, job3, binds3, 30))[:1] == b"\xd4"
+
+
+@needs_bwrap
+def test_sandbox_shows_only_the_job(tmp_path: Path) -> None:
+    """A 'cst' that looks around: no /etc, no /proc of the host, no key store, no other job,
+    no network namespace peers; the key tree is read-only."""
+    keystore = tmp_path / "keystore"
+    keystore.mkdir()
+    (keystore / "own-man-ecc-prvk.pem").write_text("PRIVATE")
+    other_job = tmp_path / "work" / "cptra-imx-other"
+    other_job.mkdir(parents=True)
+    (other_job / "secret.txt").write_text("x")
+    tree = tmp_path / "tree" / "crts"
+    tree.mkdir(parents=True)
+    (tree / "c.pem").write_text("cert")
+    probes = [
+        "/etc/passwd",
+        "/etc/shadow",
+        "/proc/1/environ",
+        "/proc/self/status",
+        str(keystore / "own-man-ecc-prvk.pem"),
+        str(other_job / "secret.txt"),
+        "/tmp",
+        str(Path.home()),
+        "crts/c.pem",
+    ]
+    checks = "".join(f'if [ -e "{p}" ]; then echo "visible {p}"; fi\n' for p in probes)
+    fake = tmp_path / "bin" / "cst"
+    fake.parent.mkdir()
+    fake.write_text(
+        '#!/bin/sh\nout="$4"\nprintf "\\324" > "$out"\n'
+        + checks.replace('echo "visible', 'echo >> "$out" "visible')
+        + 'if echo x > crts/new 2>/dev/null; then echo >> "$out" "tree writable"; fi\n'
+        + 'echo >> "$out" "uid $(id -u 2>/dev/null || echo none)"\n'
+    )
+    fake.chmod(0o755)
+    job = tmp_path / "work" / "cptra-imx-mine"
+    job.mkdir()
+    runner = CstRunner(sandbox=True, protected=[keystore, tmp_path / "work"])
+    out = asyncio.run(runner.run(fake, job, {"crts": tree}, 30)).decode("latin-1")
+    seen = [line for line in out.splitlines() if line.startswith("visible")]
+    assert seen == ["visible crts/c.pem"], out
+    assert "tree writable" not in out
+    assert not (tree / "new").exists()
+    # the fake cst was not even given /etc/passwd although its text names it
+    assert Path("/etc/passwd") not in dependencies(fake)
+
+
+def test_dependencies_of_a_wrapper_script(tmp_path: Path) -> None:
+    w = tmp_path / "cst"
+    w.write_text(
+        f'#!/bin/sh\nLD_PRELOAD="{shutil.which("true")}" exec /bin/true "$@"\n# /etc/hosts\n'
+    )
+    w.chmod(0o755)
+    deps = dependencies(w, protected=[tmp_path / "keys"])
+    assert w in deps and Path("/bin/sh") in deps and Path("/bin/true") in deps
+    assert any("libc" in p.name for p in deps)
+    assert Path("/etc/hosts") not in deps
+    # files under protected paths are never bound, even when a wrapper names them
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(shutil.which("true") or "/bin/true", keys / "tool")
+    w.write_text(f"#!/bin/sh\nexec {keys / 'tool'}\n")
+    assert keys / "tool" not in dependencies(w, protected=[keys])
+
+
+def test_probe_reports_a_missing_bwrap(tmp_path: Path) -> None:
+    why = CstRunner.probe(str(tmp_path / "no-bwrap"))
+    assert why is not None and "bwrap" in why
