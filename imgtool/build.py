@@ -1,21 +1,23 @@
 """Turn a Config into a signed SoC manifest and a flash image.
 
-The build is split into small steps so that the doit tasks (``tasks/``) and the CLI run the
-same code: image digests -> IMC, a manifest skeleton (header + public keys), one signature per
-slot in :func:`plan`, then :func:`assemble`.
+The build is split into small steps so that the doit tasks (:mod:`imgtool.doit_tasks`) and the
+CLI run the same code: image digests -> IMC, a manifest skeleton (header + public keys), one
+signature per slot in :func:`plan`, then :func:`assemble`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import manifest
-from .config import Config, Format, ImageEntry, KeySet, VendorSignature
-from .errors import ConfigError, FormatError, ImgtoolError
+from . import manifest, padding
+from .config import MCU_FW_ID, Config, Format, ImageEntry, KeySet, VendorSignature
+from .errors import ConfigError, FormatError, ImgtoolError, OutputError, SigningError
 from .fileio import atomic_write
 from .flash import (
     ENTRY_LEN,
@@ -25,6 +27,7 @@ from .flash import (
     ID_MCU,
     MAX_IMAGES,
     SOC_ID_BASE,
+    DigestMismatch,
     FlashItem,
     write_flash_file,
 )
@@ -44,7 +47,11 @@ TBS_KINDS = ("vendor_pubkey", "owner_pubkey", "svn", "imc")
 # ---------------------------------------------------------------------------- key selection
 @dataclass(frozen=True)
 class PartyAlgo:
-    """Whether one party (vendor/owner) signs with one algorithm, and with what."""
+    """Whether one party (vendor/owner) signs with one algorithm, and with what.
+
+    ``imc_only``: the owner ECC fallback of the newest reference tool (the owner FW ECC pair is
+    absent but owner_man_key_config has an ECC pair): only the owner IMC signature is made, with
+    the manifest pair, and the manifest's owner ECC key slot stays zero, as the reference does."""
 
     party: str  # "vendor" | "owner"
     algo: str  # "ecc" | "lms"
@@ -55,6 +62,7 @@ class PartyAlgo:
     man_pub: Path | None = None
     fw_helper: str | None = None
     man_helper: str | None = None
+    imc_only: bool = False
 
 
 def _party_algo(cfg: Config, party: str, algo: str, warn: bool) -> PartyAlgo:
@@ -72,7 +80,22 @@ def _party_algo(cfg: Config, party: str, algo: str, warn: bool) -> PartyAlgo:
         sect.format("man", "pub"): man_pub is not None,
     }
     enabled = all(needs.values())
-    if warn and not enabled and any(needs.values()):
+    imc_only = (
+        not enabled
+        and party == "owner"
+        and algo == "ecc"
+        and fw_helper is None
+        and man_priv is not None
+        and man_pub is not None
+    )
+    if warn and imc_only:
+        log.warning(
+            "%s: owner_fw_key_config has no ECC key pair: as the reference tool does, only the "
+            "owner IMC ECC signature is made, with owner_man_key_config's ECC pair; the "
+            "manifest's owner ECC key, endorsement and SVN signature stay empty",
+            cfg.path,
+        )
+    elif warn and not enabled and any(needs.values()):
         missing = ", ".join(k for k, v in needs.items() if not v)
         log.warning(
             "%s: %s %s keys incomplete (missing %s): its %s signatures stay empty",
@@ -83,7 +106,7 @@ def _party_algo(cfg: Config, party: str, algo: str, warn: bool) -> PartyAlgo:
             algo.upper(),
         )
     return PartyAlgo(
-        party, algo, enabled, fw_priv, fw_pub, man_priv, man_pub, fw_helper, man_helper
+        party, algo, enabled, fw_priv, fw_pub, man_priv, man_pub, fw_helper, man_helper, imc_only
     )
 
 
@@ -225,6 +248,10 @@ def plan(cfg: Config) -> Plan:
             if aspeed:
                 slots.append(_owner_slot(o, f"own_svn_sig_{algo}", "svn", "fw"))
             slots.append(_owner_slot(o, f"own_imc_sig_{algo}", "imc", "man"))
+        elif o.imc_only:
+            slots.append(
+                SlotPlan(f"own_imc_sig_{algo}", algo, "imc", "key", key=o.man_priv, pub=o.man_pub)
+            )
     return Plan(cfg, tuple(slots), tuple(pubs))
 
 
@@ -239,10 +266,32 @@ def _owner_slot(sel: PartyAlgo, slot: str, tbs: str, role: str) -> SlotPlan:
     return SlotPlan(slot, sel.algo, tbs, "key", key=key, pub=pub)
 
 
+def lms_budget(slots: Iterable[SlotPlan]) -> None:
+    """Refuse, before the first leaf is spent, LMS keys that have fewer one-time signatures left
+    than these slots need (sparse demo keys are not counted: they reuse one leaf)."""
+    from .lms_signer import LmsSigner
+
+    by_key: dict[str, list[SlotPlan]] = {}
+    for sp in slots:
+        if sp.kind == "key" and sp.algo == "lms" and sp.key is not None:
+            by_key.setdefault(os.path.realpath(sp.key), []).append(sp)
+    for group in by_key.values():
+        key = group[0].key
+        assert key is not None
+        left = LmsSigner.load(key, group[0].pub).leaves_left()
+        if left is not None and left < len(group):
+            names = ", ".join(sp.slot for sp in group)
+            raise SigningError(
+                f"{key}: LMS key has {left} one-time signature{'s' if left != 1 else ''} left, "
+                f"this build needs {len(group)} ({names}); nothing was signed (use a new key)"
+            )
+
+
 # ---------------------------------------------------------------------------- steps
 def image_digest(img: ImageEntry) -> bytes:
+    """The manifest digest of an image: SHA-384 of its padded copy, zero-padded to 4."""
     try:
-        return manifest.image_digest_file(img.path)
+        return padding.image_digest(img.path, img.align)
     except OSError as exc:
         raise ImgtoolError(f"{img.path}: cannot read image: {exc.strerror}") from None
 
@@ -324,11 +373,17 @@ def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
+        where = ", ".join(f"{d}/" for d in cfg.vendor_sig_dirs) or f"{cfg.vendor_sig_dir}/"
         raise ConfigError(
-            f"{path}: prebuilt vendor signature not found (looked in {cfg.vendor_sig_dir}; set "
+            f"{path.name}: prebuilt vendor signature not found (looked in {where}; set "
             "--vnd-sig-dir or manifest_config.vendor_sig_dir, or use vendor_signature = "
             '"generate")'
         ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read prebuilt vendor signature: {exc.strerror}"
+        ) from None
+    log.debug("prebuilt vendor %s signature: %s", sp.algo.upper(), path)
     digest = manifest.PREBUILT_VENDOR_TBS_DIGEST
     b = _bundle(cfg, strict=False)
     bundle_keys = (b.vendor_ecc_pubkey, b.vendor_lms_pubkey) if b is not None else None
@@ -337,8 +392,17 @@ def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
             sig = ecc.der_to_hw(raw)
         except ValueError:
             raise FormatError(f"{path}: not a DER ECDSA signature") from None
-        if bundle_keys is not None:
-            ok = ecc.verify_digest_hw(ecc.hw_to_public(bundle_keys[0]), digest, sig)
+        bundle_key = None
+        if bundle_keys is not None and any(bundle_keys[0]):
+            try:
+                bundle_key = ecc.hw_to_public(bundle_keys[0])
+            except ValueError:
+                log.warning(
+                    "%s: the selected vendor ECC key slot is not a P-384 public key",
+                    cfg.caliptra_file,
+                )
+        if bundle_key is not None:
+            ok = ecc.verify_digest_hw(bundle_key, digest, sig)
             against = f"the vendor ECC key selected in {cfg.caliptra_file}"
         elif sp.pub is not None:
             ok = ecc.verify_digest(ecc.load_public(sp.pub), digest, raw)
@@ -350,8 +414,12 @@ def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
         return sig
     if len(raw) != lms.SLOT_LEN:
         raise FormatError(f"{path}: {len(raw)} bytes, expected a {lms.SLOT_LEN}-byte LMS signature")
-    if bundle_keys is not None:
-        key = lms.LmsPublicKey.from_bytes(bundle_keys[1], str(cfg.caliptra_file))
+    if bundle_keys is not None and any(bundle_keys[1]):
+        try:
+            key = lms.LmsPublicKey.from_bytes(bundle_keys[1], str(cfg.caliptra_file))
+        except (ValueError, ImgtoolError):
+            log.warning("%s: the selected vendor LMS key slot is not an LMS key", cfg.caliptra_file)
+            return raw
         if not key.verify(digest, raw):
             log.warning(
                 "%s: prebuilt vendor LMS signature does not verify with the vendor LMS key "
@@ -384,6 +452,7 @@ def assemble(skel: Manifest, sigs: dict[str, bytes]) -> Manifest:
 
 def build_manifest(cfg: Config) -> Manifest:
     p = plan(cfg)
+    lms_budget(p.slots)
     skel = skeleton(cfg, build_imc(cfg))
     return assemble(skel, {sp.slot: sign_slot(cfg, sp, skel) for sp in p.slots})
 
@@ -394,20 +463,93 @@ def create_auth_man(cfg: Config, out: Path) -> Manifest:
     return m
 
 
+# ---------------------------------------------------------------------------- padding
+def with_padded_copies(cfg: Config, folder: Path | None = None) -> Config:
+    """Write the padded copies (manifest_config.padding_out_folder, or ``folder``) and return
+    the config with every padded input replaced by its copy. Without padding, or without a
+    folder, the config is returned as is (digests and the flash writer pad while streaming)."""
+    folder = folder or cfg.padding_out_folder
+    align = cfg.padding_align_size
+    if not align or folder is None:
+        return cfg
+    protected = [p for _, p in cfg.input_files()] + cfg.key_files() + [cfg.path]
+    copies = padding.plan_copies(cfg.input_files(), folder, align, protected, cfg.path)
+    by_original = {os.path.realpath(c.original): c.copy for c in copies}
+    for c in copies:
+        try:
+            padding.write_copy(c.original, c.copy, align)
+        except OSError as exc:
+            raise OutputError(
+                f"{exc.filename or c.copy}: {c.field}: cannot write padded copy: {exc.strerror}"
+            ) from None
+        log.debug("padded copy of %s: %s", c.original, c.copy)
+
+    def sub(p: Path | None) -> Path | None:
+        return None if p is None else by_original.get(os.path.realpath(p), p)
+
+    images = tuple(replace(img, path=sub(img.path)) for img in cfg.images)
+    return replace(
+        cfg, images=images, caliptra_file=sub(cfg.caliptra_file), mcu_file=sub(cfg.mcu_file)
+    )
+
+
+# ---------------------------------------------------------------------------- outputs
+def check_outputs(cfg: Config, outputs: dict[str, Path]) -> None:
+    """Refuse output paths that name the same file twice, an input, or a directory."""
+    inputs = [(f, p) for f, p in cfg.input_files()]
+    inputs += [("a key file", p) for p in cfg.key_files()]
+    inputs.append(("the config", cfg.path))
+    seen: dict[str, str] = {}
+    for opt, out in outputs.items():
+        if out.is_dir():
+            raise OutputError(f"{out}: {opt} names a directory, not an output file")
+        key = os.path.realpath(out)
+        if key in seen:
+            raise OutputError(f"{out}: {opt} and {seen[key]} name the same file")
+        seen[key] = opt
+        for fld, p in inputs:
+            if key == os.path.realpath(p) or _same_inode(out, p):
+                raise OutputError(f"{out}: {opt} would overwrite the input {p} ({fld})")
+
+
+def _same_inode(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 # ---------------------------------------------------------------------------- flash
 def flash_items(
     cfg: Config, man: Manifest
 ) -> tuple[list[FlashItem], tuple[FlashItem, FlashItem] | None]:
     """The FLSH entries (and for cptra_out_bundle the raw Caliptra/MCU images)."""
     by_fw_id = {e.fw_id: e.digest for e in man.entries}
-    cal = FlashItem(ID_CALIPTRA, cfg.caliptra_file, name="caliptra_file")
-    mcu = FlashItem(ID_MCU, cfg.mcu_file, name="mcu_file")
+    align = cfg.padding_align_size
+    cal = FlashItem(ID_CALIPTRA, cfg.caliptra_file, align=align, name="caliptra_file")
+    mcu_want = None
+    mcu_img = next((i for i in cfg.images if i.fw_id == MCU_FW_ID), None)
+    if mcu_img is not None and mcu_img.path is not None and cfg.mcu_file is not None:
+        if _same_inode(mcu_img.path, cfg.mcu_file):
+            mcu_want = by_fw_id.get(MCU_FW_ID)  # the MCU runtime is fw_id 1's image
+    mcu = FlashItem(
+        ID_MCU, cfg.mcu_file, align=align, expect_digest=mcu_want, name="mcu_file", fw_id=1
+    )
     soc: list[FlashItem] = []
     for i, img in enumerate(cfg.soc_images):
         want = by_fw_id.get(img.fw_id)
         if want is None:
             raise ImgtoolError(f"manifest has no entry for fw_id {img.fw_id} ({img.file})")
-        soc.append(FlashItem(SOC_ID_BASE + i, img.path, expect_digest=want, name=img.file))
+        soc.append(
+            FlashItem(
+                SOC_ID_BASE + i,
+                img.path,
+                align=img.align,
+                expect_digest=want,
+                name=img.file,
+                fw_id=img.fw_id,
+            )
+        )
     count = 3 + len(soc)
     if count > MAX_IMAGES:
         raise ConfigError(
@@ -438,14 +580,35 @@ def read_manifest(path: Path) -> Manifest:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ImgtoolError(f"{path}: manifest not found") from None
+    except IsADirectoryError:
+        raise ImgtoolError(f"{path}: --man names a directory, not a manifest file") from None
+    except OSError as exc:
+        raise ImgtoolError(f"{path}: cannot read manifest: {exc.strerror}") from None
     return Manifest.parse(data, str(path))
 
 
-def create_auth_flash(cfg: Config, out: Path, man: Manifest) -> int:
-    items, out_bundle = flash_items(cfg, man)
+def mismatch_error(err: DigestMismatch, man_name: str) -> ImgtoolError:
+    """The one-line message for an image whose digest is not the manifest's."""
+    item = err.item
+    what = f"fw_id {item.fw_id}" if item.fw_id is not None else item.name
+    if err.changed_while_writing:
+        return ImgtoolError(
+            f"{item.path}: image changed while the flash image was written (its digest no "
+            f"longer matches {man_name}, {what}); rebuild"
+        )
+    return ImgtoolError(
+        f"{man_name}: the manifest is older than image {item.path} (the digest of {what} "
+        "differs); rebuild the manifest (create-auth-man, or create-auth-flash without --man)"
+    )
+
+
+def create_auth_flash(cfg: Config, out: Path, man: Manifest, man_name: str = "the manifest") -> int:
     if man.format is not cfg.format:
-        raise ImgtoolError(f"manifest is format {man.format}, config says {cfg.format}")
+        raise ImgtoolError(f"{man_name}: manifest is format {man.format}, config says {cfg.format}")
+    items, out_bundle = flash_items(cfg, man)
     try:
         return write_flash_file(out, items, out_bundle=out_bundle)
+    except DigestMismatch as exc:
+        raise mismatch_error(exc, man_name) from None
     except OSError as exc:
         raise ImgtoolError(f"{exc.filename or out}: {exc.strerror}") from None

@@ -40,12 +40,17 @@ def _setup_logging(debug: bool) -> None:
 
 def add_project_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", required=True, type=Path, help="project config (TOML)")
-    p.add_argument("--key-dir", type=Path, help="key directory (default keys/<prj>/ or key/<prj>/)")
+    p.add_argument(
+        "--key-dir",
+        type=Path,
+        help="key directory (default keys/<prj>/, or key/<prj>/ when that holds the keys)",
+    )
     p.add_argument("--prebuilt-dir", type=Path, help="prebuilt binaries (default prebuilt/<prj>/)")
     p.add_argument(
         "--vnd-sig-dir",
         type=Path,
-        help="directory holding ASPEED's prebuilt vnd_ecc_sig.der / vnd_lms_sig.der",
+        help="directory holding ASPEED's prebuilt vnd_ecc_sig.der / vnd_lms_sig.der "
+        "(default vnd_sig/, else src/vnd_sig/)",
     )
 
 
@@ -56,28 +61,40 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_create_auth_man(args: argparse.Namespace) -> int:
-    from .build import create_auth_man
+    from .build import check_outputs, create_auth_man, with_padded_copies
 
     cfg = _load(args)
     out = args.man or cfg.default_manifest_path()
-    m = create_auth_man(cfg, out)
+    check_outputs(cfg, {"--man": out})
+    m = create_auth_man(with_padded_copies(cfg), out)
     print(f"SoC manifest ({cfg.format}, {m.entry_count} images): {out}")
     return 0
 
 
 def cmd_create_auth_flash(args: argparse.Namespace) -> int:
-    from .build import create_auth_flash, create_auth_man, read_manifest
+    from .build import (
+        check_outputs,
+        create_auth_flash,
+        create_auth_man,
+        read_manifest,
+        with_padded_copies,
+    )
 
     cfg = _load(args)
-    if args.man is not None and args.man.exists():
-        man = read_manifest(args.man)
+    out = args.flash or cfg.default_flash_path()
+    use_existing = args.man is not None and args.man.exists() and not args.man.is_dir()
+    man_path = args.man or cfg.default_manifest_path()
+    # the manifest is an output unless an existing one is used; never the flash image's path
+    outputs = {"--flash": out, "--man": man_path}
+    check_outputs(cfg, outputs)
+    cfg = with_padded_copies(cfg)
+    if use_existing:
+        man = read_manifest(man_path)
     else:
         # without --man (or with a --man that does not exist yet) build the manifest first
-        man_out = args.man or cfg.default_manifest_path()
-        man = create_auth_man(cfg, man_out)
-        print(f"SoC manifest ({cfg.format}, {man.entry_count} images): {man_out}")
-    out = args.flash or cfg.default_flash_path()
-    n = create_auth_flash(cfg, out, man)
+        man = create_auth_man(cfg, man_path)
+        print(f"SoC manifest ({cfg.format}, {man.entry_count} images): {man_path}")
+    n = create_auth_flash(cfg, out, man, str(man_path))
     print(f"flash image ({n} bytes): {out}")
     return 0
 

@@ -1,8 +1,9 @@
 """CLI: `cptra-imgtool build [DOIT ARGS...] --cfg C` runs the doit task graph without a dodo.py.
 
 The options below may appear anywhere on the line; every other argument goes to doit in its
-order (`build --cfg C -n 2 -P process flash`, `build list --cfg C`, `build --cfg C clean`).
-Arguments after `--` all go to doit.
+order (`build --cfg C -n 2 -P process flash`, `build flash --cfg C`, `build --cfg C clean`).
+Arguments after `--` all go to doit. Exit codes: 0 success, 1 `verify` found a failing check,
+2 bad input (a config error, a failing sign helper, an unknown task name), 3 internal error.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .errors import ImgtoolError
 # (option, dest, help) of the options `build` keeps for itself
 OPTIONS = (
     ("--cfg", "cfg", "project config (TOML), required"),
-    ("--key-dir", "key_dir", "key directory (default keys/<prj>/ or key/<prj>/)"),
+    ("--key-dir", "key_dir", "key directory (default keys/<prj>/, or key/<prj>/ if it holds them)"),
     ("--prebuilt-dir", "prebuilt_dir", "prebuilt binaries (default prebuilt/<prj>/)"),
     ("--vnd-sig-dir", "vnd_sig_dir", "directory of ASPEED's prebuilt vendor signatures"),
     ("--man", "man", "manifest output (default out/<prj>-auth-manifest.bin)"),
@@ -74,13 +75,40 @@ def split_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return ours, rest
 
 
+def _reporter_option(doit_args: list[str]) -> tuple[str, list[str]]:
+    """Take doit's ``-r/--reporter NAME`` out of the arguments (build wraps that reporter so
+    that it can map task failures to exit codes); returns (name, the other arguments)."""
+    name, rest, i = "console", [], 0
+    while i < len(doit_args):
+        arg = doit_args[i]
+        if arg in ("-r", "--reporter") and i + 1 < len(doit_args):
+            name, i = doit_args[i + 1], i + 2
+            continue
+        if arg.startswith("--reporter="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("-r") and len(arg) > 2 and not arg.startswith("--"):
+            name = arg[2:]
+        else:
+            rest.append(arg)
+        i += 1
+    return name, rest
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from doit import cmd_run
     from doit.doit_cmd import DoitMain
 
-    from tasks import graph
-    from tasks.checker import save
-    from tasks.loader import ImgtoolTaskLoader, LoadError
+    from .doit_tasks import graph
+    from .doit_tasks.checker import save
+    from .doit_tasks.loader import (
+        REPORTERS,
+        ImgtoolTaskLoader,
+        LoadError,
+        Outcome,
+        doit_command,
+        recording_reporter,
+        unknown_tasks,
+    )
 
     argv: list[str] = list(args.build_args)
     if any(a in ("-h", "--help") for a in argv[: argv.index("--") if "--" in argv else None]):
@@ -90,12 +118,29 @@ def cmd_build(args: argparse.Namespace) -> int:
     if "cfg" not in ours:
         raise BuildError("build: --cfg CONFIG is required (see `cptra-imgtool build --help`)")
     settings = graph.Settings(**ours)
+    reporter, doit_args = _reporter_option(doit_args)
+    if reporter not in REPORTERS:
+        raise BuildError(f"build: unknown reporter {reporter!r} (one of {', '.join(REPORTERS)})")
+    config = graph.doit_config(settings)
+    tasks = graph.doit_tasks(settings)
+    bad = unknown_tasks(doit_args, tasks)
+    if bad:
+        groups = ", ".join(graph.task_names(settings))
+        raise BuildError(
+            f"build: {', '.join(repr(b) for b in bad)}: no such task (tasks: {groups}; "
+            f"`cptra-imgtool build --cfg {settings.cfg} list --all` shows every one)"
+        )
+    outcome = Outcome()
+    config["reporter"] = recording_reporter(REPORTERS[reporter], outcome)
+    main_cls = type(
+        "BuildMain", (DoitMain,), {"BIN_NAME": f"cptra-imgtool build --cfg {settings.cfg}"}
+    )
     streams = sys.stdout, sys.stderr
     # doit binds the default of `run --output-file` to the sys.stdout of its import time;
     # report to the current one (main() may run more than once in a process, e.g. in tests)
     cmd_run.opt_outfile["default"] = sys.stdout
     try:
-        rc: int = DoitMain(ImgtoolTaskLoader(settings)).run(doit_args)
+        rc: int = main_cls(ImgtoolTaskLoader(settings, config, tasks)).run(doit_args)
     except LoadError as exc:
         raise exc.error from None
     finally:
@@ -103,7 +148,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         # actions can restore each other's streams and leave doit's capture in place
         sys.stdout, sys.stderr = streams
         save()
-    return rc
+    return outcome.exit_code(rc, doit_command(doit_args)[0])
 
 
 def register(sub: Any) -> None:

@@ -342,7 +342,19 @@ def new_project(
         (pre / "README.md").write_text("\n".join(lines) + "\n")
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(_config_text(name, lms_on))
-    return {"config": cfg, "keys": keys, "prebuilt": pre, "lms_height": lms_height}
+    from .doit_tasks import DODO_PY
+
+    dodo = root / "dodo.py"  # `doit flash cfg=config/NAME.toml`; an existing one is kept
+    dodo_new = not dodo.exists()
+    if dodo_new:
+        dodo.write_text(DODO_PY)
+    return {
+        "config": cfg,
+        "keys": keys,
+        "prebuilt": pre,
+        "lms_height": lms_height,
+        "dodo": dodo if dodo_new else None,
+    }
 
 
 def cmd_new_project(args: argparse.Namespace) -> int:
@@ -350,6 +362,8 @@ def cmd_new_project(args: argparse.Namespace) -> int:
     print(f"config:   {info['config']}")
     print(f"keys:     {info['keys']} (ECC P-384 and LMS H{args.lms_height}/W4, owner and vendor)")
     print(f"prebuilt: {info['prebuilt']}")
+    if info["dodo"] is not None:
+        print(f"dodo.py:  {info['dodo']} (doit flash cfg={info['config']})")
     return 0
 
 

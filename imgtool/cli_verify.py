@@ -47,8 +47,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import describe, render
 
     data = _read(args.file)
+    cfg = None
+    if args.cfg is not None:  # also show where that config's inputs resolve (vnd_sig, keys)
+        from .config import load_config
+
+        cfg = load_config(
+            args.cfg,
+            key_dir=args.key_dir,
+            prebuilt_dir=args.prebuilt_dir,
+            vnd_sig_dir=args.vnd_sig_dir,
+            check_files=False,
+        )
     try:
-        doc = describe(data)
+        doc = describe(data, cfg)
     except FormatError as exc:
         raise FormatError(f"{args.file}: {exc}") from None
     print(json.dumps(doc, indent=2) if args.json else render(doc))
@@ -67,5 +78,9 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("inspect", help="show what is inside a file")
     p.add_argument("file", type=Path)
+    p.add_argument("--cfg", type=Path, help="also show where this config's inputs resolve")
+    p.add_argument("--key-dir", type=Path, help="with --cfg: key directory")
+    p.add_argument("--prebuilt-dir", type=Path, help="with --cfg: prebuilt binaries")
+    p.add_argument("--vnd-sig-dir", type=Path, help="with --cfg: prebuilt vendor signatures")
     p.add_argument("--json", action="store_true", help="stable JSON (docs/inspect-json.md)")
     p.set_defaults(func=cmd_inspect)

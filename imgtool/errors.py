@@ -29,5 +29,9 @@ class FormatError(ImgtoolError):
     """A binary file (manifest, flash image, bundle) cannot be parsed."""
 
 
+class OutputError(ImgtoolError):
+    """An output path cannot be written (a directory, an input, the same file twice)."""
+
+
 class ServerError(ImgtoolError):
     """The signing server or a client of it failed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -28,6 +29,7 @@ A1_MCU_OFFSET = 0x20000
 A1_CALIPTRA_MAX = A1_MCU_OFFSET
 A1_MCU_MAX = A1_FLSH_OFFSET - A1_MCU_OFFSET
 CHUNK = 1 << 20
+U32_MAX = 0xFFFFFFFF
 
 
 def crc32(data: bytes, value: int = 0) -> int:
@@ -88,23 +90,40 @@ def parse_header(data: bytes, source: str = "flash image") -> FlashHeader:
 
 @dataclass(frozen=True)
 class FlashItem:
-    """One image of the flash: identifier, source file (None = empty), and an optional check."""
+    """One image of the flash: identifier, source file (None = empty), and an optional check.
+
+    ``align`` > 1 zero-pads the file to a multiple of it while streaming (padding_align_size);
+    every image is then zero-padded to a multiple of 4."""
 
     identifier: int
     path: Path | None = None
     data: bytes | None = None  # in-memory content (the manifest, a zero-filled slot)
     expect_digest: bytes | None = None  # padded SHA-384 the file must still have
     name: str = ""
+    align: int = 0
+    fw_id: int | None = None  # the manifest entry expect_digest comes from (for messages)
 
     def size(self) -> int:
+        """Length before the final padding to 4 (after padding to ``align``)."""
         if self.data is not None:
             return len(self.data)
         if self.path is None:
             return 0
         try:
-            return self.path.stat().st_size
+            n = self.path.stat().st_size
         except OSError as exc:
             raise ImgtoolError(f"{self.path}: cannot read image: {exc.strerror}") from None
+        return n if self.align <= 1 else n + (-n % self.align)
+
+
+class DigestMismatch(ImgtoolError):
+    """An image's padded SHA-384 is not the manifest's. ``changed_while_writing``: its stat
+    changed during the copy (else the manifest was already stale)."""
+
+    def __init__(self, item: FlashItem, changed_while_writing: bool):
+        super().__init__(f"{item.path}: digest does not match the manifest")
+        self.item = item
+        self.changed_while_writing = changed_while_writing
 
 
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flash-sha384")
@@ -137,10 +156,17 @@ def _copy_file(path: Path, out: BinaryIO, crc: int, h: Any) -> tuple[int, int]:
     return n, crc & 0xFFFFFFFF
 
 
+def _ident(path: Path) -> tuple[int, ...]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
 def _stream_item(item: FlashItem, out: BinaryIO, crc: int) -> tuple[int, int]:
-    """Copy an item into out, zero-padded to 4; returns (bytes written, running CRC)."""
+    """Copy an item into out, zero-padded to ``align`` and then to 4; returns (bytes written,
+    running CRC). Raises DigestMismatch when ``expect_digest`` is not what was copied."""
     n = 0
     h = hashlib.sha384() if item.expect_digest is not None else None
+    before = _ident(item.path) if h is not None and item.path is not None else None
     if item.data is not None:
         out.write(item.data)
         crc = crc32(item.data, crc)
@@ -149,16 +175,16 @@ def _stream_item(item: FlashItem, out: BinaryIO, crc: int) -> tuple[int, int]:
             h.update(item.data)
     elif item.path is not None:
         n, crc = _copy_file(item.path, out, crc, h)
-    pad = bytes(-n % 4)
+    target = n if item.align <= 1 else n + (-n % item.align)
+    target += -target % 4
+    pad = bytes(target - n)
     out.write(pad)
     crc = crc32(pad, crc)
     if h is not None:
         h.update(pad)
         if h.digest() != item.expect_digest:
-            raise ImgtoolError(
-                f"{item.path}: image changed while the flash image was written "
-                "(its digest no longer matches the manifest); rebuild"
-            )
+            changed = before is not None and (item.path is None or _ident(item.path) != before)
+            raise DigestMismatch(item, changed)
     return n + len(pad), crc
 
 
@@ -174,6 +200,11 @@ def write_flsh(items: list[FlashItem], out: BinaryIO) -> int:
     offset = HEADER_LEN + ENTRY_LEN * len(items)
     table = bytearray()
     for it, size in zip(items, sizes, strict=True):
+        if offset + size > U32_MAX:
+            raise ImgtoolError(
+                f"{it.path or it.name}: the flash image would be {offset + size} bytes or more; "
+                "FLSH offsets and sizes are 32-bit"
+            )
         table += struct.pack("<III", it.identifier, offset, size)
         offset += size
     out.write(header_bytes(len(items)))

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import bundle as bundle_mod
 from . import flash, lms, manifest
-from .config import Format
+from .config import SVN_MAX, SVN_SHIFT, Config, Format, VendorSignature
 from .errors import FormatError
 from .manifest import Manifest
 from .verify import KIND_A1, KIND_BUNDLE, KIND_FLASH, KIND_MAN_1X, KIND_MAN_ASPEED, detect
@@ -78,11 +78,17 @@ def describe_manifest(m: Manifest) -> dict[str, Any]:
                 "source": e.source,
                 "ignore_auth_check": e.ignore_auth_check,
                 "load_stage": e.load_stage,
+                "svn": _svn(e.flags),
                 "digest": e.digest.hex(),
             }
             for e in entries
         ],
     }
+
+
+def _svn(flags: int) -> int:
+    """The per-image SVN of the newest reference tool: IMC entry flags bits 23:16."""
+    return (flags >> SVN_SHIFT) & SVN_MAX
 
 
 def describe_bundle(b: bundle_mod.Bundle) -> dict[str, Any]:
@@ -170,13 +176,33 @@ def describe_flash(data: bytes, base: int) -> dict[str, Any]:
                     source=me.source,
                     ignore_auth_check=me.ignore_auth_check,
                     load_stage=me.load_stage,
+                    svn=_svn(me.flags),
                     digest=me.digest.hex(),
                 )
         out["images"].append(item)
     return out
 
 
-def describe(data: bytes) -> dict[str, Any]:
+def describe_inputs(cfg: Config) -> dict[str, Any]:
+    """Where a config's inputs resolve (and why): the key directory, the prebuilt folder, the
+    prebuilt vendor signatures chosen among vnd_sig/ and src/vnd_sig/, the padding."""
+    prebuilt = cfg.vendor_signature is VendorSignature.PREBUILT
+    return {
+        "config": str(cfg.path),
+        "key_dir": str(cfg.key_dir),
+        "key_dir_reason": cfg.key_dir_reason,
+        "prebuilt_dir": str(cfg.prebuilt_dir),
+        "vendor_signature": str(cfg.vendor_signature),
+        "vendor_sig_dir": str(cfg.vendor_sig_dir) if prebuilt else None,
+        "vendor_sig_reason": cfg.vendor_sig_reason if prebuilt else None,
+        "padding_align_size": cfg.padding_align_size,
+        "padding_out_folder": (
+            str(cfg.padding_out_folder) if cfg.padding_out_folder is not None else None
+        ),
+    }
+
+
+def describe(data: bytes, cfg: Config | None = None) -> dict[str, Any]:
     kind = detect(data)
     doc: dict[str, Any] = {"schema": SCHEMA, "kind": kind, "length": len(data)}
     if kind in (KIND_FLASH, KIND_A1):
@@ -187,6 +213,8 @@ def describe(data: bytes) -> dict[str, Any]:
         doc["bundle"] = describe_bundle(bundle_mod.parse_bundle(data))
     else:
         raise FormatError(kind)
+    if cfg is not None:
+        doc["inputs"] = describe_inputs(cfg)
     return doc
 
 
@@ -216,12 +244,14 @@ def render_manifest(d: dict[str, Any], lines: list[str]) -> None:
         )
     _kv(lines, "Signature slots", sig_text)
     lines.append(f"Image metadata ({d['entry_count']} entries)")
-    lines.append(f"  {'fw_id':>5} {'flags':>10} {'src':>3} {'skip':>4} {'stage':>5}  digest")
+    lines.append(
+        f"  {'fw_id':>5} {'flags':>10} {'src':>3} {'skip':>4} {'stage':>5} {'svn':>3}  digest"
+    )
     for e in d["entries"]:
         lines.append(
             f"  {e['fw_id']:>5} 0x{e['flags']:08x} {e['source']:>3} "
-            f"{'yes' if e['ignore_auth_check'] else 'no':>4} {e['load_stage']:>5}  "
-            f"{e['digest'][:32]}..."
+            f"{'yes' if e['ignore_auth_check'] else 'no':>4} {e['load_stage']:>5} "
+            f"{e['svn']:>3}  {e['digest'][:32]}..."
         )
 
 
@@ -258,7 +288,7 @@ def render(doc: dict[str, Any]) -> str:
         _kv(lines, f"FLSH header (at 0x{fl['flsh_offset']:x})", fl["header"])
         lines.append(
             f"  {'id':>7} {'offset':>10} {'size':>9}  {'name':<16} fw_id flags      "
-            "src skip stage digest"
+            "src skip stage svn digest"
         )
         for im in fl["images"]:
             extra = ""
@@ -266,7 +296,7 @@ def render(doc: dict[str, Any]) -> str:
                 extra = (
                     f" {im['fw_id']:>5} 0x{im['flags']:08x} {im['source']:>3} "
                     f"{'yes' if im['ignore_auth_check'] else 'no':>4} {im['load_stage']:>5} "
-                    f"{im['digest'][:16]}..."
+                    f"{im['svn']:>3} {im['digest'][:16]}..."
                 )
             lines.append(
                 f"  0x{im['identifier']:05x} 0x{im['offset']:08x} {im['size']:>9}  "
@@ -283,4 +313,15 @@ def render(doc: dict[str, Any]) -> str:
         render_manifest(doc["manifest"], lines)
     if "bundle" in doc:
         render_bundle(doc["bundle"], lines)
+    if "inputs" in doc:
+        i = doc["inputs"]
+        items = {"key directory": i["key_dir_reason"], "prebuilt directory": i["prebuilt_dir"]}
+        items["vendor signature"] = i["vendor_signature"] + (
+            f" from {i['vendor_sig_reason']}" if i["vendor_sig_reason"] else ""
+        )
+        if i["padding_align_size"]:
+            items["padding"] = f"to a multiple of {i['padding_align_size']}" + (
+                f", copies in {i['padding_out_folder']}/" if i["padding_out_folder"] else ""
+            )
+        _kv(lines, f"Inputs of {i['config']}", items)
     return "\n".join(lines)

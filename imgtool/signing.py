@@ -7,6 +7,7 @@ the expected public key before it is returned.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -137,9 +138,16 @@ class HelperSigner:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(digest)
                 self._run([*argv, "--input", tmp], None)
-                return Path(tmp).read_bytes()
+                try:
+                    return Path(tmp).read_bytes()
+                except OSError:
+                    raise SigningError(
+                        f"{self.field}: by-file sign helper removed or replaced its --input "
+                        "file instead of writing the signature into it"
+                    ) from None
             finally:
-                os.unlink(tmp)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         out = self._run(argv, digest.hex().encode() + b"\n")
         lines = out.decode("ascii", "replace").strip().splitlines()
         if len(lines) != 1:

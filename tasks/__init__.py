@@ -1,1 +1,8 @@
-"""doit task creators for cptra-imgtool (used by dodo.py and `cptra-imgtool build`)."""
+"""The doit task creators live in :mod:`imgtool.doit_tasks` (installed with cptra-imgtool, so that
+a firmware tree's own ``tasks`` package is never shadowed or shadowing). This folder is a thin
+alias kept for scripts that did ``from tasks import graph`` inside the checkout; it is not
+installed."""
+
+from imgtool.doit_tasks import checker, graph, loader
+
+__all__ = ["checker", "graph", "loader"]

@@ -52,8 +52,9 @@ def _rsa() -> bytes:
     )
 
 
-def _helper(body: str) -> Callable[[Project], None]:
-    """Owner manifest ECC key replaced by a helper script with this body (stdin mode)."""
+def _helper(body: str, by_file: bool = False) -> Callable[[Project], None]:
+    """Owner manifest ECC key replaced by a helper script with this body (stdin mode, or by
+    file: then the script gets --input PATH)."""
 
     def edit(p: Project) -> None:
         script = p.root / "helper.py"
@@ -61,10 +62,15 @@ def _helper(body: str) -> Callable[[Project], None]:
         text = p.cfg.read_text().replace('ecc_priv_key = "own-man-ecc-prvk.pem"\n', "")
         p.cfg.write_text(
             text + f"\n[sign_helper]\nowner_ecc_man_key_sign_helper = "
-            f'"{sys.executable} {script}"\ntimeout = 1\n'
+            f'"{sys.executable} {script}"\ntimeout = 1\n' + ("by_file = true\n" if by_file else "")
         )
 
     return edit
+
+
+_EDITS: dict[str, Callable[[Project], None]] = {
+    "by-file-delete": _helper("import os\nos.unlink(sys.argv[-1])", by_file=True),
+}
 
 
 WRONG_KEY_SIGNER = (
@@ -75,7 +81,7 @@ WRONG_KEY_SIGNER = (
 )
 
 # (id, edit, text the single error line must contain)
-CASES: list[tuple[str, Callable[[Project], None], str]] = [
+CASES: list[tuple[str, Callable[[Project], None] | str, str]] = [
     (
         "unknown key in manifest_config",
         _replace("flags = 0", "flags = 0\nflagz = 1"),
@@ -95,9 +101,66 @@ CASES: list[tuple[str, Callable[[Project], None], str]] = [
         "owner_fw_key_config.ecc_key: unknown key",
     ),
     (
-        "unknown section",
-        _append("[authtool]\ncaliptra_sw_auth = 'x'"),
-        "[authtool]: unknown section",
+        "misspelled section",
+        _append("[sign_helpr]\nby_file = true"),
+        "[sign_helpr]: unknown section (did you mean [sign_helper]?)",
+    ),
+    (
+        "misspelled key names the nearest",
+        _replace("load_stage = 0\n", "load_stage = 0\nignore_auth_chek = true\n"),
+        "image_metadata_list[0].ignore_auth_chek: unknown key (did you mean 'ignore_auth_check'?)",
+    ),
+    ("timeout nan", _append("[sign_helper]\ntimeout = nan"), "sign_helper.timeout: must be"),
+    ("timeout inf", _append("[sign_helper]\ntimeout = inf"), "sign_helper.timeout: must be"),
+    (
+        "svn 256",
+        _replace("fw_id = 3\n", "fw_id = 3\nsvn = 256\n"),
+        "image_metadata_list[2].svn: must be 0..255",
+    ),
+    (
+        "negative padding_align_size",
+        _replace("flags = 0\n", "flags = 0\npadding_align_size = -4\n"),
+        "manifest_config.padding_align_size: must be a 32-bit",
+    ),
+    (
+        "0-byte caliptra_file",
+        lambda p: (p.prebuilt / "caliptra-fw.bin").write_bytes(b""),
+        "image_runtime_list.caliptra_file:",
+    ),
+    (
+        "random caliptra_file",
+        lambda p: (p.prebuilt / "caliptra-fw.bin").write_bytes(bytes(range(256)) * 40),
+        "not a Caliptra firmware bundle",
+    ),
+    (
+        "padded copy would overwrite an input",
+        lambda p: (
+            (p.prebuilt / "img0_align_8.bin").write_bytes(b"12345678"),
+            _replace('file = "img1.bin"', 'file = "img0_align_8.bin"')(p),
+            _replace(
+                "flags = 0\n",
+                f'flags = 0\npadding_align_size = 8\npadding_out_folder = "{p.prebuilt}"\n',
+            )(p),
+        ),
+        "would overwrite the input",
+    ),
+    (
+        "two inputs, one padded copy name",
+        lambda p: (
+            (p.prebuilt / "sub").mkdir(),
+            (p.prebuilt / "sub" / "img0.bin").write_bytes(b"other"),
+            _replace('file = "img1.bin"', 'file = "sub/img0.bin"')(p),
+            _replace(
+                "flags = 0\n",
+                f'flags = 0\npadding_align_size = 8\npadding_out_folder = "{p.root / "pads"}"\n',
+            )(p),
+        ),
+        "would also be the copy of",
+    ),
+    (
+        "by-file helper deletes its input",
+        "by-file-delete",
+        "owner_ecc_man_key_sign_helper: by-file",
     ),
     (
         "string version",
@@ -205,10 +268,13 @@ CASES: list[tuple[str, Callable[[Project], None], str]] = [
     ("edit", "expect"), [(e, x) for _, e, x in CASES], ids=[c[0] for c in CASES]
 )
 def test_bad_input(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[Project], None], expect: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    edit: Callable[[Project], None] | str,
+    expect: str,
 ) -> None:
     prj = make_project(tmp_path)
-    edit(prj)
+    (_EDITS[edit] if isinstance(edit, str) else edit)(prj)
     prj.flash.write_bytes(PREVIOUS)  # a previous good output must survive
     rc = main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))])
     err = capsys.readouterr().err.strip().splitlines()
@@ -256,3 +322,135 @@ def test_too_many_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     prj = make_project(tmp_path, sizes=(4,) * 127)
     assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 2
     assert "128 entries, at most 127" in capsys.readouterr().err
+
+
+def test_unknown_section_is_accepted_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reference tool's genimg.sh writes an [authtool] section: a warning, not an error."""
+    prj = make_project(tmp_path)
+    _append("[authtool]\ncaliptra_sw_auth = 'x'\ncaliptra_mcu_sw = 'y'")(prj)
+    assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 0
+    assert "[authtool]: unknown section, ignored" in capsys.readouterr().err
+
+
+def test_huge_image_is_refused_before_anything_is_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 5 GiB (sparse) image cannot fit the FLSH 32-bit size fields: refused by the config
+    check, before a byte of it is read (create-auth-man included)."""
+    import imgtool.padding
+
+    prj = make_project(tmp_path)
+    big = prj.prebuilt / "img2.bin"
+    with open(big, "r+b") as fh:
+        fh.truncate(5 << 30)
+
+    def no_hashing(*a: object, **k: object) -> bytes:
+        raise AssertionError("an image was hashed")
+
+    monkeypatch.setattr(imgtool.padding, "image_digest", no_hashing)
+    for extra in ([], ["--flash", str(prj.flash)]):
+        cmd = "create-auth-flash" if extra else "create-auth-man"
+        rc = main([cmd, *prj.args("--man", str(prj.man), *extra)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert "image_metadata_list[3].file" in err[0] and "5368709120 bytes" in err[0]
+        assert "32-bit" in err[0]
+    assert not prj.man.exists() and not prj.flash.exists()
+
+
+def test_images_adding_up_past_4_gib_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prj = make_project(tmp_path)
+    for name in ("img0.bin", "img1.bin"):
+        with open(prj.prebuilt / name, "r+b") as fh:
+            fh.truncate(3 << 30)
+    assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 2
+    assert "FLSH offsets and sizes are 32-bit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", ["create-auth-man", "create-auth-flash"])
+def test_man_naming_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cmd: str
+) -> None:
+    prj = make_project(tmp_path)
+    d = prj.out / "adir"
+    d.mkdir()
+    extra = ["--flash", str(prj.flash)] if cmd == "create-auth-flash" else []
+    assert main([cmd, *prj.args("--man", str(d), *extra)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{d}: --man names a directory" in err[0] and ".tmp" not in err[0]
+    assert sorted(p.name for p in prj.out.iterdir()) == ["adir"]
+
+
+def test_output_in_a_file_that_is_not_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prj = make_project(tmp_path)
+    (prj.out / "file").write_text("x")
+    assert main(["create-auth-man", *prj.args("--man", str(prj.out / "file" / "m.bin"))]) == 2
+    err = capsys.readouterr().err
+    assert f"{prj.out / 'file' / 'm.bin'}: cannot write" in err and ".tmp" not in err
+
+
+def test_same_man_and_flash_path_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prj = make_project(tmp_path)
+    same = str(prj.out / "x.bin")
+    assert main(["create-auth-flash", *prj.args("--man", same, "--flash", same)]) == 2
+    assert "--man and --flash name the same file" in capsys.readouterr().err
+    assert not (prj.out / "x.bin").exists()
+    # also through a symlink, and with an existing manifest given as --man
+    assert main(["create-auth-man", *prj.args("--man", same)]) == 0
+    (prj.out / "link.bin").symlink_to(same)
+    before = (prj.out / "x.bin").read_bytes()
+    assert (
+        main(["create-auth-flash", *prj.args("--man", same, "--flash", str(prj.out / "link.bin"))])
+        == 2
+    )
+    assert "name the same file" in capsys.readouterr().err
+    assert (prj.out / "x.bin").read_bytes() == before
+
+
+def test_output_over_an_input_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prj = make_project(tmp_path)
+    img = prj.prebuilt / "img0.bin"
+    before = img.read_bytes()
+    assert main(["create-auth-flash", *prj.args("--flash", str(img))]) == 2
+    assert f"{img}: --flash would overwrite the input" in capsys.readouterr().err
+    assert main(["create-auth-man", *prj.args("--man", str(prj.cfg))]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert img.read_bytes() == before
+
+
+def test_not_enough_lms_leaves_is_refused_before_the_first_is_spent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The owner FW LMS key signs the owner endorsement and the SVN signature: with one leaf
+    left, create-auth-man refuses before any key signs (no leaf of any key is spent)."""
+    import hashlib
+
+    from imgtool.lms_signer import LmsSigner
+
+    prj = make_project(tmp_path, lms=True)
+    key = prj.keys / "own-fw-lms-prvk.pem"
+    signer = LmsSigner.load(key)
+    for i in range(31):
+        signer.sign_digest(hashlib.sha384(b"spend %d" % i).digest())
+    names = ("vnd-fw", "vnd-man", "own-fw", "own-man")
+
+    def left() -> dict[str, int | None]:
+        return {n: LmsSigner.load(prj.keys / f"{n}-lms-prvk.pem").leaves_left() for n in names}
+
+    before = left()
+    assert before["own-fw"] == 1
+    assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{key}: LMS key has 1 one-time signature left" in err[0]
+    assert "needs 2 (own_pub_sig_lms, own_svn_sig_lms)" in err[0]
+    assert left() == before and not prj.man.exists()

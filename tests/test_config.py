@@ -8,7 +8,9 @@ import pytest
 from projects import make_project
 
 from imgtool.build import key_selection, plan
+from imgtool.cli import main
 from imgtool.config import Format, VendorSignature, default_key_dir, load_config
+from imgtool.errors import ConfigError
 
 
 def test_all_reference_configs_load(ref: Path) -> None:
@@ -41,11 +43,44 @@ def test_key_selection_with_helpers(ref: Path) -> None:
 
 def test_default_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert default_key_dir("p") == Path("keys/p")
+    names = ["a.pem", "b.pem"]
+    assert default_key_dir("p", names)[0] == Path("keys/p")
     (tmp_path / "key" / "p").mkdir(parents=True)
-    assert default_key_dir("p") == Path("key/p")
+    assert default_key_dir("p", names)[0] == Path("key/p")
+    # an empty keys/p/ does not hide a populated key/p/
     (tmp_path / "keys" / "p").mkdir(parents=True)
-    assert default_key_dir("p") == Path("keys/p")
+    for n in names:
+        (tmp_path / "key" / "p" / n).write_text("x")
+    path, why = default_key_dir("p", names)
+    assert path == Path("key/p") and "2 of the 2" in why and "keys/p/ only 0" in why
+    # both populated: ours wins, and the reason says the other one exists
+    for n in names:
+        (tmp_path / "keys" / "p" / n).write_text("x")
+    path, why = default_key_dir("p", names)
+    assert path == Path("keys/p") and "key/p/ also exists" in why
+
+
+def test_key_folder_choice_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A project in the reference layout (key/<prj>/) plus an empty keys/<prj>/: the build uses
+    key/<prj>/ and --debug says which folder and why."""
+    prj = make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "key").mkdir()
+    prj.keys.rename(tmp_path / "key" / "test")
+    (tmp_path / "keys" / "test").mkdir(parents=True)
+    args = ["--cfg", str(prj.cfg), "--prebuilt-dir", str(prj.prebuilt), "--man", "m.bin"]
+    assert main(["create-auth-man", *args, "--debug"]) == 0
+    err = capsys.readouterr().err
+    assert "key directory: key/test/ (holds 8 of the 8 configured key files" in err
+
+
+def test_manifest_lengths_match_the_layouts() -> None:
+    from imgtool import manifest
+    from imgtool.config import MANIFEST_LEN
+
+    assert MANIFEST_LEN == {f: manifest.file_length(f) for f in Format}
 
 
 def test_caliptra1_defaults_to_generated_vendor_signature(tmp_path: Path) -> None:
@@ -70,13 +105,117 @@ def test_incomplete_key_set_warns(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert "owner_man_key_config.ecc_priv_key" in caplog.text
 
 
-def test_newer_per_image_svn_is_accepted_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_per_image_svn_enters_the_flags(tmp_path: Path) -> None:
     prj = make_project(tmp_path)
     text = prj.cfg.read_text().replace("fw_id = 1\n", "fw_id = 1\nsvn = 1\n", 1)
+    text = text.replace("fw_id = 4\n", "fw_id = 4\nsvn = 255\n", 1)
     prj.cfg.write_text(text)
-    with caplog.at_level("WARNING", logger="imgtool"):
-        c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
-    assert c.images[0].fw_id == 1
-    assert "image_metadata_list[0].svn" in caplog.text and "ignored" in caplog.text
+    c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    assert [i.svn for i in c.images] == [1, 0, 0, 255, 0, 0]
+    assert c.images[0].flags == 0x00010001 and c.images[3].flags == 0x00FF0005
+    assert c.warnings == ()
+
+
+@pytest.mark.parametrize("value", ["256", "-1"])
+def test_per_image_svn_range(tmp_path: Path, value: str) -> None:
+    prj = make_project(tmp_path)
+    prj.cfg.write_text(prj.cfg.read_text().replace("fw_id = 2\n", f"fw_id = 2\nsvn = {value}\n"))
+    with pytest.raises(ConfigError, match=r"image_metadata_list\[1\]\.svn: must be 0\.\.255"):
+        load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+
+
+@pytest.mark.parametrize(
+    "where, key, hint",
+    [
+        ("flags = 0\n", "flagz = 1", "did you mean 'flags'?"),
+        ("flags = 0\n", "padding_align_sise = 4", "did you mean 'padding_align_size'?"),
+        ("fw_id = 2\n", "load_stag = 1", "did you mean 'load_stage'?"),
+        ('ecc_pub_key = "own-fw-ecc-pubk.pem"\n', 'ecc_pubkey = "x"', "'ecc_pub_key'"),
+    ],
+)
+def test_misspelled_keys_name_the_nearest(tmp_path: Path, where: str, key: str, hint: str) -> None:
+    prj = make_project(tmp_path)
+    prj.cfg.write_text(prj.cfg.read_text().replace(where, f"{where}{key}\n", 1))
+    with pytest.raises(ConfigError, match="unknown key") as err:
+        load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    assert hint in str(err.value) and key.split(" ")[0] in str(err.value)
+
+
+def test_unknown_sections_warn_misspelled_sections_fail(tmp_path: Path) -> None:
+    prj = make_project(tmp_path)
+    base = prj.cfg.read_text()
+    # the reference tool's genimg.sh writes [authtool]: accepted, with a warning
+    prj.cfg.write_text(base + '\n[authtool]\ncaliptra_sw_auth = "x"\ncaliptra_mcu_sw = "y"\n')
+    c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    assert any("[authtool]: unknown section, ignored" in w for w in c.warnings)
+    prj.cfg.write_text(base.replace("[sign_helper]", "[sign_helpers]") + "\n[sign_helpr]\n")
+    with pytest.raises(ConfigError, match=r"\[sign_helpr\]: unknown section \(did you mean"):
+        load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+
+
+def test_caliptra_2x_fields_warn_in_a_1x_build(tmp_path: Path) -> None:
+    prj = make_project(tmp_path)
+    text = prj.cfg.read_text().replace("fw_id = 2\n", "fw_id = 2\nexec_bit = 3\n", 1)
+    text = text.replace(
+        'ecc_pub_key = "own-fw-ecc-pubk.pem"\n',
+        'ecc_pub_key = "own-fw-ecc-pubk.pem"\nmldsa_pub_key = "own-fw-mldsa-pubk.pem"\n',
+    )
+    prj.cfg.write_text(text)
+    c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    assert sum("a Caliptra 2.x field" in w for w in c.warnings) == 2
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "86401"])
+def test_helper_timeout_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
+    prj = make_project(tmp_path)
+    prj.cfg.write_text(prj.cfg.read_text() + f"\n[sign_helper]\ntimeout = {value}\n")
+    with pytest.raises(ConfigError, match="sign_helper.timeout: must be a number of seconds"):
+        load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        ("manifest_overrides_presigned_key_and_signature = false", VendorSignature.GENERATE),
+        ("manifest_overrides_presigned_key_and_signature = true", VendorSignature.PREBUILT),
+        ("", VendorSignature.PREBUILT),
+    ],
+)
+def test_override_switch(tmp_path: Path, extra: str, expect: VendorSignature) -> None:
+    prj = make_project(tmp_path)
+    text = prj.cfg.read_text().replace('vendor_signature = "generate"\n', extra + "\n")
+    prj.cfg.write_text(text)
+    c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    assert c.vendor_signature is expect
+
+
+def test_override_switch_contradicting_vendor_signature(tmp_path: Path) -> None:
+    prj = make_project(
+        tmp_path, extra_manifest="manifest_overrides_presigned_key_and_signature = true"
+    )
+    with pytest.raises(ConfigError, match="contradicts vendor_signature = 'generate'"):
+        load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+
+
+def test_vendor_sig_dir_falls_back_to_src_vnd_sig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    prj = make_project(tmp_path)
+    c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    assert c.vendor_sig_dir == Path("vnd_sig") and "none of the candidates" in c.vendor_sig_reason
+    (tmp_path / "src" / "vnd_sig").mkdir(parents=True)
+    (tmp_path / "src" / "vnd_sig" / "vnd_ecc_sig.der").write_bytes(b"x")
+    c = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    assert c.vendor_sig_dir == Path("src/vnd_sig") and "first of vnd_sig/, src/vnd_sig/" in (
+        c.vendor_sig_reason
+    )
+    (tmp_path / "vnd_sig").mkdir()
+    (tmp_path / "vnd_sig" / "vnd_lms_sig.der").write_bytes(b"x")
+    assert load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt).vendor_sig_dir == (
+        Path("vnd_sig")
+    )
+    c = load_config(
+        prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt, vnd_sig_dir=tmp_path / "elsewhere"
+    )
+    assert c.vendor_sig_dir == tmp_path / "elsewhere" and c.vendor_sig_dirs == (c.vendor_sig_dir,)

@@ -352,8 +352,8 @@ def test_fingerprint_cache_sees_restored_mtime(
 ) -> None:
     """The checker's cache is keyed by the full stat (ctime included): rewriting a file and
     restoring its mtime does not return the old digest."""
+    from imgtool.doit_tasks import checker
     from imgtool.manifest import image_digest_file
-    from tasks import checker
 
     checker.configure(tmp_path / "fp.json")
     f = tmp_path / "a.bin"
@@ -382,7 +382,7 @@ def test_flash_skips_rehash_of_known_images_but_not_changes(
     flash writer; an image that changes while the flash image is written still fails the
     task and leaves the previous flash image in place."""
     import imgtool.flash
-    from tasks import checker
+    from imgtool.doit_tasks import checker
 
     monkeypatch.chdir(prj.root)
     monkeypatch.setattr(checker, "RACY_NS", 0)  # the fresh test images count as settled
@@ -408,8 +408,219 @@ def test_flash_skips_rehash_of_known_images_but_not_changes(
     (prj.prebuilt / "img0.bin").write_bytes(b"other bytes")
     tamper.append(prj.prebuilt / "img1.bin")
     capsys.readouterr()
-    assert main(["build", *prj.args("flash")]) == 1
+    assert main(["build", *prj.args("flash")]) == 2
     out = capsys.readouterr()
     assert "img1.bin: image changed while the flash image was written" in out.out + out.err
     assert flash.read_bytes() == before
     assert [p.name for p in flash.parent.iterdir() if "staged" in p.name] == []
+
+
+# ---------------------------------------------------------------------------- cannot be fooled
+def test_manifest_replaced_by_another_config_is_rebuilt(prj: Project) -> None:
+    """`build flash`, then `create-auth-man` with another config of the same prj_name (it
+    writes the same default manifest path), then `build flash` again: the manifest task sees its
+    target replaced and runs again; the flash image keeps this config's signed manifest."""
+    doit(prj, "flash")
+    man, flash = _outputs(prj)
+    good_man, good_flash = man.read_bytes(), flash.read_bytes()
+    other = prj.root / "other.toml"
+    text = prj.cfg.read_text()
+    for section in ("vendor_fw", "vendor_man", "owner_fw", "owner_man"):
+        text = text.replace(f"[{section}_key_config]\n", f"[{section}_key_config]\n# ", 1)
+    other.write_text(text.replace('ecc_priv_key = "', '# ecc_priv_key = "'))
+    r = subprocess.run(
+        [sys.executable, "-m", "imgtool", "create-auth-man", "--cfg", str(other),
+         "--key-dir", str(prj.keys), "--prebuilt-dir", str(prj.prebuilt)],
+        cwd=prj.root, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert man.read_bytes() != good_man  # the other config's manifest is in place now
+    ran, _, _ = doit(prj, "flash")
+    assert ran == {"manifest"}  # re-signed from the intact signature targets
+    assert man.read_bytes() == good_man and flash.read_bytes() == good_flash
+    assert doit(prj, "flash")[0] == set()
+
+
+@pytest.mark.parametrize(
+    "target, expect",
+    [
+        ("out/test/sig/own_imc_sig_ecc.bin", {"sign:own_imc_sig_ecc"}),
+        ("out/test/digest/002.sha384", {"digest:002-img1.bin"}),
+        ("out/test/imc.bin", {"imc"}),
+        ("out/test-flash-image.bin", {"flash"}),
+    ],
+)
+def test_edited_target_is_rewritten(prj: Project, target: str, expect: set[str]) -> None:
+    """A target edited in place (same size) since its task wrote it: that task runs again and
+    restores it; the tasks after it see the same content and stay up to date."""
+    doit(prj, "flash")
+    path = prj.root / target
+    good = path.read_bytes()
+    path.write_bytes(bytes([good[0] ^ 1]) + good[1:])
+    ran, _, _ = doit(prj, "flash")
+    assert ran == expect
+    assert path.read_bytes() == good
+    assert doit(prj, "flash")[0] == set()
+
+
+def test_touched_target_reruns_only_its_task(prj: Project) -> None:
+    """A new mtime on a target (the bytes may have changed): its task runs again; the flash
+    image, whose input is the same content, stays."""
+    doit(prj, "flash")
+    man, _ = _outputs(prj)
+    st = man.stat()
+    os.utime(man, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert doit(prj, "flash")[0] == {"manifest"}
+
+
+def test_build_exit_codes(
+    prj: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(prj.root)
+    # unknown task name: 2, naming the tasks
+    assert main(["build", *prj.args("flsh")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'flsh': no such task" in err[0]
+    assert "tasks: digest, imc, sign, manifest, flash, verify" in err[0]
+    assert main(["build", *prj.args("clean", "sign:nope")]) == 2
+    assert "'sign:nope': no such task" in capsys.readouterr().err
+    # known names, subtasks and targets are fine (`info` shows a status, whatever it is)
+    assert main(["build", *prj.args("info", "sign:own_imc_sig_ecc")]) == 0
+    assert main(["build", *prj.args("list", "sign")]) == 0
+    # doit's own option errors: bad input too, and doit's hints name our command
+    assert main(["build", *prj.args("--no-such-option")]) == 2
+    capsys.readouterr()
+    assert main(["build", *prj.args("help")]) == 0
+    assert f"cptra-imgtool build --cfg {prj.cfg}" in capsys.readouterr().out
+    # a failing sign helper (bad input): 2, not doit's 1
+    _add_helper(prj)
+    (prj.root / "helper.py").write_text("import sys\nsys.exit(1)\n")
+    assert main(["build", *prj.args("flash")]) == 2
+    assert "sign helper exited with 1" in capsys.readouterr().out
+    assert main(["build", *prj.args("-r", "json", "flash")]) == 2
+
+
+def test_build_exit_code_1_only_for_a_failed_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prj = make_project(tmp_path, sample_bundle=True)
+    monkeypatch.chdir(prj.root)
+    assert main(["build", *prj.args("verify")]) == 0
+    # another, unsigned bundle: the flash image builds, verify finds the owner keys differ
+    from projects import STAND_IN_BUNDLE
+
+    (prj.prebuilt / "caliptra-fw.bin").write_bytes(STAND_IN_BUNDLE)
+    capsys.readouterr()
+    assert main(["build", *prj.args("verify")]) == 1
+    assert "failed a check" in capsys.readouterr().out
+
+
+def test_same_output_twice_is_refused(
+    prj: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(prj.root)
+    same = str(prj.root / "x.bin")
+    assert main(["build", *prj.args("--man", same, "--flash", same)]) == 2
+    assert "name the same file" in capsys.readouterr().err
+    _, _, out = doit(prj, f"man={same}", f"flash={same}", ok=False)
+    assert "name the same file" in out and "Traceback" not in out
+    img = str(prj.prebuilt / "img0.bin")
+    assert main(["build", *prj.args("--flash", img)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_padding_tasks(tmp_path: Path) -> None:
+    """padding_align_size: one pad task per input; the digests, the flash image and a CLI
+    build agree; a changed original re-pads only itself; doit clean removes the copies."""
+    prj = make_project(tmp_path, extra_manifest="padding_align_size = 64")
+    ran, _, _ = doit(prj, "flash")
+    pads = {t for t in ran if t.startswith("pad:")}
+    names = ["caliptra-fw", "mcu", *(f"img{i}" for i in range(5))]
+    assert pads == {f"pad:{n}_align_64.bin" for n in names}
+    padded = prj.root / "out" / "test" / "padded"
+    assert (padded / "img4_align_64.bin").read_bytes() == (
+        prj.prebuilt / "img4.bin"
+    ).read_bytes() + bytes(57)
+    _, flash = _outputs(prj)
+    assert flash.read_bytes() == _cli_flash(prj, prj.root / "cli")
+    (prj.prebuilt / "img2.bin").write_bytes(b"changed")
+    ran, _, _ = doit(prj, "flash")
+    assert ran == {"pad:img2_align_64.bin", "digest:003-img2.bin", "imc", "sign:own_imc_sig_ecc",
+                   "manifest", "flash"}  # fmt: skip
+    assert flash.read_bytes() == _cli_flash(prj, prj.root / "cli2")
+    doit(prj, "clean")
+    assert not padded.exists()
+
+
+def test_padding_out_folder_tasks(tmp_path: Path) -> None:
+    prj = make_project(
+        tmp_path,
+        extra_manifest=f'padding_align_size = 8\npadding_out_folder = "{tmp_path / "pads"}"',
+    )
+    doit(prj, "flash")
+    assert (tmp_path / "pads" / "img2_align_8.bin").read_bytes() == (
+        prj.prebuilt / "img2.bin"
+    ).read_bytes() + bytes(7)
+    assert not (prj.root / "out" / "test" / "padded").exists()
+    _, flash = _outputs(prj)
+    assert flash.read_bytes() == _cli_flash(prj, prj.root / "cli")
+
+
+def test_lms_leaves_checked_before_the_first_is_spent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The owner FW LMS key signs two slots (endorsement, SVN); with one leaf left, the build
+    refuses before signing anything with it."""
+    import hashlib
+
+    from imgtool.lms_signer import LmsSigner
+
+    prj = make_project(tmp_path, lms=True)
+    key = prj.keys / "own-fw-lms-prvk.pem"
+    signer = LmsSigner.load(key)
+    for i in range(31):
+        signer.sign_digest(hashlib.sha384(b"spend %d" % i).digest())
+    assert LmsSigner.load(key).leaves_left() == 1
+    monkeypatch.chdir(prj.root)
+    capsys.readouterr()
+    assert main(["build", *prj.args("flash")]) == 2
+    out = capsys.readouterr().out
+    assert "has 1 one-time signature left, this build needs 2" in out
+    assert LmsSigner.load(key).leaves_left() == 1
+
+
+def test_firmware_tree_with_a_two_line_dodo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A firmware tree made by `new-project` (which writes the two-line dodo.py), with its own
+    tasks.py (as invoke users have): `doit flash cfg=...` from that tree builds, without this
+    checkout on the import path."""
+    from imgtool.demo import fill_prebuilt
+    from imgtool.doit_tasks import DODO_PY
+
+    tree = tmp_path / "fw"
+    tree.mkdir()
+    (tree / "tasks.py").write_text("raise ImportError('the firmware tree own tasks.py')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run(
+        [sys.executable, "-m", "imgtool", "new-project", "board", "--lms-height", "5"],
+        cwd=tree, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    dodo = (tree / "dodo.py").read_text()
+    assert dodo == DODO_PY and len(dodo.splitlines()) == 2
+    assert "dodo.py" in r.stdout
+    monkeypatch.chdir(tree)
+    fill_prebuilt(Path("config/board.toml"), Path("keys/board"))
+    cmd = [sys.executable, "-m", "doit", "flash", "cfg=config/board.toml"]
+    r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tree / "out" / "board-flash-image.bin").stat().st_size > 0
+    r = subprocess.run([*cmd[:-2], "verify", cmd[-1]], cwd=tree, env=env, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0 and " 0 failed" in r.stdout, r.stdout + r.stderr
+    # the installed import path is ours alone: no top-level `tasks` package comes with it
+    probe = "import importlib.util as u; print(u.find_spec('tasks'))"
+    r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True,
+                       text=True)  # fmt: skip
+    assert r.stdout.strip() == "None"

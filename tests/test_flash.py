@@ -62,7 +62,7 @@ def test_flash_is_concatenation_of_payloads(tmp_path: Path) -> None:
     def pad(b: bytes) -> bytes:
         return b + bytes(-len(b) % 4)
 
-    parts = [pad(b"CALIPTRA-BUNDLE-STAND-IN"), man, pad(b"MCU-RUNTIME-0123")]
+    parts = [pad((prj.prebuilt / "caliptra-fw.bin").read_bytes()), man, pad(b"MCU-RUNTIME-0123")]
     parts += [pad(payload(i, s)) for i, s in enumerate(sizes)]
     n = len(parts)
     table = b""
@@ -111,7 +111,7 @@ def test_cptra_out_bundle(tmp_path: Path) -> None:
         == 0
     )
     data = prj.flash.read_bytes()
-    cal = b"CALIPTRA-BUNDLE-STAND-IN"
+    cal = (prj.prebuilt / "caliptra-fw.bin").read_bytes()
     assert data[: len(cal)] == cal and data[len(cal) : 0x20000] == bytes(0x20000 - len(cal))
     assert data[0x20000 : 0x20000 + 16] == b"MCU-RUNTIME-0123"
     table = check_flash(data, 0x100000)
@@ -128,6 +128,8 @@ def test_cptra_out_bundle_too_big(tmp_path: Path, capsys) -> None:  # type: igno
 
 
 def test_stale_manifest_is_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`create-auth-flash --man M` with an image changed since M was built: the message says M
+    is older than that image (not that it changed while the flash image was written)."""
     prj = make_project(tmp_path)
     assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 0
     (prj.prebuilt / "img1.bin").write_bytes(b"changed!")
@@ -135,8 +137,43 @@ def test_stale_manifest_is_refused(tmp_path: Path, capsys) -> None:  # type: ign
         main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))])
         == 2
     )
-    assert "img1.bin" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"{prj.man}: the manifest is older than image {prj.prebuilt / 'img1.bin'}" in err[0]
+    assert "fw_id 3" in err[0] and "while the flash image was written" not in err[0]
     assert not prj.flash.exists()
+
+
+def test_stale_manifest_for_the_mcu_runtime(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """mcu_file is also fw_id 1's image: its digest is checked too."""
+    prj = make_project(tmp_path)
+    assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 0
+    (prj.prebuilt / "mcu.bin").write_bytes(b"another MCU runtime")
+    rc = main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))])
+    assert rc == 2
+    assert "older than image" in capsys.readouterr().err and not prj.flash.exists()
+
+
+def test_image_changed_while_writing(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """An image rewritten during the copy (here: right after its first chunk is read) is told
+    apart from a stale manifest."""
+    from imgtool import flash as flash_mod
+
+    prj = make_project(tmp_path)
+    real = flash_mod._copy_file
+
+    def copy_then_change(path, out, crc, h):  # type: ignore[no-untyped-def]
+        r = real(path, out, crc, h)
+        if path.name == "img3.bin":
+            path.write_bytes(path.read_bytes() + b"late")
+        return r
+
+    monkeypatch.setattr(flash_mod, "_copy_file", copy_then_change)
+    assert main(["create-auth-man", *prj.args("--man", str(prj.man))]) == 0
+    (prj.prebuilt / "img3.bin").write_bytes(b"changed before the copy")
+    rc = main(["create-auth-flash", *prj.args("--man", str(prj.man), "--flash", str(prj.flash))])
+    assert rc == 2
+    assert "img3.bin: image changed while the flash image was written" in capsys.readouterr().err
 
 
 def test_soc_image_digest_matches_manifest_by_identifier(tmp_path: Path) -> None:

@@ -10,6 +10,32 @@ from imgtool import ecc
 KEY_NAMES = ("vnd-fw", "vnd-man", "own-fw", "own-man")
 
 
+def stand_in_bundle(keys: Path | None = None, tag: bytes = b"STAND-IN") -> bytes:
+    """A structurally valid, unsigned Caliptra 1.x firmware bundle (marker CMAN, manifest size
+    5884, FMC and runtime TOC entries pointing at 8 bytes each), built from spec/flash.md with
+    plain struct. With ``keys``, its vendor key slot 0 and owner keys are the project's FW public
+    keys (as in a real bundle), so that signatures by them check out; its own signatures are
+    empty (use make_project(sample_bundle=True) for a signed one)."""
+    import struct
+
+    from independent import ecc_pub_hw
+
+    out = bytearray(b"CMAN" + struct.pack("<I", 5884) + bytes(5884 - 8))
+    if keys is not None:
+        for prefix, ecc_off, lms_off in (("vnd-fw", 8, 8 + 4 * 96), ("own-fw", 3652, 3652 + 96)):
+            if (keys / f"{prefix}-ecc-pubk.pem").exists():
+                out[ecc_off : ecc_off + 96] = ecc_pub_hw(keys / f"{prefix}-ecc-pubk.pem")
+            if (keys / f"{prefix}-lms-pubk.pem").exists():
+                out[lms_off : lms_off + 48] = (keys / f"{prefix}-lms-pubk.pem").read_bytes()
+    for i, off in enumerate((5884, 5892)):
+        struct.pack_into("<II", out, 0x162C + 104 * i, i + 1, 1)
+        struct.pack_into("<7I", out, 0x162C + 104 * i + 28, 1, 0, 0, 0, 0, off, 8)
+    return bytes(out) + (tag + bytes(16))[:16]
+
+
+STAND_IN_BUNDLE = stand_in_bundle()  # no keys at all
+
+
 def payload(i: int, size: int) -> bytes:
     """A distinctive payload: 'IMGii' repeated, cut to size."""
     unit = f"IMG{i:02d}".encode()
@@ -106,7 +132,7 @@ def make_project(
     flags: int = 0,
     security_version: int = 3,
     vendor_signature: str = "generate",
-    caliptra: bytes | None = b"CALIPTRA-BUNDLE-STAND-IN",
+    caliptra: bytes | str | None = "stand-in",
     mcu: bytes = b"MCU-RUNTIME-0123",
     extra_runtime: str = "",
     extra_manifest: str = "",
@@ -125,7 +151,9 @@ def make_project(
         from imgtool.demo import sample_bundle as make_bundle
 
         caliptra = make_bundle(keys)
-    if caliptra is not None:
+    elif caliptra == "stand-in":  # an unsigned bundle holding this project's FW public keys
+        caliptra = stand_in_bundle(keys)
+    if isinstance(caliptra, bytes):
         (pre / "caliptra-fw.bin").write_bytes(caliptra)
     text = (
         f"[manifest_config]\nversion = {version}\nflags = {flags}\n"

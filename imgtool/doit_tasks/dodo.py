@@ -1,0 +1,74 @@
+"""The task creators a ``dodo.py`` imports: ``from imgtool.doit_tasks.dodo import *``.
+
+Variables: cfg= (required), key_dir=, prebuilt_dir=, vnd_sig_dir= (the CLI's defaults when
+unset), man=, flash= (output paths); paths are relative to the dodo.py's folder (doit's working
+directory). The graph is described in :mod:`imgtool.doit_tasks.graph`; the same tasks run without
+a dodo.py through `cptra-imgtool build --cfg C [DOIT ARGS...]`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from doit import get_var
+
+from imgtool.errors import ImgtoolError
+
+from . import graph
+
+__all__ = [
+    "DOIT_CONFIG",
+    "task_pad",
+    "task_digest",
+    "task_imc",
+    "task_sign",
+    "task_manifest",
+    "task_flash",
+    "task_verify",
+]
+
+graph.setup_logging()
+try:
+    _SETTINGS = graph.Settings.from_vars(get_var)
+    DOIT_CONFIG = graph.doit_config(_SETTINGS)
+    _TASKS = list(graph.generate(_SETTINGS))
+except ImgtoolError as exc:  # a config error: one line, like the CLI, not a doit traceback
+    print(f"cptra-imgtool: error: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+def _tasks(base: str) -> Iterator[dict[str, Any]]:
+    for t in _TASKS:
+        if t["basename"] == base:
+            yield {k: v for k, v in t.items() if k != "basename"}
+
+
+def task_pad() -> Iterator[dict[str, Any]]:
+    """zero-padded copies (manifest_config.padding_align_size)"""
+    yield from _tasks("pad")
+
+
+def task_digest() -> Iterator[dict[str, Any]]:
+    yield from _tasks("digest")
+
+
+def task_imc() -> dict[str, Any]:
+    return next(_tasks("imc"))
+
+
+def task_sign() -> Iterator[dict[str, Any]]:
+    yield from _tasks("sign")
+
+
+def task_manifest() -> dict[str, Any]:
+    return next(_tasks("manifest"))
+
+
+def task_flash() -> dict[str, Any]:
+    return next(_tasks("flash"))
+
+
+def task_verify() -> dict[str, Any]:
+    return next(_tasks("verify"))

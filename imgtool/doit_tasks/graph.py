@@ -1,0 +1,518 @@
+"""doit task creators: the build of :mod:`imgtool.build` as a graph of file targets.
+
+pad:<n>     one per padded input     -> padding_out_folder or out/<prj>/padded/ (padding only)
+digest:<n>  one per image file      -> out/<prj>/digest/<n>.sha384 (rewritten only on change)
+imc         the metadata collection -> out/<prj>/imc.bin
+sign:<slot> one per signature slot  -> out/<prj>/sig/<slot>.bin
+manifest    assembled from the above -> out/<prj>-auth-manifest.bin
+flash       manifest + images       -> out/<prj>-flash-image.bin
+verify      runs `cptra-imgtool verify` on the flash image (always)
+
+Every action is a module-level function taking plain strings, so ``doit -n 2 -P process`` works.
+Non-file inputs enter through ``config_changed`` (exactly the values that reach a task's
+output); file_deps are compared by content (:mod:`.checker`: padded SHA-384, cached by stat,
+each image hashed once per change). Every task with targets also checks, through
+:class:`targets_intact`, that its targets are still the files it wrote (same size, mtime,
+ctime, inode, device): a target edited, replaced or removed since makes the task run again.
+State: out/<prj>/.doit.sqlite3 and fingerprints.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import astuple, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from doit.exceptions import TaskFailed
+from doit.task import clean_targets
+from doit.tools import config_changed
+
+from imgtool import build, manifest, padding
+from imgtool.config import Config, load_config
+from imgtool.errors import ConfigError, ImgtoolError
+from imgtool.fileio import atomic_write, write_if_changed
+
+from . import checker
+
+TaskDict = dict[str, Any]
+Vars = tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What selects a build: the doit variables cfg=, key_dir=, prebuilt_dir=, vnd_sig_dir=,
+    man=, flash=."""
+
+    cfg: str
+    key_dir: str | None = None
+    prebuilt_dir: str | None = None
+    vnd_sig_dir: str | None = None
+    man: str | None = None
+    flash: str | None = None
+
+    @classmethod
+    def from_vars(cls, get_var: Callable[[str, Any], Any]) -> Settings:
+        cfg = get_var("cfg", None)
+        if not cfg:
+            raise ConfigError("no config: pass cfg=config/<project>.toml to doit")
+        return cls(
+            cfg,
+            *(get_var(k, None) for k in ("key_dir", "prebuilt_dir", "vnd_sig_dir", "man", "flash")),
+        )
+
+
+class ImgtoolFailed(TaskFailed):  # type: ignore[misc]
+    """A task failure with the exit code `cptra-imgtool build` reports for it (2: bad input,
+    1: verify found a failing check, 3: internal error). Pickles across ``-P process``."""
+
+    def __init__(self, msg: str, exit_code: int = 2):
+        super().__init__(msg)
+        self.exit_code = exit_code
+
+
+def out_dir(cfg: Config) -> Path:
+    return Path("out") / cfg.prj_name
+
+
+def pad_dir(cfg: Config) -> Path:
+    """Where the doit tasks keep padded copies: padding_out_folder, else a private folder."""
+    return cfg.padding_out_folder or out_dir(cfg) / "padded"
+
+
+@functools.lru_cache(maxsize=8)
+def _load_raw(s: Settings) -> Config:
+    return load_config(
+        s.cfg, key_dir=s.key_dir, prebuilt_dir=s.prebuilt_dir, vnd_sig_dir=s.vnd_sig_dir
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _copies(s: Settings) -> tuple[padding.Copy, ...]:
+    cfg = _load_raw(s)
+    if not cfg.padding_align_size:
+        return ()
+    protected = [p for _, p in cfg.input_files()] + cfg.key_files() + [cfg.path]
+    return tuple(
+        padding.plan_copies(
+            cfg.input_files(), pad_dir(cfg), cfg.padding_align_size, protected, cfg.path
+        )
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _load(s: Settings) -> Config:
+    """The config as the tasks see it: padded inputs replaced by their copies (pad tasks)."""
+    cfg = _load_raw(s)
+    subs = {os.path.realpath(c.original): c.copy for c in _copies(s)}
+    if not subs:
+        return cfg
+
+    def sub(p: Path | None) -> Path | None:
+        return None if p is None else subs.get(os.path.realpath(p), p)
+
+    return replace(
+        cfg,
+        images=tuple(replace(i, path=sub(i.path)) for i in cfg.images),
+        caliptra_file=sub(cfg.caliptra_file),
+        mcu_file=sub(cfg.mcu_file),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _plan(s: Settings) -> build.Plan:
+    return build.plan(_load(s))  # once per process: plan() also warns about incomplete keys
+
+
+def load(settings: Vars) -> Config:
+    return _load(Settings(*settings))  # type: ignore[arg-type]
+
+
+def man_path(cfg: Config, s: Settings) -> Path:
+    return Path(s.man) if s.man else cfg.default_manifest_path()
+
+
+def flash_path(cfg: Config, s: Settings) -> Path:
+    return Path(s.flash) if s.flash else cfg.default_flash_path()
+
+
+def setup_logging() -> None:
+    """Library warnings as `cptra-imgtool: warning: ...` (unless the CLI already set that up)."""
+    log = logging.getLogger("imgtool")
+    if log.handlers:
+        return
+
+    class Fmt(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            level = "warning" if record.levelno >= logging.WARNING else "info"
+            return f"cptra-imgtool: {level}: {record.getMessage()}"
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Fmt())
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+
+
+def doit_config(s: Settings) -> dict[str, Any]:
+    for cached in (_load_raw, _copies, _load, _plan):
+        cached.cache_clear()  # a new doit run (possibly in the same process): re-read the config
+    cfg = _load(s)
+    outputs = {"man=": man_path(cfg, s), "flash=": flash_path(cfg, s)}
+    outputs.update({f"padded copy of {c.field}": c.copy for c in _copies(s)})
+    build.check_outputs(_load_raw(s), outputs)
+    dep = out_dir(cfg) / ".doit.sqlite3"
+    dep.parent.mkdir(parents=True, exist_ok=True)
+    checker.configure(out_dir(cfg) / "fingerprints.json")
+    return {
+        "dep_file": str(dep),
+        "backend": "sqlite3",
+        "default_tasks": ["flash"],
+        "verbosity": 1,
+        "action_string_formatting": "new",
+        "check_file_uptodate": checker.ContentChecker,
+    }
+
+
+# ---------------------------------------------------------------------------- uptodate
+def target_ident(path: str) -> list[int] | None:
+    """What identifies the bytes of a target without reading it (None: missing). Any write
+    changes mtime and ctime (ctime cannot be set from user space); a replacement changes the
+    inode too."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+class targets_intact:  # noqa: N801 - named like doit's own uptodate helpers
+    """doit ``uptodate``: False when a target was changed, replaced or removed since this task
+    last wrote it (its identity is recorded after every successful run, in the main process).
+
+    doit alone trusts an existing target whose dependencies did not change: a manifest
+    overwritten by `create-auth-man` with another config would be packed as it is."""
+
+    KEY = "_targets_"
+
+    def configure_task(self, task: Any) -> None:
+        # called while the Task is constructed (before its targets are set): read them later
+        task.value_savers.append(lambda: {self.KEY: {t: target_ident(t) for t in task.targets}})
+
+    def __call__(self, task: Any, values: dict[str, Any]) -> bool:
+        saved = values.get(self.KEY)
+        if not isinstance(saved, dict):
+            return False
+        return all(saved.get(t) == target_ident(t) for t in task.targets)
+
+
+# ---------------------------------------------------------------------------- actions
+def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Report library errors as one line (doit's TaskFailed), not as a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ImgtoolError as exc:
+            return ImgtoolFailed(f"cptra-imgtool: error: {exc}", exc.exit_code)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return ImgtoolFailed(f"cptra-imgtool: error: {where}{exc.strerror or exc}", 2)
+
+    return wrapper
+
+
+@_clean_errors
+def act_pad(original: str, copy: str, align: int) -> None:
+    padding.write_copy(Path(original), Path(copy), align)
+
+
+@_clean_errors
+def act_digest(settings: Vars, index: int, target: str) -> None:
+    img = load(settings).images[index]
+    # the padded SHA-384 of build.image_digest, shared with the file_dep checker's cache (a
+    # padded copy is a multiple of its alignment: its digest is the plain padded-to-4 one)
+    digest = build.image_digest(img) if img.path is None else checker.digest_file(img.path)[0]
+    write_if_changed(target, digest.hex().encode() + b"\n")
+
+
+@_clean_errors
+def act_imc(settings: Vars, digest_files: list[str], target: str) -> None:
+    digests = [bytes.fromhex(Path(f).read_text().strip()) for f in digest_files]
+    atomic_write(target, build.build_imc(load(settings), digests))
+
+
+def _skeleton(cfg: Config, imc_file: str | None) -> manifest.Manifest:
+    return build.skeleton(cfg, Path(imc_file).read_bytes() if imc_file else None)
+
+
+@_clean_errors
+def act_sign(settings: Vars, slot: str, imc_file: str | None, target: str) -> None:
+    s = Settings(*settings)  # type: ignore[arg-type]
+    cfg = load(settings)
+    p = _plan(s)
+    sp = next(x for x in p.slots if x.slot == slot)
+    if sp.kind == "key" and sp.algo == "lms" and sp.key is not None:
+        # before the first leaf of this key is spent: enough leaves for every signature of
+        # this key that this build still has to make (those whose target does not exist yet)
+        key = os.path.realpath(sp.key)
+        od = out_dir(cfg) / "sig"
+        group = [
+            x
+            for x in p.slots
+            if x.kind == "key"
+            and x.algo == "lms"
+            and x.key is not None
+            and os.path.realpath(x.key) == key
+            and (x.slot == slot or not (od / f"{x.slot}.bin").exists())
+        ]
+        build.lms_budget(group)
+    atomic_write(target, build.sign_slot(cfg, sp, _skeleton(cfg, imc_file)))
+
+
+@_clean_errors
+def act_manifest(settings: Vars, imc_file: str, sig_files: dict[str, str], target: str) -> None:
+    cfg = load(settings)
+    sigs = {slot: Path(f).read_bytes() for slot, f in sig_files.items()}
+    atomic_write(target, build.assemble(_skeleton(cfg, imc_file), sigs).to_bytes())
+
+
+@_clean_errors
+def act_flash(settings: Vars, man_file: str, target: str) -> None:
+    """build.create_auth_flash, minus a second SHA-384 pass over images whose digest is known.
+
+    The flash writer re-hashes every SoC image to make sure it still has the digest the
+    manifest holds; on a large project that pass is the bottleneck of the copy. For an image
+    whose padded SHA-384, taken for its current stat, is in the fingerprint cache (settled, see
+    checker.py) and equals the manifest's, that pass is skipped and replaced by a stat check
+    after the copy: the image is written to a staged file that replaces the target only if none
+    of those images changed meanwhile. Other images are checked by the writer as usual.
+    """
+    from imgtool.fileio import fsync_dir
+    from imgtool.flash import DigestMismatch, write_flash_file
+
+    cfg = load(settings)
+    man = build.read_manifest(Path(man_file))
+    out = Path(target)
+    items, out_bundle = build.flash_items(cfg, man)
+    known: dict[Path, os.stat_result] = {}
+    for it in items:
+        if it.path is not None and it.expect_digest is not None and it.path not in known:
+            st = os.stat(it.path)
+            if checker.lookup(it.path, st, settled=True) == it.expect_digest:
+                known[it.path] = st
+    if not known or man.format is not cfg.format:
+        build.create_auth_flash(cfg, out, man, man_file)
+        return
+    items = [replace(it, expect_digest=None) if it.path in known else it for it in items]
+    staged = out.with_name(f".{out.name}.staged")
+    try:
+        try:
+            write_flash_file(staged, items, out_bundle=out_bundle)
+        except DigestMismatch as exc:
+            raise build.mismatch_error(exc, man_file) from None
+        for path, st in known.items():
+            if not checker.same_file(os.stat(path), st):
+                raise ImgtoolError(
+                    f"{path}: image changed while the flash image was written "
+                    f"(its digest no longer matches {man_file}); rebuild"
+                )
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
+    fsync_dir(out.parent)
+
+
+def act_verify(settings: Vars, flash_file: str) -> bool | TaskFailed:
+    import importlib.util
+
+    from imgtool.cli import main
+
+    if importlib.util.find_spec("imgtool.cli_verify") is None:
+        return ImgtoolFailed("cptra-imgtool: error: this cptra-imgtool has no verify command", 3)
+
+    s = Settings(*settings)  # type: ignore[arg-type]
+    args = ["verify", flash_file, "--cfg", s.cfg]
+    for opt, val in (("--key-dir", s.key_dir), ("--prebuilt-dir", s.prebuilt_dir)):
+        if val:
+            args += [opt, val]
+    rc = main(args)
+    if rc == 0:
+        return True
+    what = "failed a check (see above)" if rc == 1 else "could not be verified (see above)"
+    return ImgtoolFailed(f"cptra-imgtool: error: verify: {flash_file} {what}", rc)
+
+
+def rmdir_empty(path: str) -> None:
+    """doit clean: remove a target directory once its last target is gone."""
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+# ---------------------------------------------------------------------------- tasks
+def _fingerprint(value: Any) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()
+
+
+def _tbs_files(cfg: Config, sp: build.SlotPlan, imc_file: str) -> list[str]:
+    sel = build.key_selection(cfg)
+    if sp.tbs == "imc":
+        return [imc_file]
+    party = "vendor" if sp.tbs == "vendor_pubkey" else "owner"
+    if party == "vendor" and sp.kind == "prebuilt":
+        return []
+    return [str(sel[(party, a)].man_pub) for a in ("ecc", "lms") if sel[(party, a)].enabled]
+
+
+def _tbs_values(cfg: Config, sp: build.SlotPlan) -> dict[str, Any]:
+    """Config values that enter the bytes a slot covers, and how it is signed."""
+    vals: dict[str, Any] = {"format": str(cfg.format), "plan": repr(sp)}
+    if sp.kind == "helper":
+        vals["helper"] = (cfg.helpers.by_file, cfg.helpers.timeout)
+    if sp.tbs in ("vendor_pubkey", "svn"):
+        vals.update(version=cfg.version, flags=cfg.stored_flags)
+    if sp.tbs == "svn":
+        vals["security_version"] = cfg.security_version
+    if sp.tbs == "vendor_pubkey":
+        vals["vendor_signature"] = str(cfg.vendor_signature)
+    return vals
+
+
+def _uptodate(value: Any) -> list[Any]:
+    return [config_changed(_fingerprint(value)), targets_intact()]
+
+
+def generate(s: Settings) -> Iterator[TaskDict]:
+    cfg = _load(s)
+    st = astuple(s)
+    od = out_dir(cfg)
+    copies = _copies(s)
+    if copies:
+        yield {"basename": "pad", "name": None, "doc": "zero-padded copies (padding_align_size)"}
+    for c in copies:
+        yield {
+            "basename": "pad",
+            "name": c.copy.name,
+            "doc": f"{c.original} padded to a multiple of {cfg.padding_align_size}",
+            "actions": [(act_pad, [str(c.original), str(c.copy), cfg.padding_align_size])],
+            "file_dep": [str(c.original)],
+            "targets": [str(c.copy)],
+            "uptodate": _uptodate(cfg.padding_align_size),
+            "clean": [clean_targets, (rmdir_empty, [str(pad_dir(cfg))])],
+        }
+    digest_files = []
+    yield {"basename": "digest", "name": None, "doc": "SHA-384 of every image"}
+    for img in cfg.images:
+        target = str(od / "digest" / f"{img.index:03d}.sha384")
+        digest_files.append(target)
+        yield {
+            "basename": "digest",
+            "name": f"{img.index:03d}-{img.file or 'empty'}",
+            "doc": f"SHA-384 of {img.path or 'an empty image'}",
+            "actions": [(act_digest, [st, img.index, target])],
+            "file_dep": [str(img.path)] if img.path else [],
+            "targets": [target],
+            "uptodate": [config_changed(f"{img.path}:{img.align}"), targets_intact()],
+            "clean": [clean_targets, (rmdir_empty, [str(od / "digest")])],
+        }
+    imc_file = str(od / "imc.bin")
+    entries = [(i.fw_id, i.flags) for i in cfg.images]
+    yield {
+        "basename": "imc",
+        "doc": "image metadata collection",
+        "actions": [(act_imc, [st, digest_files, imc_file])],
+        "file_dep": digest_files,
+        "targets": [imc_file],
+        "uptodate": _uptodate(entries),
+        "clean": True,
+    }
+    p = _plan(s)
+    yield {"basename": "sign", "name": None, "doc": "every signature slot in use"}
+    sig_files = {}
+    for sp in p.slots:
+        target = str(od / "sig" / f"{sp.slot}.bin")
+        sig_files[sp.slot] = target
+        yield {
+            "basename": "sign",
+            "name": sp.slot,
+            "doc": f"{sp.slot} ({sp.kind})",
+            "actions": [(act_sign, [st, sp.slot, imc_file if sp.tbs == "imc" else None, target])],
+            "file_dep": sorted({*_tbs_files(cfg, sp, imc_file), *map(str, sp.inputs)}),
+            "targets": [target],
+            "uptodate": _uptodate(_tbs_values(cfg, sp)),
+            "clean": [clean_targets, (rmdir_empty, [str(od / "sig")])],
+        }
+    man = str(man_path(cfg, s))
+    skeleton_inputs = {
+        "format": str(cfg.format),
+        "version": cfg.version,
+        "flags": cfg.stored_flags,
+        "sec_ver": cfg.security_version,
+        "vendor_signature": str(cfg.vendor_signature),
+        "slots": sorted(sig_files),
+    }
+    yield {
+        "basename": "manifest",
+        "doc": "the signed SoC manifest",
+        "actions": [(act_manifest, [st, imc_file, sig_files, man])],
+        "file_dep": sorted({imc_file, *sig_files.values(), *map(str, p.pub_files)}),
+        "targets": [man],
+        "uptodate": _uptodate(skeleton_inputs),
+        "clean": True,
+    }
+    flash = str(flash_path(cfg, s))
+    images = [str(i.path) for i in cfg.soc_images if i.path]
+    runtime = [str(x) for x in (cfg.caliptra_file, cfg.mcu_file) if x is not None]
+    layout = {
+        "soc": [(i.fw_id, str(i.path), i.align) for i in cfg.soc_images],
+        "caliptra": str(cfg.caliptra_file),
+        "mcu": str(cfg.mcu_file),
+        "align": cfg.padding_align_size,
+        "out_bundle": cfg.cptra_out_bundle,
+        "zero_end": cfg.zero_caliptra_file_end,
+    }
+    yield {
+        "basename": "flash",
+        "doc": "the flash image",
+        "actions": [(act_flash, [st, man, flash])],
+        "file_dep": sorted({man, *images, *runtime}),
+        "targets": [flash],
+        "uptodate": _uptodate(layout),
+        "clean": True,
+    }
+    yield {
+        "basename": "verify",
+        "doc": "verify the flash image (every check)",
+        "actions": [(act_verify, [st, flash])],
+        "task_dep": ["flash"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def doit_tasks(s: Settings) -> list[Any]:
+    """The graph as doit Task objects (for a TaskLoader2; dodo.py uses task_* creators)."""
+    from doit.loader import generate_tasks
+
+    by_base: dict[str, list[TaskDict]] = {}
+    for t in generate(s):
+        by_base.setdefault(t.pop("basename"), []).append(t)
+    tasks: list[Any] = []
+    for base, items in by_base.items():
+        if len(items) == 1 and "name" not in items[0]:
+            tasks += generate_tasks(base, items[0])
+        else:
+            tasks += generate_tasks(base, (t for t in items))
+    return tasks
+
+
+def task_names(s: Settings) -> list[str]:
+    """The task groups, in build order (for messages)."""
+    return list(dict.fromkeys(t["basename"] for t in generate(s)))
