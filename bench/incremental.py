@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
-from projects import Project, make_project  # noqa: E402
+from projects import Project, make_project, stand_in_bundle  # noqa: E402
 
 # SoC images of the reference ast2700-default config (fw_id 2..14), reference sizes
 REFERENCE_SIZES = (
@@ -84,6 +84,13 @@ def median_run(prj: Project, prepare: Callable[[], None], repeat: int) -> Run:
     tasks = {n for _, n, _ in runs}
     assert len(tasks) == 1, f"task counts differ between repeats: {tasks}"
     return statistics.median(w for w, _, _ in runs), runs[0][1], max(r for _, _, r in runs)
+
+
+def bundle_of(size: int) -> bytes:
+    """A structurally valid (unsigned) Caliptra bundle of ``size`` bytes: caliptra_file must
+    parse as one."""
+    head = stand_in_bundle()
+    return head + os.urandom(size - len(head))
 
 
 def flip_byte(path: Path) -> None:
@@ -162,7 +169,7 @@ def main() -> None:
         small = make_project(
             tmp / "ref",
             sizes=REFERENCE_SIZES,
-            caliptra=os.urandom(CALIPTRA_SIZE),
+            caliptra=bundle_of(CALIPTRA_SIZE),
             mcu=os.urandom(MCU_SIZE),
         )
         random_images(small)
@@ -172,7 +179,7 @@ def main() -> None:
             big = make_project(
                 tmp / "large",
                 sizes=(size,) * LARGE_SOC,
-                caliptra=os.urandom(100_000),
+                caliptra=bundle_of(100_000),
                 mcu=os.urandom(60_000),
             )
             random_images(big)

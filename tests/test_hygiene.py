@@ -36,3 +36,18 @@ def test_license_is_an_spdx_string() -> None:
     assert meta["project"]["license"] == "Apache-2.0"
     # and the installed packages are ours alone: no top-level `tasks` package
     assert meta["tool"]["setuptools"]["packages"]["find"]["include"] == ["imgtool*"]
+
+
+def test_checkout_tasks_folder_is_an_alias() -> None:
+    """Inside the checkout `tasks.graph` (older scripts) is the installed module itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tasks, tasks.graph, tasks.checker, imgtool.doit_tasks as d\n"
+        "assert tasks.graph is d.graph and tasks.checker is d.checker\n"
+        "assert tasks.loader is d.loader\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

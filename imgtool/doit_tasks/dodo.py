@@ -8,11 +8,13 @@ a dodo.py through `cptra-imgtool build --cfg C [DOIT ARGS...]`.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 from doit import get_var
+from doit.doit_cmd import DoitMain
 
 from imgtool.errors import ImgtoolError
 
@@ -20,7 +22,6 @@ from . import graph
 
 __all__ = [
     "DOIT_CONFIG",
-    "task_pad",
     "task_digest",
     "task_imc",
     "task_sign",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 graph.setup_logging()
+if os.path.basename(DoitMain.BIN_NAME) in ("-m", "__main__.py"):  # `python -m doit`
+    DoitMain.BIN_NAME = "doit"  # doit's hints then read "doit list", not "-m list"
 try:
     _SETTINGS = graph.Settings.from_vars(get_var)
     DOIT_CONFIG = graph.doit_config(_SETTINGS)
@@ -43,11 +46,6 @@ def _tasks(base: str) -> Iterator[dict[str, Any]]:
     for t in _TASKS:
         if t["basename"] == base:
             yield {k: v for k, v in t.items() if k != "basename"}
-
-
-def task_pad() -> Iterator[dict[str, Any]]:
-    """zero-padded copies (manifest_config.padding_align_size)"""
-    yield from _tasks("pad")
 
 
 def task_digest() -> Iterator[dict[str, Any]]:
@@ -72,3 +70,11 @@ def task_flash() -> dict[str, Any]:
 
 def task_verify() -> dict[str, Any]:
     return next(_tasks("verify"))
+
+
+if any(t["basename"] == "pad" for t in _TASKS):  # only with manifest_config.padding_align_size
+
+    def task_pad() -> Iterator[dict[str, Any]]:
+        yield from _tasks("pad")
+
+    __all__.append("task_pad")
