@@ -427,3 +427,28 @@ def test_newer_flsh_layout_is_recognised(
     f.write_bytes(head + struct.pack("<I", zlib.crc32(head)) + table + bytes(8))
     rc, out, fails = _verify(capsys, str(f), "--integrity-only")
     assert rc == 1 and "later upstream layout" in out
+
+
+def test_unreadable_anchor_key_is_one_line(
+    signed: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "vnd-fw-ecc-pubk.pem").write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n")
+    capsys.readouterr()
+    assert main(["verify", str(signed.flash), "--key-dir", str(keys)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vnd-fw-ecc-pubk.pem" in err[0], err
+
+
+def test_damaged_magic_is_explained_by_inspect_too(
+    signed: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = bytearray(signed.flash.read_bytes())
+    data[0] ^= 1
+    bad = tmp_path / "m.bin"
+    bad.write_bytes(data)
+    capsys.readouterr()
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "FLSH" in err[0], err
