@@ -29,6 +29,14 @@ HEADER_LEN = 156
 OWNER_DATA_LEN = 40
 TOC_OFF = 0x162C
 TOC_LEN = 104
+# the preamble's key blocks, as the fuses hash them (spec/trust.md)
+VENDOR_KEYS_OFF = PREAMBLE_OFF
+VENDOR_KEYS_LEN = 96 * VENDOR_ECC_KEYS + 48 * VENDOR_LMS_KEYS  # 1920
+OWNER_KEYS_OFF = VENDOR_KEYS_OFF + VENDOR_KEYS_LEN + 8 + 96 + 1620  # 3652
+OWNER_KEYS_LEN = 96 + 48
+RESERVED_OFF = OWNER_KEYS_OFF + OWNER_KEYS_LEN + 96 + 1620  # 5512: the preamble's last 8 bytes
+RESERVED_LEN = 8
+MAX_TOC_ENTRIES = 2
 
 
 def _swap(b: bytes) -> bytes:
@@ -92,6 +100,22 @@ class Bundle:
 
     def owner_tbs(self) -> bytes:
         return self.header
+
+    def vendor_key_block(self) -> bytes:
+        """All 4 vendor ECC and 32 vendor LMS public keys as stored: what vendor_pk_hash covers."""
+        return self.data[VENDOR_KEYS_OFF : VENDOR_KEYS_OFF + VENDOR_KEYS_LEN]
+
+    def owner_key_block(self) -> bytes:
+        """The owner ECC and LMS public keys as stored: what owner_pk_hash covers."""
+        return self.data[OWNER_KEYS_OFF : OWNER_KEYS_OFF + OWNER_KEYS_LEN]
+
+    def reserved(self) -> bytes:
+        return self.data[RESERVED_OFF : RESERVED_OFF + RESERVED_LEN]
+
+    @property
+    def end(self) -> int:
+        """Where the last image ends."""
+        return max(self.fmc.offset + self.fmc.size, self.runtime.offset + self.runtime.size)
 
     def toc_bytes(self) -> bytes:
         return self.fmc.raw + self.runtime.raw

@@ -1,13 +1,14 @@
-"""CLI: verify and inspect."""
+"""CLI: verify, inspect, fuses."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import mmap
 from pathlib import Path
 from typing import Any
 
-from .errors import FormatError
+from .errors import ConfigError, FormatError
 
 
 def _read(path: Path) -> bytes:
@@ -15,32 +16,63 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise FormatError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a directory") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _map(path: Path) -> memoryview:
+    """The file's bytes without reading a large flash image into memory twice."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.seek(0, 2) == 0:
+                return memoryview(b"")
+            return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a directory") from None
     except OSError as exc:
         raise FormatError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from . import fuses
     from .config import load_config
-    from .verify import report_json, verify_bytes
+    from .verify import AnchorError, Anchors, Status, verify_bytes
 
-    data = _read(args.file)
-    cfg = None
+    data = _map(args.file)
+    anchors = Anchors()
+    if args.fuses is not None:
+        anchors.fuses = fuses.load(args.fuses)
     if args.cfg is not None:
-        cfg = load_config(args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir)
-    cal = _read(args.caliptra_fw) if args.caliptra_fw else None
+        anchors.cfg = load_config(args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir)
+    if args.key_dir is not None:
+        if not args.key_dir.is_dir():
+            raise ConfigError(f"{args.key_dir}: --key-dir: not a directory")
+        anchors.key_dir = args.key_dir
+    if args.caliptra_fw is not None:
+        anchors.caliptra_fw = _read(args.caliptra_fw)
+        anchors.caliptra_fw_name = str(args.caliptra_fw)
     try:
-        report = verify_bytes(data, cfg=cfg, key_dir=args.key_dir, caliptra_fw=cal)
+        report = verify_bytes(data, anchors, integrity_only=args.integrity_only)
     except FormatError as exc:
         raise FormatError(f"{args.file}: {exc}") from None
+    except AnchorError as exc:
+        raise ConfigError(str(exc)) from None
     if args.json:
-        print(json.dumps(report_json(report), indent=2))
+        doc = {"file": str(args.file), **report.to_json()}
+        print(json.dumps(doc, indent=2))
     else:
         print(f"{args.file}: {report.kind}")
+        if report.anchors:
+            print(f"trust anchors: {'; '.join(report.anchors)}")
         for c in report.checks:
-            print(c.line())
-        failed = sum(not c.ok for c in report.checks)
-        print(f"{len(report.checks) - failed} checks passed, {failed} failed")
-    return 0 if report.ok else 1
+            if not args.quiet or c.status is Status.FAIL:
+                print(c.line())
+        print(report.summary())
+    return report.exit_code
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -66,14 +98,64 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuses(args: argparse.Namespace) -> int:
+    from . import bundle, fuses
+    from .fileio import atomic_write
+
+    data = _read(args.caliptra_fw)
+    b = bundle.parse_bundle(data, str(args.caliptra_fw))
+    f = fuses.from_bundle(b, lms_verify=args.lms_verify)
+    if args.out is not None:
+        comment = (
+            f"fuse values for {args.caliptra_fw} (cptra-imgtool fuses)\n"
+            "vendor_pk_hash: SHA-384 of the 4 ECC + 32 LMS vendor public keys (1920 bytes)\n"
+            "owner_pk_hash: SHA-384 of the owner ECC + LMS public keys (144 bytes)"
+        )
+        atomic_write(args.out, fuses.to_toml(f, comment).encode())
+    if args.json:
+        print(json.dumps({"caliptra_fw": str(args.caliptra_fw), **fuses.to_json(f)}, indent=2))
+        return 0
+    print(f"{args.caliptra_fw}: Caliptra 1.x firmware bundle")
+    for name, reg, digest in (
+        ("vendor_pk_hash", "fuse_key_manifest_pk_hash", f.vendor_pk_hash),
+        ("owner_pk_hash", "fuse_owner_pk_hash", f.owner_pk_hash),
+    ):
+        assert digest is not None
+        print(f"{name} = {digest.hex()}")
+        words = fuses.fuse_words(digest)
+        print(f"  {reg}[0..11] (u32, big-endian words of the hash):")
+        print("   " + " ".join(f"0x{w:08x}" for w in words[:6]))
+        print("   " + " ".join(f"0x{w:08x}" for w in words[6:]))
+    print(f"lms_verify = {'true' if f.lms_verify else 'false'}")
+    if args.out is not None:
+        print(f"written: {args.out}")
+    return 0
+
+
 def register(sub: Any) -> None:
-    p = sub.add_parser("verify", help="check every checksum, digest and signature of a file")
+    p = sub.add_parser(
+        "verify",
+        help="check a file as the boot chain does, from trust anchors",
+        description="Check a flash image, SoC manifest or caliptra-fw.bin the way the AST2700 "
+        "boot chain does. Authenticity needs at least one trust anchor: --fuses (what the "
+        "device has burnt in), --cfg (the image is what this config builds), --key-dir (the "
+        "image's keys are these), --caliptra-fw (the image's bundle is this one). Exit 0: the "
+        "device would boot it and it is what the anchors say; 1: a check failed or "
+        "authenticity was not established; 2: bad input.",
+    )
     p.add_argument("file", type=Path, help="flash image, SoC manifest or caliptra-fw.bin")
-    p.add_argument("--cfg", type=Path, help="also compare with what this config says")
-    p.add_argument("--key-dir", type=Path, help="FW public keys (vnd-fw-ecc-pubk.pem, ...)")
+    p.add_argument("--fuses", type=Path, help="fuses file (TOML, see `cptra-imgtool fuses`)")
+    p.add_argument("--cfg", type=Path, help="the config this image must be built from")
+    p.add_argument("--key-dir", type=Path, help="public keys the image's keys must equal")
     p.add_argument("--prebuilt-dir", type=Path, help="prebuilt binaries of --cfg")
-    p.add_argument("--caliptra-fw", type=Path, help="Caliptra bundle whose keys to verify with")
+    p.add_argument("--caliptra-fw", type=Path, help="the Caliptra bundle the device runs")
+    p.add_argument(
+        "--integrity-only",
+        action="store_true",
+        help="without anchors: exit 0 when structure, checksums and digests hold",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("inspect", help="show what is inside a file")
@@ -84,3 +166,24 @@ def register(sub: Any) -> None:
     p.add_argument("--vnd-sig-dir", type=Path, help="with --cfg: prebuilt vendor signatures")
     p.add_argument("--json", action="store_true", help="stable JSON (docs/inspect-json.md)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "fuses",
+        help="the vendor/owner PK hash fuse values of a Caliptra bundle",
+        description="Compute the fuse values a device needs to boot this Caliptra firmware "
+        "bundle: the vendor and owner public key hashes (hex, and as the 12 fuse register "
+        "words), and write them as a fuses file for `verify --fuses`.",
+    )
+    p.add_argument("--caliptra-fw", type=Path, required=True, help="caliptra-fw.bin")
+    lms = p.add_mutually_exclusive_group()
+    lms.add_argument(
+        "--lms-verify",
+        dest="lms_verify",
+        action="store_true",
+        default=True,
+        help="the device checks ECDSA and LMS (default)",
+    )
+    lms.add_argument("--no-lms-verify", dest="lms_verify", action="store_false", help="ECDSA only")
+    p.add_argument("--out", type=Path, help="write a fuses file (TOML) for verify --fuses")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_fuses)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from independent import ecc_verify, lms_verify
 
-from imgtool import bundle
+from imgtool import bundle, fuses
 from imgtool.errors import FormatError
-from imgtool.verify import Report, check_bundle
+from imgtool.verify import Anchors, verify_bytes
 
 
 @pytest.mark.parametrize("prj", ["ast2700-default", "ast2700a1-default"])
@@ -23,9 +23,9 @@ def test_reference_bundles(ref: Path, prj: str) -> None:
     assert lms_verify(b.vendor_lms_pubkey, b.vendor_tbs(), b.vendor_lms_sig)
     assert ecc_verify(b.owner_ecc_pubkey, b.owner_tbs(), b.owner_ecc_sig)
     assert lms_verify(b.owner_lms_pubkey, b.owner_tbs(), b.owner_lms_sig)
-    r = Report("bundle")
-    check_bundle(data, r)
-    assert r.ok, [c.line() for c in r.checks if not c.ok]
+    f = fuses.from_bundle(b, lms_verify=True)
+    r = verify_bytes(data, Anchors(fuses=f))
+    assert r.ok, [c.line() for c in r.failures]
     assert b.owner_lms_pubkey == (ref / "key" / prj / "own-fw-lms-pubk.pem").read_bytes()
 
 
@@ -37,10 +37,14 @@ def test_sample_bundle_verifies(tmp_path: Path) -> None:
     ecc_keys(tmp_path)
     lms_keys(tmp_path)
     data = sample_bundle(tmp_path)
-    r = Report("bundle")
-    b = check_bundle(data, r)
-    assert r.ok and b is not None
+    b = bundle.parse_bundle(data)
+    r = verify_bytes(data, Anchors(fuses=fuses.from_bundle(b, lms_verify=True)))
+    assert r.ok, [c.line() for c in r.failures]
     assert b.owner_lms_pubkey == (tmp_path / "own-fw-lms-pubk.pem").read_bytes()
+    # a foreign fuse value: the bundle is refused
+    other = fuses.Fuses(bytes(range(48)), None, True)
+    r = verify_bytes(data, Anchors(fuses=other))
+    assert not r.ok and {c.id for c in r.failures} == {"bundle.fuse.vendor_pk_hash", "trust.chain"}
 
 
 def test_garbage_and_truncation() -> None:

@@ -1,0 +1,167 @@
+"""Trust anchors of a device: the fuse values the boot chain checks against (spec/trust.md).
+
+A fuses file (TOML) says what the device has burnt in::
+
+    [fuses]
+    vendor_pk_hash = "<96 hex>"   # SHA-384 of the bundle's vendor public key block (1920 bytes)
+    owner_pk_hash  = "<96 hex>"   # SHA-384 of the bundle's owner public keys (144 bytes); "" = none
+    lms_verify     = true         # ECDSA and LMS (false: ECDSA only)
+    secure_boot    = true         # false: the BootMCU skips the manifest checks
+    min_svn        = 0            # optional: anti-rollback floor for the manifest security_version
+
+Fuse words: Caliptra reads each hash as 12 u32 registers into an ``Array4x12`` and compares it
+with the SHA-384 engine's digest word by word. caliptra-sw ``drivers/src/array.rs`` converts
+between that array and bytes with big-endian words (``u8_to_u32_be_impl``), so register i holds
+``u32.from_be_bytes(digest[4i : 4i + 4])``: the value software writes into
+``fuse_key_manifest_pk_hash[i]`` / ``fuse_owner_pk_hash[i]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bundle import Bundle
+from .errors import ConfigError
+
+HASH_LEN = 48
+_HEX96 = re.compile(r"[0-9a-fA-F]{96}")
+FIELDS = ("vendor_pk_hash", "owner_pk_hash", "lms_verify", "secure_boot", "min_svn")
+
+
+@dataclass(frozen=True)
+class Fuses:
+    """What the device checks. ``vendor_pk_hash`` None: not given (allowed only with secure boot
+    off); ``owner_pk_hash`` None: the owner hash fuse is not provisioned (any owner keys pass)."""
+
+    vendor_pk_hash: bytes | None
+    owner_pk_hash: bytes | None
+    lms_verify: bool
+    secure_boot: bool = True
+    min_svn: int | None = None
+    source: str = "fuses"
+
+
+def vendor_pk_hash(b: Bundle) -> bytes:
+    return hashlib.sha384(b.vendor_key_block()).digest()
+
+
+def owner_pk_hash(b: Bundle) -> bytes:
+    return hashlib.sha384(b.owner_key_block()).digest()
+
+
+def fuse_words(digest: bytes) -> list[int]:
+    """The 12 fuse register values of a SHA-384 hash (big-endian words, see the module doc)."""
+    if len(digest) != HASH_LEN:
+        raise ValueError("a fuse hash is 48 bytes")
+    return [int.from_bytes(digest[i : i + 4], "big") for i in range(0, HASH_LEN, 4)]
+
+
+def from_bundle(b: Bundle, lms_verify: bool, source: str = "bundle") -> Fuses:
+    return Fuses(vendor_pk_hash(b), owner_pk_hash(b), lms_verify, True, None, source)
+
+
+def _err(path: Path, field: str, msg: str) -> ConfigError:
+    return ConfigError(f"{path}: fuses.{field}: {msg}")
+
+
+def _hash(path: Path, table: dict[str, Any], field: str) -> bytes | None:
+    value = table.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _err(path, field, f"expected a string of 96 hex digits, got {type(value).__name__}")
+    if value == "":
+        return None
+    if not _HEX96.fullmatch(value):
+        raise _err(path, field, f"expected 96 hex digits (a SHA-384 hash), got {len(value)} chars")
+    digest = bytes.fromhex(value)
+    if not any(digest):
+        raise _err(path, field, 'all zero: write "" for a hash fuse that is not provisioned')
+    return digest
+
+
+def _bool(path: Path, table: dict[str, Any], field: str, default: bool | None) -> bool:
+    value = table.get(field, default)
+    if value is None:
+        raise _err(path, field, "missing (true or false)")
+    if not isinstance(value, bool):
+        raise _err(path, field, f"expected true or false, got {value!r}")
+    return value
+
+
+def load(path: str | Path) -> Fuses:
+    """Read and validate a fuses file. Raises ConfigError with a one-line message."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: fuses file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read fuses file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    for name, value in raw.items():
+        if name == "fuses":
+            continue
+        if isinstance(value, dict):
+            raise ConfigError(f"{p}: [{name}]: unknown section (a fuses file has only [fuses])")
+        raise ConfigError(f"{p}: {name}: outside the [fuses] section")
+    table = raw.get("fuses")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{p}: [fuses]: missing section")
+    unknown = sorted(set(table) - set(FIELDS))
+    if unknown:
+        raise _err(p, unknown[0], f"unknown key (known: {', '.join(FIELDS)})")
+    secure_boot = _bool(p, table, "secure_boot", True)
+    lms_verify = _bool(p, table, "lms_verify", None)
+    vendor = _hash(p, table, "vendor_pk_hash")
+    if "owner_pk_hash" not in table:
+        raise _err(p, "owner_pk_hash", 'missing ("" when the owner hash fuse is not provisioned)')
+    owner = _hash(p, table, "owner_pk_hash")
+    if vendor is None and secure_boot:
+        raise _err(
+            p,
+            "vendor_pk_hash",
+            "required with secure boot on (a provisioned part's vendor hash fuse is never zero)",
+        )
+    min_svn = table.get("min_svn")
+    if min_svn is not None:
+        if isinstance(min_svn, bool) or not isinstance(min_svn, int):
+            raise _err(p, "min_svn", f"expected an integer, got {min_svn!r}")
+        if not 0 <= min_svn <= 0xFFFFFFFF:
+            raise _err(p, "min_svn", f"must be a 32-bit unsigned integer, got {min_svn}")
+    return Fuses(vendor, owner, lms_verify, secure_boot, min_svn, f"fuses {p}")
+
+
+def to_toml(f: Fuses, comment: str = "") -> str:
+    lines = [f"# {line}" for line in comment.splitlines()]
+    lines += [
+        "[fuses]",
+        f'vendor_pk_hash = "{f.vendor_pk_hash.hex() if f.vendor_pk_hash else ""}"',
+        f'owner_pk_hash = "{f.owner_pk_hash.hex() if f.owner_pk_hash else ""}"',
+        f"lms_verify = {'true' if f.lms_verify else 'false'}",
+        f"secure_boot = {'true' if f.secure_boot else 'false'}",
+    ]
+    if f.min_svn is not None:
+        lines.append(f"min_svn = {f.min_svn}")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(f: Fuses) -> dict[str, Any]:
+    def h(d: bytes | None) -> dict[str, Any] | None:
+        if d is None:
+            return None
+        return {"hex": d.hex(), "words": [f"0x{w:08x}" for w in fuse_words(d)]}
+
+    return {
+        "vendor_pk_hash": h(f.vendor_pk_hash),
+        "owner_pk_hash": h(f.owner_pk_hash),
+        "lms_verify": f.lms_verify,
+        "secure_boot": f.secure_boot,
+        "min_svn": f.min_svn,
+    }

@@ -1,0 +1,144 @@
+"""Trust anchors (fuses, config, key directory, a trusted Caliptra bundle), the policy they set,
+and the keys a verification uses, each with where it came from and what anchors it.
+
+Policy comes from the anchors, never from the image: without a fuses file, secure boot is
+assumed on and the LMS verify fuse unknown (LMS signatures that are present must verify; empty
+ones are reported as not checked).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import ecc, lms
+from ..config import Config
+from ..errors import ImgtoolError, KeyFileError
+from ..fuses import Fuses
+
+ALGOS = ("ecc", "lms")
+# the reference key file names per role
+KEY_FILES = {
+    "vendor_fw": "vnd-fw",
+    "vendor_man": "vnd-man",
+    "owner_fw": "own-fw",
+    "owner_man": "own-man",
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    secure_boot: bool = True
+    lms_verify: bool | None = None  # None: unknown (no fuses file)
+    min_svn: int | None = None
+
+    @classmethod
+    def from_fuses(cls, f: Fuses | None) -> Policy:
+        if f is None:
+            return cls()
+        return cls(f.secure_boot, f.lms_verify, f.min_svn)
+
+
+@dataclass
+class Key:
+    """A public key in its stored form (ECC hardware format x||y, LMS 48 bytes)."""
+
+    algo: str
+    value: bytes
+    origin: str  # where the bytes were read: "the bundle in the image", "key dir D", ...
+    anchors: list[str] = field(default_factory=list)  # what vouches for it
+
+    @property
+    def anchored(self) -> bool:
+        return bool(self.anchors)
+
+    def describe(self) -> str:
+        if self.anchors:
+            return f"{self.origin}, anchored by {', '.join(self.anchors)}"
+        return f"{self.origin}, not anchored"
+
+
+def _load_pub(path: Path, algo: str) -> bytes:
+    if algo == "ecc":
+        return ecc.public_to_hw(ecc.load_public(path))
+    return bytes(lms.load_public(path).to_bytes())
+
+
+@dataclass
+class Anchors:
+    fuses: Fuses | None = None
+    cfg: Config | None = None
+    key_dir: Path | None = None
+    caliptra_fw: bytes | None = None
+    caliptra_fw_name: str = ""
+
+    @property
+    def any(self) -> bool:
+        return any(x is not None for x in (self.fuses, self.cfg, self.key_dir, self.caliptra_fw))
+
+    def names(self) -> list[str]:
+        out = []
+        if self.fuses is not None:
+            out.append(self.fuses.source)
+        if self.cfg is not None:
+            out.append(f"config {self.cfg.path}")
+        if self.key_dir is not None:
+            out.append(f"key dir {self.key_dir}")
+        if self.caliptra_fw is not None:
+            out.append(f"caliptra-fw {self.caliptra_fw_name}")
+        return out
+
+    def dir_key(self, role: str, algo: str) -> tuple[bytes, str] | None:
+        """The key of ``role`` in the key directory: ``<prefix>-<algo>-pubk.pem``, or for ECC
+        derived from ``-prvk.pem`` when only the private key is there."""
+        if self.key_dir is None:
+            return None
+        return _dir_key(self.key_dir, KEY_FILES[role], algo)
+
+    def cfg_key(self, role: str, algo: str) -> tuple[bytes, str] | None:
+        """The configured public key of ``role`` (a KeySet field of the config)."""
+        if self.cfg is None:
+            return None
+        keyset = getattr(self.cfg, role)
+        path: Path | None = getattr(keyset, f"{algo}_pub")
+        if path is None:
+            return None
+        return _read_key(path, algo), str(path)
+
+    def expected(self, role: str, algo: str) -> list[tuple[bytes, str]]:
+        """Every anchor's value for a key: (bytes, "config FILE" / "key dir FILE")."""
+        out = []
+        c = self.cfg_key(role, algo)
+        if c is not None:
+            out.append((c[0], f"config ({c[1]})"))
+        d = self.dir_key(role, algo)
+        if d is not None:
+            out.append((d[0], f"key dir ({d[1]})"))
+        return out
+
+
+class AnchorError(ImgtoolError):
+    """An anchor (key file, config) cannot be read."""
+
+
+@functools.lru_cache(maxsize=64)
+def _read_key(path: Path, algo: str) -> bytes:
+    try:
+        return _load_pub(path, algo)
+    except KeyFileError as exc:
+        raise AnchorError(str(exc)) from None
+
+
+def _dir_key(key_dir: Path, prefix: str, algo: str) -> tuple[bytes, str] | None:
+    pub = key_dir / f"{prefix}-{algo}-pubk.pem"
+    if pub.is_file():
+        return _read_key(pub, algo), str(pub)
+    priv = key_dir / f"{prefix}-{algo}-prvk.pem"
+    if algo == "ecc" and priv.is_file():
+        try:
+            key = ecc.load_private(priv)
+        except KeyFileError as exc:
+            raise AnchorError(str(exc)) from None
+        return ecc.public_to_hw(key.public_key()), str(priv)
+    return None

@@ -1,0 +1,156 @@
+"""What every part of a verification shares: the report, the policy, the anchors, the keys used,
+and the signature primitives (ECDSA with `cryptography`, LMS with :mod:`imgtool.lms`; never by
+re-signing and comparing). Results of the primitives are memoised: they are pure functions of
+(key, digest, signature), and a file is often checked against the same signatures many times.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from dataclasses import dataclass, field
+
+from .. import ecc, lms
+from .anchors import Anchors, Key, Policy
+from .report import Report, Status
+
+
+def is_zero(data: bytes | memoryview) -> bool:
+    """All zero bytes (at C speed: `any()` walks a large memoryview byte by byte)."""
+    b = data if isinstance(data, bytes) else bytes(data)
+    return b.count(0) == len(b)
+
+
+@functools.lru_cache(maxsize=4096)
+def ecc_ok(pub_hw: bytes, digest: bytes, sig_hw: bytes) -> bool:
+    if not any(sig_hw[:48]) or not any(sig_hw[48:]):
+        return False  # r or s zero: never valid (Caliptra refuses it before verifying)
+    try:
+        key = ecc.hw_to_public(pub_hw)
+    except ValueError:
+        return False
+    return ecc.verify_digest_hw(key, digest, sig_hw)
+
+
+@functools.lru_cache(maxsize=4096)
+def lms_ok(pub48: bytes, digest: bytes, slot: bytes) -> bool:
+    try:
+        key = lms.LmsPublicKey.from_bytes(pub48)
+    except Exception:  # noqa: BLE001 - a malformed key just fails the check
+        return False
+    try:
+        if not key.verify(digest, slot):
+            return False
+        # the parts of Caliptra's fixed slot that a smaller tree or W8 leaves unused are zero
+        return bool(len(slot) != lms.SLOT_LEN or lms.sig_to_slot(lms.slot_to_sig(slot)) == slot)
+    except Exception:  # noqa: BLE001 - a malformed signature just fails the check
+        return False
+
+
+def sig_ok(algo: str, pub: bytes, digest: bytes, sig: bytes) -> bool:
+    return ecc_ok(pub, digest, sig) if algo == "ecc" else lms_ok(pub, digest, sig)
+
+
+def lms_q(sig: bytes, little: bool = False) -> int:
+    return int(struct.unpack_from("<I" if little else ">I", sig)[0])
+
+
+@dataclass
+class Ctx:
+    r: Report
+    policy: Policy
+    anchors: Anchors
+    used: list[tuple[str, Key]] = field(default_factory=list)  # (check id, key) that passed
+
+    @property
+    def check_signatures(self) -> bool:
+        """Signatures mean something only against an anchor."""
+        return self.anchors.any
+
+    def signature(
+        self,
+        cid: str,
+        what: str,
+        algo: str,
+        key: Key | None,
+        digest: bytes,
+        sig: bytes,
+        *,
+        required: bool = True,
+        le_q: bool = False,
+        why_not_required: str = "",
+        rom: bool = False,
+    ) -> bool | None:
+        """Check one signature slot under the policy. True/False when checked, None when not.
+
+        ``required``: the device checks this slot (given secure boot and the LMS fuse, which
+        this function applies). A slot the device does not check is reported as skip, with
+        whether it would verify. ``rom``: checked by the Caliptra ROM whatever the SoC's secure
+        boot setting (the firmware bundle)."""
+        r = self.r
+        if not self.check_signatures:
+            r.skip(cid, what, "no trust anchor")
+            return None
+        empty = not any(sig)
+        stored = lms.sig_q(sig) if algo == "lms" and not empty else None
+        if algo == "lms" and le_q and not empty:
+            sig = sig[:4][::-1] + sig[4:]  # ASPEED stores this slot's q little-endian
+            stored = lms_q(sig)
+        qtxt = (
+            f"q = {stored}" + (" (stored little-endian)" if le_q else "")
+            if stored is not None
+            else ""
+        )
+        if not self.policy.secure_boot and not rom:
+            if empty:
+                r.skip(cid, what, "secure boot off: not checked")
+                return None
+            required = False
+            why_not_required = why_not_required or "secure boot off"
+        if algo == "lms" and required:
+            if self.policy.lms_verify is False:
+                required = False
+                why_not_required = "lms_verify = false: not checked by the device"
+            elif self.policy.lms_verify is None and empty:
+                r.skip(cid, what, "empty; the LMS verify fuse is unknown (give --fuses)")
+                return None
+        if not required:
+            if empty:
+                r.skip(cid, what, f"empty ({why_not_required})")
+                return None
+            if key is None or not any(key.value):
+                r.skip(cid, what, f"{why_not_required}; no key to check it with")
+                return None
+            good = sig_ok(algo, key.value, digest, sig)
+            r.skip(
+                cid,
+                what,
+                f"{why_not_required}; it {'verifies' if good else 'does NOT verify'}"
+                + (f" ({qtxt})" if qtxt else ""),
+                key.describe(),
+            )
+            return None
+        if empty:
+            r.add(cid, False, what, "empty: the device rejects an unsigned slot")
+            return False
+        if key is None:
+            r.add(cid, False, what, "no key to verify it with", "")
+            return False
+        if not any(key.value):
+            r.add(cid, False, what, "its key slot is empty", key.describe())
+            return False
+        good = sig_ok(algo, key.value, digest, sig)
+        r.add(cid, good, what, qtxt if good else f"does not verify {qtxt}".strip(), key.describe())
+        if good:
+            self.used.append((cid, key))
+        return good
+
+    def unused_slot(self, cid: str, what: str, sig: bytes, why: str) -> None:
+        """A slot the format leaves empty in this configuration: it must be all zero."""
+        self.r.add(
+            cid, not any(sig), what, f"empty ({why})" if not any(sig) else f"not empty ({why})"
+        )
+
+
+def status_of(ok: bool) -> Status:
+    return Status.OK if ok else Status.FAIL

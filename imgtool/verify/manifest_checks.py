@@ -1,0 +1,182 @@
+"""SoC manifest (Caliptra 1.x and the ASPEED layout): what Caliptra's runtime SET_AUTH_MANIFEST
+and ASPEED's BootMCU check, with keys from the firmware bundle (FW keys) and from the manifest
+itself (manifest keys, vouched for by the pubkey signatures)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from .. import manifest
+from ..config import Format
+from ..errors import FormatError
+from ..manifest import Manifest
+from .anchors import Key
+from .context import Ctx
+
+
+@dataclass
+class FwKeys:
+    """The FW keys a manifest's pubkey and SVN signatures verify with (None: not known)."""
+
+    vendor_ecc: Key | None = None
+    vendor_lms: Key | None = None
+    owner_ecc: Key | None = None
+    owner_lms: Key | None = None
+
+    def get(self, party: str, algo: str) -> Key | None:
+        k: Key | None = getattr(self, f"{party}_{algo}")
+        return k
+
+
+def check_manifest(ctx: Ctx, data: bytes, origin: str, fw: FwKeys) -> Manifest | None:
+    r = ctx.r
+    try:
+        m = Manifest.parse(data, origin)
+    except FormatError as exc:
+        r.add("manifest.layout", False, "SoC manifest layout", str(exc))
+        return None
+    r.add("manifest.layout", True, "SoC manifest layout", f"{m.format}, {len(data)} bytes")
+    r.add(
+        "manifest.size",
+        m.size == manifest.PREAMBLE_SIZE,
+        "size field is 7168 (the runtime rejects anything else)",
+        f"found {m.size}",
+    )
+    r.add("manifest.flags", m.flags & ~1 == 0, "flags use only bit 0", f"0x{m.flags:x}")
+    _imc(ctx, m)
+    if m.format is Format.ASPEED and ctx.policy.min_svn is not None:
+        r.add(
+            "manifest.svn.min",
+            m.sec_ver >= ctx.policy.min_svn,
+            "security_version is not below the anti-rollback floor",
+            f"security_version {m.sec_ver}, min_svn {ctx.policy.min_svn}",
+            ctx.anchors.fuses.source if ctx.anchors.fuses else "",
+        )
+        r.note(
+            "manifest.svn.splice",
+            "known weakness of the ASPEED layout",
+            "the IMC signature does not bind security_version: an SVN signature from one "
+            "release can be spliced onto another release's IMC",
+        )
+    man_keys = _manifest_keys(ctx, m)
+    _signatures(ctx, m, fw, man_keys)
+    return m
+
+
+def _imc(ctx: Ctx, m: Manifest) -> None:
+    r = ctx.r
+    count, entries = manifest.imc_entries(m.imc)
+    if not r.add(
+        "manifest.imc.count",
+        1 <= count <= manifest.MAX_ENTRIES,
+        "entry_count in 1..127",
+        str(count),
+    ):
+        return
+    ids = [e.fw_id for e in entries]
+    dups = sorted({i for i in ids if ids.count(i) > 1})
+    r.add("manifest.imc.duplicates", not dups, "no duplicate fw_id", f"duplicates {dups}")
+    unused = struct.pack("<II", manifest.UNUSED_FW_ID, 0) + bytes(manifest.DIGEST_LEN)
+    n = manifest.ENTRY_LEN
+    tail = m.imc[4 + count * n :]
+    bad = [count + i for i in range(len(tail) // n) if tail[i * n : (i + 1) * n] != unused]
+    r.add(
+        "manifest.imc.unused",
+        not bad,
+        "unused entries are fw_id 0xFFFFFFFF, flags 0, digest 0",
+        f"entries {bad[:5]} differ" if bad else "",
+    )
+
+
+ROLES = (("vendor_man", "vnd_man"), ("owner_man", "own_man"))
+
+
+def _manifest_keys(ctx: Ctx, m: Manifest) -> dict[tuple[str, str], Key]:
+    """The manifest keys; compared with the config / key dir where those name them."""
+    r, a = ctx.r, ctx.anchors
+    out: dict[tuple[str, str], Key] = {}
+    for role, field in ROLES:
+        party = role.split("_")[0]
+        for algo in ("ecc", "lms"):
+            value = getattr(m, f"{field}_{algo}_pub")
+            key = Key(algo, value, f"the manifest's {party} manifest {algo.upper()} key")
+            out[(party, algo)] = key
+            for want, where in a.expected(role, algo):
+                if not any(value):
+                    # the image does not use this key; what needs it fails on its own
+                    r.skip(
+                        f"manifest.key.{role}.{algo}",
+                        f"manifest's {party} manifest {algo.upper()} key is {where}",
+                        "the manifest has none"
+                        + (" (prebuilt vendor signature)" if party == "vendor" else ""),
+                    )
+                    continue
+                if r.add(
+                    f"manifest.key.{role}.{algo}",
+                    want == value,
+                    f"manifest's {party} manifest {algo.upper()} key is {where}",
+                    "" if want == value else "it differs",
+                    where,
+                ):
+                    key.anchors.append(where)
+    return out
+
+
+def _signatures(ctx: Ctx, m: Manifest, fw: FwKeys, man_keys: dict[tuple[str, str], Key]) -> None:
+    sha = hashlib.sha384
+    aspeed = m.format is Format.ASPEED
+    vendor_tbs = sha(manifest.vendor_pubkey_tbs(m)).digest()
+    owner_tbs = sha(manifest.owner_pubkey_tbs(m)).digest()
+    imc = sha(manifest.imc_tbs(m)).digest()
+    svn = sha(manifest.svn_tbs(m)).digest()
+    # pubkey endorsements: FW keys (from the bundle) vouch for the manifest keys
+    endorsed: dict[str, list[bool | None]] = {"vendor": [], "owner": []}
+    for party, short, tbs in (("vendor", "vnd", vendor_tbs), ("owner", "own", owner_tbs)):
+        for algo in ("ecc", "lms"):
+            res = ctx.signature(
+                f"manifest.sig.{party}_pub.{algo}",
+                f"{party} pubkey signature ({algo.upper()}) over the {party} manifest keys",
+                algo,
+                fw.get(party, algo),
+                tbs,
+                getattr(m, f"{short}_pub_sig_{algo}"),
+            )
+            endorsed[party].append(res)
+    for party in ("vendor", "owner"):
+        ecc_res = endorsed[party][0]
+        fw_ecc = fw.get(party, "ecc")
+        if ecc_res and fw_ecc is not None and fw_ecc.anchored:
+            # the ECC endorsement covers both manifest keys of the party
+            for algo in ("ecc", "lms"):
+                man_keys[(party, algo)].anchors.append(f"the {party} pubkey signature")
+    if aspeed:
+        for algo in ("ecc", "lms"):
+            ctx.signature(
+                f"manifest.sig.owner_svn.{algo}",
+                f"owner SVN signature ({algo.upper()}) over version, security_version, flags "
+                "and the owner manifest keys",
+                algo,
+                fw.get("owner", algo),
+                svn,
+                getattr(m, f"own_svn_sig_{algo}"),
+                le_q=algo == "lms",
+            )
+    for algo in ("ecc", "lms"):
+        sig = m.vnd_imc_sig_ecc if algo == "ecc" else m.vnd_imc_sig_lms
+        cid = f"manifest.sig.vendor_imc.{algo}"
+        what = f"vendor IMC signature ({algo.upper()})"
+        if m.flags & 1:
+            ctx.signature(cid, what, algo, man_keys[("vendor", algo)], imc, sig)
+        else:
+            ctx.unused_slot(cid, what, sig, "flags bit 0 clear: no vendor IMC signature")
+    for algo in ("ecc", "lms"):
+        ctx.signature(
+            f"manifest.sig.owner_imc.{algo}",
+            f"owner IMC signature ({algo.upper()})",
+            algo,
+            man_keys[("owner", algo)],
+            imc,
+            getattr(m, f"own_imc_sig_{algo}"),
+        )
