@@ -452,3 +452,16 @@ def test_damaged_magic_is_explained_by_inspect_too(
     assert main(["inspect", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "FLSH" in err[0], err
+
+
+def test_key_files_are_read_again_after_a_change(
+    signed: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same key file name in another directory (or replaced) is another key."""
+    other = make_project(tmp_path / "other", sample_bundle=True, lms=True, flags=1)
+    keys = tmp_path / "k"
+    for source, want in ((signed.keys, 0), (other.keys, 1)):
+        shutil.rmtree(keys, ignore_errors=True)
+        shutil.copytree(source, keys)
+        rc, out, _ = _verify(capsys, str(signed.flash), "--key-dir", str(keys), "-q")
+        assert rc == want, out

@@ -122,10 +122,20 @@ class AnchorError(ImgtoolError):
     """An anchor (key file, config) cannot be read."""
 
 
-@functools.lru_cache(maxsize=64)
 def _read_key(path: Path, algo: str) -> bytes:
+    """A public key file, memoised by the file's identity (never by a relative name alone: the
+    same name means another file after a chdir, or after the file was replaced)."""
     try:
-        return _load_pub(path, algo)
+        st = path.stat()
+    except OSError as exc:
+        raise AnchorError(f"{path}: cannot read key: {exc.strerror}") from None
+    return _read_key_at(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, algo)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_key_at(path: str, _ino: int, _size: int, _mtime: int, algo: str) -> bytes:
+    try:
+        return _load_pub(Path(path), algo)
     except KeyFileError as exc:
         raise AnchorError(str(exc)) from None
 
