@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         run(app, opts)
     finally:
-        service.close()
+        service.close()  # also done at lifespan shutdown; here for an early exit
     return 0
 
 
@@ -194,7 +194,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-jobs",
         type=_positive_int,
-        help="concurrent signing jobs (env CPTRA_IMGTOOL_MAX_JOBS; default: one per CPU)",
+        help="concurrent i.MX jobs (env CPTRA_IMGTOOL_MAX_JOBS; default 4 per CPU; LMS: 1 per CPU)",
     )
     p.add_argument("--header-timeout", type=_positive_float, default=10.0, metavar="S")
     p.add_argument("--body-timeout", type=_positive_float, default=30.0, metavar="S")

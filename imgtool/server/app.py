@@ -144,6 +144,7 @@ class SigningService:
             )
             self.quota = LmsQuota(qdb)
         self.jobs = JobSlots(settings.jobs, settings.queue_timeout, settings.max_queue)
+        self.lms_jobs = JobSlots(settings.lms_jobs, settings.queue_timeout, settings.max_queue)
         self.work_root = settings.work_dir or Path(tempfile.gettempdir())
         if not self.work_root.is_dir():
             raise ServerError(f"{self.work_root}: work directory not found")
@@ -287,7 +288,7 @@ class SigningService:
         except BodyTooLarge:
             return PlainTextResponse("request body too large\n", status_code=413)
         except ImxError as exc:
-            log.warning("%s: %s", ctx.endpoint, exc.detail or exc.public)
+            log.warning("%s: %s", ctx.endpoint, validate.log_safe(exc.detail or exc.public, 300))
             return PlainTextResponse(exc.public + "\n", status_code=exc.status)
         except HTTPException as exc:  # raised by Starlette's form parsers (limits, bad bodies)
             status = 413 if ctx.too_large else exc.status_code
@@ -413,7 +414,7 @@ class SigningService:
             self.about_to_sign(ctx)
             sig = ecc.sign_digest_der(k, digest)
         else:
-            async with self.jobs.slot():
+            async with self.lms_jobs.slot():
                 if self.quota is not None and ctx.token is not None:
                     quota = ctx.token.lms_quota or self.s.lms_quota
                     try:
@@ -508,6 +509,8 @@ class SigningService:
             problems.append("key store missing")
         if self.tokens is not None and self.tokens.current() is None:
             problems.append("tokens file unusable")
+        if self.audit.last_error is not None:
+            problems.append("audit log not writable")
         if problems:
             return PlainTextResponse("unhealthy: " + ", ".join(problems) + "\n", status_code=503)
         return PlainTextResponse("ok\n")
@@ -601,8 +604,17 @@ def create_app(settings: Settings) -> Starlette:
     """The app factory. Raises ServerError when the settings are unusable."""
     service = SigningService(settings)
     logging.getLogger("imgtool.server").setLevel(settings.log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            service.close()  # the unpacked key trees go when the server stops
+
     app = Starlette(
         debug=False,
+        lifespan=lifespan,
         routes=[
             Route("/sign/imx", service.sign_imx, methods=["POST"]),
             Route("/sign/caliptra", service.sign_caliptra, methods=["POST"]),

@@ -20,6 +20,7 @@ class AuditLog:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self.last_error: str | None = None  # the last write's failure (None once one succeeds)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._write(b"")  # unwritable at start-up: refuse to start (caller maps it)
@@ -48,4 +49,6 @@ class AuditLog:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                raise AuditError(f"{self.path}: {exc.strerror or exc}") from None
+                self.last_error = f"{self.path}: {exc.strerror or exc}"
+                raise AuditError(self.last_error) from None
+            self.last_error = None

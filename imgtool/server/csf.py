@@ -43,9 +43,21 @@ WORD, FILENAME, NUMBER, EQUALS, OR, LBRACK, RBRACK, COMMA, DOT, EOL = (
     "EOL",
 )
 _PUNCT = {"=": EQUALS, "|": OR, "[": LBRACK, "]": RBRACK, ",": COMMA, ".": DOT}
-_WORD_RE = re.compile(rb"[A-Za-z][A-Za-z0-9]*")
-_HEX_RE = re.compile(rb"0[xX][0-9A-Fa-f]+")
-_DEC_RE = re.compile(rb"[0-9]+")
+# cst's flex rules as one scanner; the alternatives are ordered so that the first that matches
+# is flex's choice (longest match, first rule on a tie). FILENAME is greedy to the LAST quote
+# on the line; a comment or continuation needs its newline (without one, flex skips the byte).
+_SCAN = re.compile(
+    rb"""(?P<WORD>[A-Za-z][A-Za-z0-9]*)
+    |(?P<NUMBER>0[xX][0-9A-Fa-f]+|[0-9]+)
+    |(?P<FILENAME>"[^\n]*")
+    |(?P<COMMENT>\#[^\n]*\n)
+    |(?P<CONT>\\[^\n]*\n)
+    |(?P<BLANK>[ \t]+|\r(?=\n))
+    |(?P<EOL>\n)
+    |(?P<PUNCT>[=|\[\],.])
+    |(?P<IGNORED>[\s\S])""",
+    re.VERBOSE,
+)
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_][A-Za-z0-9._+-]*)*")
 
 
@@ -71,55 +83,27 @@ def tokenize(data: bytes) -> list[Token]:
     ``cst`` ignores come back as tokens of kind ``"IGNORED"`` so that the caller can refuse them;
     comments and continuations come back as ``"COMMENT"``/``"CONT"`` with what they swallowed."""
     out: list[Token] = []
-    i, line, n = 0, 1, len(data)
-    while i < n:
-        c = data[i : i + 1]
-        if _WORD_RE.match(data, i):
-            m = _WORD_RE.match(data, i)
-            assert m is not None
-            out.append(Token(WORD, m.group().decode("ascii"), line))
-            i = m.end()
-        elif c == b'"':
-            end = data.find(b"\n", i)
-            end = n if end < 0 else end
-            last = data.rfind(b'"', i + 1, end)
-            if last < 0:  # no closing quote on this line: cst ignores the lone quote
-                out.append(Token("IGNORED", "", line, ignored=c))
-                i += 1
-                continue
-            raw = data[i + 1 : last]
-            text = raw.replace(b"\\", b"/").split(b"\0", 1)[0]  # strdup stops at a NUL
-            out.append(Token(FILENAME, text.decode("latin-1"), line, raw=raw))
-            i = last + 1
-        elif c.isdigit():
-            m = _HEX_RE.match(data, i)
-            d = _DEC_RE.match(data, i)
-            assert d is not None
-            best = m if m is not None and m.end() > d.end() else d
-            out.append(Token(NUMBER, best.group().decode("ascii"), line))
-            i = best.end()
-        elif c in (b"#", b"\\"):
-            end = data.find(b"\n", i)
-            if end < 0:  # the rule needs the newline: without one, cst skips just this byte
-                out.append(Token("IGNORED", "", line, ignored=c))
-                i += 1
-                continue
-            kind = "COMMENT" if c == b"#" else "CONT"
-            out.append(Token(kind, "", line, ignored=data[i + 1 : end]))
-            i = end + 1
+    line = 1
+    for m in _SCAN.finditer(data):
+        kind = m.lastgroup
+        text = m.group()
+        if kind == "WORD" or kind == "NUMBER":
+            out.append(Token(kind, text.decode("ascii"), line))
+        elif kind == "FILENAME":
+            raw = text[1:-1]
+            name = raw.replace(b"\\", b"/").split(b"\0", 1)[0]  # strdup stops at a NUL
+            out.append(Token(FILENAME, name.decode("latin-1"), line, raw=raw))
+        elif kind == "COMMENT" or kind == "CONT":
+            out.append(Token(kind, "", line, ignored=text[1:-1]))
             line += 1
-        elif c in (b" ", b"\t") or (c == b"\r" and data[i + 1 : i + 2] == b"\n"):
-            i += 1  # blanks; the CR of a CRLF (cst skips it as an unexpected character)
-        elif c == b"\n":
+        elif kind == "EOL":
             out.append(Token(EOL, "", line))
-            i += 1
             line += 1
-        elif c.decode("latin-1") in _PUNCT:
-            out.append(Token(_PUNCT[c.decode("latin-1")], c.decode("latin-1"), line))
-            i += 1
-        else:
-            out.append(Token("IGNORED", "", line, ignored=c))
-            i += 1
+        elif kind == "PUNCT":
+            c = text.decode("ascii")
+            out.append(Token(_PUNCT[c], c, line))
+        elif kind == "IGNORED":
+            out.append(Token("IGNORED", "", line, ignored=text))
     out.append(Token(EOL, "", line))  # cst appends a newline at EOF
     return out
 

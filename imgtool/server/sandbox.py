@@ -2,8 +2,10 @@
 sandbox with fresh mount, pid, network, IPC, UTS and user namespaces, no capabilities, an empty
 environment, and read-only binds of exactly the files ``cst`` needs (the program, its ELF
 libraries and loader, and for a wrapper script its interpreter and the files it names). The job
-dir is the only writable place, at ``/job``; the machine's unpacked key archive is bound read-only
-inside it. No /proc, no /etc, no /tmp, no key store, no other job.
+dir's inputs (the CSF and the artifact) and the machine's unpacked key archive are bound read-only
+into a private ``/job`` (the cwd); the job dir itself, at ``/out``, is the only writable place
+(``cst -o /out/csf-output.bin``). No /proc, no /dev, no /etc, no /tmp, no key store, no other
+job.
 
 Where namespaces are not available the runner can still run ``cst`` directly in the job dir
 (only when the operator says ``--allow-unsandboxed-cst``); the CSF checks in :mod:`.csf` are then
@@ -25,6 +27,7 @@ from pathlib import Path
 from .imx import CSF_INPUT, CSF_OUTPUT, MIN_ENV, ImxError
 
 JOB = "/job"
+OUT = "/out"
 SANDBOX_UID = 65534
 _ABS_PATH = re.compile(r"(?<![A-Za-z0-9._-])(/[A-Za-z0-9._+/-]+)")
 _LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
@@ -91,8 +94,11 @@ def bwrap_args(
     deps: Sequence[Path],
     job: Path,
     ro_in_job: Mapping[str, Path],
+    inputs: Sequence[str] = (),
 ) -> list[str]:
-    """The bwrap command line (without the program to run)."""
+    """The bwrap command line (without the program to run). Inside: ``/job`` (the cwd) is a
+    private tmpfs holding read-only binds of the job's ``inputs`` (files of ``job``) and of
+    ``ro_in_job``; ``/out`` is the job dir itself, the one writable place."""
     args = [
         bwrap,
         "--unshare-all",
@@ -111,10 +117,12 @@ def bwrap_args(
         args += ["--setenv", k, v]
     for d in deps:
         args += ["--ro-bind", str(d), str(d)]
-    args += ["--dev", "/dev", "--bind", str(job), JOB]
+    args += ["--tmpfs", JOB]  # no /dev at all: cst needs none (OpenSSL uses getrandom())
+    for name in inputs:
+        args += ["--ro-bind", str(job / name), f"{JOB}/{name}"]
     for name, src in ro_in_job.items():
         args += ["--ro-bind", str(src), f"{JOB}/{name}"]
-    args += ["--chdir", JOB, "--"]
+    args += ["--bind", str(job), OUT, "--chdir", JOB, "--"]
     return args
 
 
@@ -166,26 +174,24 @@ class CstRunner:
         return cached[1]
 
     def command(self, cst: Path, job: Path, ro_in_job: Mapping[str, Path]) -> list[str]:
-        tail = [str(cst), "-i", CSF_INPUT, "-o", CSF_OUTPUT]
         if not self.sandbox:
-            return tail
-        return bwrap_args(self.bwrap, self.deps(cst), job, ro_in_job) + tail
+            return [str(cst), "-i", CSF_INPUT, "-o", CSF_OUTPUT]
+        inputs = sorted(p.name for p in job.iterdir() if p.is_file() and not p.is_symlink())
+        return bwrap_args(self.bwrap, self.deps(cst), job, ro_in_job, inputs) + [
+            str(cst),
+            "-i",
+            CSF_INPUT,
+            "-o",
+            f"{OUT}/{CSF_OUTPUT}",
+        ]
 
     async def run(
         self, cst: Path, job: Path, ro_in_job: Mapping[str, Path], timeout: float
     ) -> bytes:
-        """Run cst for the job in ``job``; returns the binary CSF. ``ro_in_job`` maps names in
-        the job dir to read-only sources (the unpacked key archive's top-level entries);
-        unsandboxed, those must already be copies inside ``job``."""
+        """Run cst for the job in ``job`` (its files are the inputs); returns the binary CSF.
+        ``ro_in_job`` maps names beside the inputs to read-only sources (the unpacked key
+        archive's top-level entries); unsandboxed, those must already be copies inside ``job``."""
         argv = self.command(cst, job, ro_in_job)
-        if self.sandbox:
-            for name in ro_in_job:  # mount points, in the job's own dir
-                src = ro_in_job[name]
-                dst = job / name
-                if src.is_dir():
-                    dst.mkdir(mode=0o700, exist_ok=True)
-                else:
-                    dst.touch(mode=0o600, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=job,

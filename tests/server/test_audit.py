@@ -50,6 +50,8 @@ def test_failing_audit_write_means_5xx_and_no_leaf_spent(own_server: Server) -> 
             r = _sign(s, algo)
             assert 500 <= r.status_code < 600, r.status_code
             assert len(r.content) < 200 and "audit" in r.text
+        r = httpx.get(f"{s.url}/healthz")
+        assert r.status_code == 503 and "audit log" in r.text
     finally:
         s.audit.unlink()
         saved.rename(s.audit)

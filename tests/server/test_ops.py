@@ -303,3 +303,38 @@ def test_cache_dir_is_private(tmp_path: Path) -> None:
     KeyCache(tmp_path / "c", 1 << 20, 8)
     assert oct((tmp_path / "c").stat().st_mode & 0o777) == "0o700"
     shutil.rmtree(tmp_path / "c")
+
+
+def test_jobs_beyond_the_limit_queue_then_get_429_with_retry_after(tmp_path: Path) -> None:
+    import concurrent.futures
+
+    from srvfixtures import FAKE_CST_HANG, FAKE_CST_OK, start_server
+    from test_server import _imx_form
+
+    s = start_server(
+        tmp_path, max_jobs=1, with_cst=False, env_extra={"CPTRA_IMGTOOL_QUEUE_TIMEOUT": "1"}
+    )
+    try:
+
+        def one(version: str) -> httpx.Response:
+            with s.client() as c:
+                return c.post("/sign/imx", **_imx_form(version=version))  # type: ignore[arg-type]
+
+        # one slot, fast jobs: the others wait their turn instead of failing
+        with concurrent.futures.ThreadPoolExecutor(6) as ex:
+            codes = [r.status_code for r in ex.map(one, [FAKE_CST_OK] * 6)]
+        assert codes == [200] * 6
+        # the slot is held by a hanging cst (3 s timeout): a queued job gives up after 1 s
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            hang = ex.submit(one, FAKE_CST_HANG)
+            import time
+
+            time.sleep(0.3)
+            r = ex.submit(one, FAKE_CST_OK).result()
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+            assert hang.result().status_code == 500
+        assert one(FAKE_CST_OK).status_code == 200
+        assert not any(s.work.iterdir())
+    finally:
+        s.proc.terminate()
+        s.proc.wait(timeout=10)

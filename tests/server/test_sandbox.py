@@ -61,7 +61,7 @@ def test_cst_cannot_read_outside_its_job_even_with_a_hostile_csf(tmp_path: Path)
 
 @needs_bwrap
 def test_sandbox_shows_only_the_job(tmp_path: Path) -> None:
-    """A 'cst' that looks around: no /etc, no /proc of the host, no key store, no other job,
+    """A 'cst' that looks around: no /etc, no /proc, no /dev, no key store, no other job,
     no network namespace peers; the key tree is read-only."""
     keystore = tmp_path / "keystore"
     keystore.mkdir()
@@ -77,6 +77,7 @@ def test_sandbox_shows_only_the_job(tmp_path: Path) -> None:
         "/etc/shadow",
         "/proc/1/environ",
         "/proc/self/status",
+        "/dev/null",
         str(keystore / "own-man-ecc-prvk.pem"),
         str(other_job / "secret.txt"),
         "/tmp",
@@ -126,3 +127,36 @@ def test_dependencies_of_a_wrapper_script(tmp_path: Path) -> None:
 def test_probe_reports_a_missing_bwrap(tmp_path: Path) -> None:
     why = CstRunner.probe(str(tmp_path / "no-bwrap"))
     assert why is not None and "bwrap" in why
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_without_namespaces_imx_is_refused_unless_allowed(tmp_path: Path, allow: bool) -> None:
+    """A bwrap that cannot create namespaces (as in some containers): the server says so at
+    start-up and answers /sign/imx with 503, unless --allow-unsandboxed-cst."""
+    from srvfixtures import FAKE_CST_OK, start_server
+    from test_server import _imx_form
+
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir()
+    (fakebin / "bwrap").write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n"
+    )
+    (fakebin / "bwrap").chmod(0o755)
+    env = {"PATH": f"{fakebin}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    args = ("--allow-unsandboxed-cst",) if allow else ()
+    s = start_server(tmp_path / "srv", with_cst=False, extra_args=args, env_extra=env)
+    try:
+        log = (tmp_path / "srv" / "server.log").read_text()
+        assert "cst sandbox not available" in log and "No permissions" in log
+        with s.client() as c:
+            r = c.post("/sign/imx", **_imx_form(version=FAKE_CST_OK))  # type: ignore[arg-type]
+        if allow:
+            assert r.status_code == 200 and b"argv:" in r.content
+            assert "WITHOUT a sandbox" in log
+        else:
+            assert r.status_code == 503 and "sandbox" in r.text
+            assert "--allow-unsandboxed-cst" in log
+        assert not any(s.work.iterdir())
+    finally:
+        s.proc.terminate()
+        s.proc.wait(timeout=10)
