@@ -7,8 +7,10 @@ import datetime
 import json
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import ecc, lms, lms_scan, lms_state, lms_tree
 from . import store as store_mod
@@ -43,17 +45,46 @@ DEMO_IMAGES = (
 )
 
 
-def _progress(label: str) -> lms_tree.Progress | None:
-    if not sys.stderr.isatty():
-        return None
+def _eta(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def _progress(
+    label: str,
+    stream: TextIO | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    every: float = 3.0,
+) -> lms_tree.Progress:
+    """Leaves done on stderr: a bar redrawn in place on a terminal (at most 10 times a second);
+    otherwise (logs, CI) a line at most every ``every`` seconds with the leaves done and an ETA.
+    Both end with a line saying how long it took."""
+    out = stream if stream is not None else sys.stderr
+    tty = out.isatty()
+    interval = 0.1 if tty else every
+    start = clock()
+    last = float("-inf") if tty else start  # a terminal shows the bar at once
 
     def show(done: int, total: int) -> None:
-        width = 40
-        filled = width * done // total
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        nonlocal last
+        now = clock()
+        elapsed = now - start
+        if done >= total:
+            end = f"{total}/{total} leaves in {elapsed:.1f} s"
+            out.write(f"\r{label} [{'#' * 30}] {end}\x1b[K\n" if tty else f"{label}: {end}\n")
+            out.flush()
+            return
+        eta = f"ETA {_eta(elapsed * (total - done) / done)}" if done else "ETA unknown"
+        if now - last < interval:
+            return
+        last = now
+        if tty:
+            filled = 30 * done // total
+            bar = "#" * filled + "." * (30 - filled)
+            out.write(f"\r{label} [{bar}] {done}/{total} leaves, {eta}\x1b[K")
+        else:
+            out.write(f"{label}: {done}/{total} leaves ({100 * done // total}%), {eta}\n")
+        out.flush()
 
     return show
 
@@ -73,12 +104,17 @@ def lms_types(height: int, w: int, force: bool) -> tuple[int, int]:
 
 
 def make_lms_key(
-    prefix: Path, height: int, w: int, force: bool, state: str | None = None
+    prefix: Path,
+    height: int,
+    w: int,
+    force: bool,
+    state: str | None = None,
+    counter: str = "",
 ) -> tuple[Path, Path]:
+    """``counter`` ("2/4 ") goes before the key's name on its progress bar."""
     lt, ot = lms_types(height, w, force)
-    return lms_tree.generate(
-        prefix, lt, ot, progress=_progress(f"LMS H{height}/W{w} tree"), store=state
-    )
+    label = f"{counter}{prefix.name} LMS H{height}/W{w} tree"
+    return lms_tree.generate(prefix, lt, ot, progress=_progress(label), store=state)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -113,7 +149,7 @@ def _lms_init(
         )
     h = key.height
     w = lms.LMOTS_PARAMS[key.ots_type][0]
-    nodes = lms_tree.get_tree(priv, key, pub, progress=_progress(f"LMS H{h}/W{w} tree"))
+    nodes = lms_tree.get_tree(priv, key, pub, progress=_progress(f"{priv.name} LMS H{h}/W{w} tree"))
     scan_next = 0
     if args.scan:
         found = lms_scan.used_leaves(args.scan, pub, nodes)
@@ -321,10 +357,11 @@ def new_project(
     force = lms_height != 15
     lms_types(lms_height, 4, force)  # validate before writing anything
     keys.mkdir(parents=True)
-    for prefix in KEY_PREFIXES:
+    for n, prefix in enumerate(KEY_PREFIXES, 1):
         ecc.generate_keypair(keys / f"{prefix}-ecc")
         if lms_on:
-            make_lms_key(keys / f"{prefix}-lms", lms_height, 4, force)
+            counter = f"{n}/{len(KEY_PREFIXES)} "
+            make_lms_key(keys / f"{prefix}-lms", lms_height, 4, force, counter=counter)
     if src is not None:
         shutil.copytree(src, pre)
     else:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 
 import pytest
 
-from imgtool import lms
+from imgtool import cli_keys, lms, lms_tree
 from imgtool.cli import main
 from imgtool.config import load_config
 from imgtool.lms_signer import LmsSigner
@@ -101,3 +103,101 @@ def test_adopting_a_sparse_key_is_refused(
     assert main(["lms-status", str(tmp_path / "own-fw-lms-prvk.pem"), "--init"]) == 2
     assert "sparse demo key" in capsys.readouterr().err
     assert not (tmp_path / "own-fw-lms-prvk.pem.state").exists()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_without_a_terminal_is_a_line_every_few_seconds_with_an_eta() -> None:
+    out, clock = io.StringIO(), _Clock()
+    show = cli_keys._progress("own-fw-lms LMS H15/W4 tree", stream=out, clock=clock, every=3.0)
+    for done, t in ((1024, 1.0), (2048, 2.0), (8192, 3.5), (9216, 4.0), (16384, 7.0)):
+        clock.t = 100.0 + t
+        show(done, 32768)
+    clock.t = 100.0 + 13.9
+    show(32768, 32768)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        # 3.5 s for 8192 leaves: 24576 more take 10.5 s
+        "own-fw-lms LMS H15/W4 tree: 8192/32768 leaves (25%), ETA 10 s",
+        "own-fw-lms LMS H15/W4 tree: 16384/32768 leaves (50%), ETA 7 s",
+        "own-fw-lms LMS H15/W4 tree: 32768/32768 leaves in 13.9 s",
+    ]
+    assert "\r" not in out.getvalue()
+
+
+def test_progress_eta_in_minutes() -> None:
+    out, clock = io.StringIO(), _Clock()
+    show = cli_keys._progress("k", stream=out, clock=clock)
+    clock.t += 60.0
+    show(1 << 15, 1 << 20)  # 1/32 in a minute: 31 more
+    assert out.getvalue() == "k: 32768/1048576 leaves (3%), ETA 31 min 00 s\n"
+
+
+def test_progress_on_a_terminal_is_one_bar_redrawn_in_place() -> None:
+    out, clock = _Tty(), _Clock()
+    show = cli_keys._progress("k", stream=out, clock=clock)
+    show(0, 4)
+    clock.t += 0.05
+    show(1, 4)  # within 0.1 s of the last redraw: skipped
+    clock.t += 0.2
+    show(2, 4)
+    clock.t += 0.25
+    show(4, 4)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    frames = text.split("\r")[1:]
+    assert [f.split("] ")[1].split(",")[0].split(" in")[0] for f in frames] == [
+        "0/4 leaves",
+        "2/4 leaves",
+        "4/4 leaves",
+    ]
+    assert "ETA unknown" in frames[0] and "[###############...............]" in frames[1]
+    assert frames[2].startswith("k [" + "#" * 30 + "] 4/4 leaves in 0.5 s")
+
+
+def test_keygen_without_a_terminal_says_what_it_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["keygen", "--algo", "lms", "--height", "10", "--force", "--out", str(tmp_path / "ak")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"ak LMS H10/W4 tree: 1024/1024 leaves in \d+\.\d s\n", err), err
+
+
+def test_new_project_shows_one_bar_per_key_with_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["new-project", "p3", "--root", str(tmp_path), "--lms-height", "5"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    names = ("vnd-fw", "vnd-man", "own-fw", "own-man")
+    assert [ln.split(":")[0] for ln in lines] == [
+        f"{n}/4 {name}-lms LMS H5/W4 tree" for n, name in enumerate(names, 1)
+    ]
+    assert all(" 32/32 leaves in " in ln for ln in lines)
+
+
+def test_keygen_progress_reports_real_leaf_counts(tmp_path: Path) -> None:
+    """The callback sees the leaves actually computed, on every backend."""
+    for backend in lms_tree.backends():
+        calls: list[tuple[int, int]] = []
+        lms_tree.generate(
+            tmp_path / backend,
+            lms.LMS_SHA256_M24_H5,
+            lms.LMOTS_SHA256_N24_W4,
+            workers=2,
+            backend=backend,
+            progress=lambda d, t, c=calls: c.append((d, t)),
+        )
+        assert calls[-1] == (32, 32) and len(calls) > 1
+        assert all(0 < d <= 32 and t == 32 for d, t in calls)
