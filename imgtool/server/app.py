@@ -189,7 +189,10 @@ class SigningService:
         """The request's final audit record (and one log line). Raises AuditError."""
         ms = round((time.monotonic() - ctx.started) * 1000, 1)
         tid = ctx.token.id if ctx.token else None
-        log.info(
+        # one text line per authenticated request; anonymous 4xx (floods) only at DEBUG --
+        # the audit log has every request either way
+        log.log(
+            logging.INFO if tid is not None or status >= 500 else logging.DEBUG,
             "%s %s machine=%s token=%s -> %s (%.1f ms)",
             ctx.method,
             ctx.endpoint if ctx.endpoint != "other" else validate.log_safe(ctx.path, 80),
@@ -216,7 +219,7 @@ class SigningService:
             rec["path"] = validate.log_safe(ctx.path)
         if ctx.lms_q is not None:
             rec["lms_q"] = ctx.lms_q
-        self.audit.record(**rec)
+        self.audit.record(**{k: v for k, v in rec.items() if v not in (None, "", {})})
 
     def about_to_sign(self, ctx: Ctx) -> None:
         """The record that must exist before a signature is made; fail closed without it."""

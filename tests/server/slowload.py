@@ -20,6 +20,15 @@ class SlowResult:
     probe_max_s: float = 0.0
     probe_latencies: list[float] = field(default_factory=list)
 
+    def summary(self) -> str:
+        lat = sorted(self.probe_latencies) or [float("nan")]
+        return (
+            f"opened {self.opened}, refused at connect {self.refused}, closed by the server "
+            f"{self.closed_by_server}; /healthz probes {self.probes}, failed "
+            f"{self.probe_failures}, p50 {lat[len(lat) // 2] * 1000:.1f} ms, "
+            f"max {self.probe_max_s * 1000:.0f} ms"
+        )
+
 
 def _probe(host: str, port: int, timeout: float) -> float | None:
     t = time.perf_counter()

@@ -52,6 +52,7 @@ def test_thousand_trickling_connections_from_many_addresses(slow_server: Server)
         trickle_every=1.0,
         reconnect=True,
     )
+    print(r.summary(), f"log+audit {_log_size(s)} B")
     assert r.opened >= 1200
     assert r.probes >= 20 and r.probe_failures == 0, r
     assert r.probe_max_s < 1.0, r
@@ -78,6 +79,7 @@ def test_one_client_cannot_take_every_connection(slow_server: Server) -> None:
         mode="headers",
         trickle_every=1.0,
     )
+    print(r.summary())
     assert r.opened + r.refused >= 1000
     assert r.probes >= 10 and r.probe_failures == 0 and r.probe_max_s < 1.0, r
     log = (s.audit.parent / "server.log").read_text()
