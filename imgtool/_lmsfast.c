@@ -62,16 +62,19 @@ static inline void put_be32(uint8_t *p, uint32_t v) {
 
 /* Rounds first..63 of one block on st (a..h after round first-1), message words w[0..15];
  * the result is added to base (the chaining value) into out. */
-static void portable_rounds(const uint32_t base[8], const uint32_t st[8], const uint32_t w_in[16],
-                            int first, uint32_t out[8]) {
+static inline __attribute__((always_inline)) void portable_rounds(
+    const uint32_t base[8], const uint32_t st[8], const uint32_t w_in[16], int first,
+    uint32_t out[8]) {
     uint32_t w[64];
     memcpy(w, w_in, 64);
+#pragma GCC unroll 48
     for (int t = 16; t < 64; t++) w[t] = s1(w[t - 2]) + w[t - 7] + s0(w[t - 15]) + w[t - 16];
     uint32_t a = st[0], b = st[1], c = st[2], d = st[3], e = st[4], f = st[5], g = st[6],
              h = st[7];
+#pragma GCC unroll 64
     for (int t = first; t < 64; t++) {
-        uint32_t t1 = h + S1(e) + ((e & f) ^ (~e & g)) + K256[t] + w[t];
-        uint32_t t2 = S0(a) + ((a & b) ^ (a & c) ^ (b & c));
+        uint32_t t1 = h + S1(e) + (g ^ (e & (f ^ g))) + K256[t] + w[t];
+        uint32_t t2 = S0(a) + ((a & b) | (c & (a | b)));
         h = g;
         g = f;
         f = e;
@@ -92,7 +95,9 @@ static void portable_rounds(const uint32_t base[8], const uint32_t st[8], const 
 }
 
 static void portable_block(uint32_t state[8], const uint32_t w[16]) {
-    portable_rounds(state, state, w, 0, state);
+    uint32_t tmp[8];
+    portable_rounds(state, state, w, 0, tmp);
+    memcpy(state, tmp, 32);
 }
 
 /* State after rounds 0..3 with message words w[0..3] from the IV. */

@@ -81,9 +81,9 @@ def backends() -> list[str]:
 
 
 def _fast_sha256() -> Callable[[bytes | bytearray], Any]:
-    """CPython's built-in SHA-256: for the 47-byte bytes inputs of the LM-OTS chains it is about
-    twice as fast per call as OpenSSL's through hashlib (measured: 0.43 vs 0.92 ms per H15/W4
-    leaf). Same function; falls back to hashlib where the module is missing."""
+    """CPython's built-in SHA-256 for the pure-Python path (no OpenSSL context per call; on some
+    builds faster than hashlib's, on this one about equal: `bench/lms_keygen.py --options`).
+    Same function; falls back to hashlib where the module is missing."""
     for name in ("_sha2", "_sha256"):  # Python >= 3.12, 3.11
         try:
             fn: Callable[[bytes | bytearray], Any] = importlib.import_module(name).sha256
