@@ -356,7 +356,9 @@ class SigningService:
                 raise Reject(400, str(exc)) from None
             archive = self.s.keyfile_root / machine / "imxsign" / "imx-cst-keys.tar.gz"
             async with self.jobs.slot():
-                tree = await asyncio.to_thread(self.keys.acquire, archive)
+                tree = self.keys.acquire_cached(archive)
+                if tree is None:  # first use or a changed archive: unpack off the loop
+                    tree = await asyncio.to_thread(self.keys.acquire, archive)
                 work: Path | None = None
                 try:
                     try:

@@ -71,6 +71,20 @@ class KeyCache:
             self._trees.clear()
             _rmtree(self.root)
 
+    def acquire_cached(self, archive: Path) -> KeyTree | None:
+        """The tree if the archive is unchanged since it was unpacked (one stat, no I/O
+        beyond it: fine on the event loop); None when :meth:`acquire` has work to do."""
+        try:
+            st = os.stat(archive)
+        except OSError:
+            return None
+        with self._lock:
+            hit = self._by_archive.get(archive)
+            if hit is None or hit[0] != _sig(st):
+                return None
+            self._refs[hit[1].digest] = self._refs.get(hit[1].digest, 0) + 1
+            return hit[1]
+
     def acquire(self, archive: Path) -> KeyTree:
         """The unpacked tree for ``archive``; call :meth:`release` when the job is done.
         Blocking (run it in a thread). Raises ImxError."""
