@@ -11,8 +11,8 @@ one process) between pairs and prints our SHA-256 rate per core against it, and,
 Prints numbers only. Usage:
   .venv/bin/python bench/lms_keygen.py [--height 15] [--pairs 5] [--workers N] [--portable]
                                        [--fallback] [--options] [--no-sign]
-(--portable and --fallback add our portable-C and pure-Python paths to the interleaving; numpy is
-not a dependency: --options measures it only where it is importable.)
+(--portable adds our AVX2 and portable-C paths to the interleaving, --fallback our pure-Python
+one; numpy is not a dependency: --options measures it only where it is importable.)
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def child(kind: str, height: int, workers: int) -> None:
             lt = {5: lms.LMS_SHA256_M24_H5, 10: lms.LMS_SHA256_M24_H10}.get(
                 height, lms.LMS_SHA256_M24_H15
             )
-            backend = {"ours-python": "python", "ours-c": "c"}.get(kind, lms_tree.backends()[0])
+            backend = {"ours-python": "python", "ours-c": "c", "ours-avx2": "avx2"}.get(
+                kind, lms_tree.backends()[0]
+            )
             with _WorkerWatch() as watch:
                 t = time.perf_counter()
                 lms_tree.generate(Path(d) / "k", lt, W4, workers=workers, backend=backend)
@@ -305,14 +307,18 @@ def options() -> None:
     from imgtool import lms_tree
 
     fast = lms_tree._FAST
-    for name, accel in (("compiled, portable C", False), ("compiled, SHA-NI", True)):
-        if fast is None or (accel and not fast.accelerated()):
+    have = fast.impls() if fast is not None else []
+    for name, impl, n in (
+        ("compiled, portable C", "c", 128),
+        ("compiled, AVX2 (8 chains per instruction)", "avx2", 512),
+        ("compiled, SHA-NI (3 chains interleaved)", "sha-ni", 1024),
+    ):
+        if fast is None or impl not in have:
             rows.append((name, None))
             continue
-        n = 128 if not accel else 1024
 
-        def run(accel: bool = accel, n: int = n) -> int:
-            fast.leaves(os.urandom(16), os.urandom(24), 4, P4, 15, 0, n, accel=accel)
+        def run(impl: str = impl, n: int = n) -> int:
+            fast.leaves(os.urandom(16), os.urandom(24), 4, P4, 15, 0, n, impl=impl)
             return n * hashes_per_leaf()
 
         rows.append((name, _per_core(run)))
@@ -360,11 +366,13 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--fallback", action="store_true", help="also run our pure-Python path")
-    ap.add_argument("--portable", action="store_true", help="also run our portable-C path")
+    ap.add_argument("--portable", action="store_true", help="also run our AVX2 and C paths")
     ap.add_argument("--options", action="store_true", help="per-core rate of each hashing way")
     ap.add_argument("--no-sign", action="store_true", help="skip the signing figures")
     ap.add_argument(
-        "--child", choices=["ours", "ours-c", "ours-python", "hsslms"], help=argparse.SUPPRESS
+        "--child",
+        choices=["ours", "ours-avx2", "ours-c", "ours-python", "hsslms"],
+        help=argparse.SUPPRESS,
     )
     a = ap.parse_args()
     if a.child:
@@ -374,7 +382,7 @@ def main() -> None:
         ap.error("--pairs: at least 5")
     if a.options:
         options()
-    kinds = ["ours", "hsslms"] + (["ours-c"] if a.portable else [])
+    kinds = ["ours", "hsslms"] + (["ours-avx2", "ours-c"] if a.portable else [])
     kinds += ["ours-python"] if a.fallback else []
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     ossl64: list[float] = []

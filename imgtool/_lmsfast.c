@@ -7,9 +7,9 @@
  *
  * Every chain step hashes I || u32(q) || u16(i) || u8(j) || tmp (47 bytes): one SHA-256 block,
  * whose first four message words (I) never change for a key, so the state after rounds 0-3 is
- * computed once per key. On x86-64 CPUs with the SHA extensions (checked at run time with CPUID)
- * the block function uses them and runs several independent chains interleaved; elsewhere it is
- * portable C.
+ * computed once per key. Three implementations, chosen at run time (CPUID): on x86-64 CPUs with
+ * the SHA extensions, three independent chains interleaved on them ("sha-ni"); with AVX2, eight
+ * chains per vector instruction ("avx2"); elsewhere portable C, one chain at a time ("c").
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -248,9 +248,12 @@ typedef struct {
     uint8_t I[16];
     uint32_t seed[6]; /* SEED as words */
     int w, p, h;
-    int accel;
-    uint32_t mid[8]; /* portable: a..h after rounds 0..3 */
+    int impl;        /* IMPL_* */
+    uint32_t mid[8]; /* a..h after rounds 0..3 (portable and AVX2) */
 } keyctx;
+
+enum { IMPL_C = 0, IMPL_AVX2 = 1, IMPL_SHANI = 2 };
+static const char *const IMPL_NAMES[] = {"c", "avx2", "sha-ni"};
 
 /* y[i] for every chain i of leaf q (each y as 6 words), portable block function. */
 static void chains_portable(const keyctx *k, uint32_t q, uint32_t y[][6]) {
@@ -318,21 +321,106 @@ SHANI static void chains_ni(const keyctx *k, uint32_t q, uint32_t y[][6]) {
 }
 #endif
 
-/* Leaf nodes T[2^h + q] for q in [start, end) into out (24 bytes each). */
-static void compute_leaves(const keyctx *k, uint32_t start, uint32_t end, uint8_t *out) {
+#ifdef LMSFAST_X86
+/* Eight chains per instruction with AVX2 (GCC vector extensions) for CPUs without the SHA
+ * extensions: lane l runs chain (start * p + base + l) of the chunk, so no lane is idle except
+ * at the chunk's very end. y gets 6 words per chain, chains of a leaf consecutive. */
+typedef uint32_t v8 __attribute__((vector_size(32)));
+#define AVX2 __attribute__((target("avx2")))
+
+AVX2 static void chains_avx2(const keyctx *k, uint32_t start, uint32_t end, uint32_t *y) {
+    const uint32_t p = (uint32_t)k->p, steps = (1u << k->w) - 1;
+    const uint32_t total = (end - start) * p;
+    const v8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (uint32_t base = 0; base < total; base += 8) {
+        uint32_t qa[8], ia[8];
+        for (uint32_t l = 0; l < 8; l++) {
+            uint32_t idx = base + l < total ? base + l : total - 1; /* spare lanes repeat */
+            qa[l] = start + idx / p;
+            ia[l] = (idx % p) << 16;
+        }
+        v8 q, ii, d[6];
+        memcpy(&q, qa, sizeof q);
+        memcpy(&ii, ia, sizeof ii);
+        for (int n = 0; n < 6; n++) d[n] = zero + k->seed[n];
+        for (uint32_t s = 0; s <= steps; s++) {
+            uint32_t j = s == 0 ? 0xff : s - 1;
+            v8 w[16];
+            for (int n = 0; n < 4; n++) w[n] = zero + k->iw[n];
+            w[4] = q;
+            w[5] = ii | (j << 8) | (d[0] >> 24);
+            for (int n = 0; n < 5; n++) w[6 + n] = (d[n] << 8) | (d[n + 1] >> 24);
+            w[11] = (d[5] << 8) | 0x80;
+            w[12] = zero;
+            w[13] = zero;
+            w[14] = zero;
+            w[15] = zero + 47 * 8;
+            v8 a = zero + k->mid[0], b = zero + k->mid[1], c = zero + k->mid[2],
+               dd = zero + k->mid[3], e = zero + k->mid[4], f = zero + k->mid[5],
+               g = zero + k->mid[6], h = zero + k->mid[7];
+#pragma GCC unroll 60
+            for (int t = 4; t < 64; t++) {
+                if (t >= 16)
+                    w[t & 15] = s1(w[(t - 2) & 15]) + w[(t - 7) & 15] + s0(w[(t - 15) & 15]) +
+                                w[t & 15];
+                v8 t1 = h + S1(e) + (g ^ (e & (f ^ g))) + K256[t] + w[t & 15];
+                v8 t2 = S0(a) + ((a & b) | (c & (a | b)));
+                h = g;
+                g = f;
+                f = e;
+                e = dd + t1;
+                dd = c;
+                c = b;
+                b = a;
+                a = t1 + t2;
+            }
+            d[0] = a + IV[0];
+            d[1] = b + IV[1];
+            d[2] = c + IV[2];
+            d[3] = dd + IV[3];
+            d[4] = e + IV[4];
+            d[5] = f + IV[5];
+        }
+        for (uint32_t l = 0; l < 8 && base + l < total; l++)
+            for (int n = 0; n < 6; n++) y[(size_t)(base + l) * 6 + n] = d[n][l];
+    }
+}
+
+static int cpu_has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#else
+static int cpu_has_avx2(void) { return 0; }
+#endif
+
+/* Whether this CPU can run an implementation. */
+static int impl_ok(int impl) {
+    return impl == IMPL_C || (impl == IMPL_AVX2 && cpu_has_avx2()) ||
+           (impl == IMPL_SHANI && cpu_has_shani());
+}
+
+/* Leaf nodes T[2^h + q] for q in [start, end) into out (24 bytes each); ybuf holds
+ * (end - start) * p * 6 words (used by the AVX2 chains). */
+static void compute_leaves(const keyctx *k, uint32_t start, uint32_t end, uint8_t *out,
+                           uint32_t *ybuf) {
     block_fn blk = portable_block;
 #ifdef LMSFAST_X86
-    if (k->accel) blk = ni_block;
+    if (k->impl == IMPL_SHANI) blk = ni_block;
+    if (k->impl == IMPL_AVX2) chains_avx2(k, start, end, ybuf);
 #endif
-    uint32_t y[MAX_P][6];
+    uint32_t y1[MAX_P][6];
     uint8_t buf[22 + MAX_P * N];
     for (uint32_t q = start; q < end; q++) {
+        const uint32_t(*y)[6] = (const uint32_t(*)[6])y1;
+        if (k->impl == IMPL_AVX2)
+            y = (const uint32_t(*)[6])(ybuf + (size_t)(q - start) * k->p * 6);
 #ifdef LMSFAST_X86
-        if (k->accel)
-            chains_ni(k, q, y);
-        else
+        else if (k->impl == IMPL_SHANI)
+            chains_ni(k, q, y1);
 #endif
-            chains_portable(k, q, y);
+        else
+            chains_portable(k, q, y1);
         /* K = H(I || u32(q) || D_PBLC || y[0] || ... || y[p-1]) */
         memcpy(buf, k->I, 16);
         put_be32(buf + 16, q);
@@ -354,19 +442,39 @@ static void compute_leaves(const keyctx *k, uint32_t start, uint32_t end, uint8_
     }
 }
 
-static int use_accel(int want) { return want && cpu_has_shani(); }
+/* The implementation named by a Python str (NULL: the fastest here), or -1 with an error. */
+static int parse_impl(PyObject *name) {
+    if (name == NULL || name == Py_None) {
+        for (int i = IMPL_SHANI; i > IMPL_C; i--)
+            if (impl_ok(i)) return i;
+        return IMPL_C;
+    }
+    for (int i = 0; i <= IMPL_SHANI; i++) {
+        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, IMPL_NAMES[i]) == 0) {
+            if (impl_ok(i)) return i;
+            PyErr_Format(PyExc_ValueError, "impl %s: this CPU cannot run it", IMPL_NAMES[i]);
+            return -1;
+        }
+    }
+    PyErr_SetString(PyExc_ValueError, "impl must be 'sha-ni', 'avx2' or 'c'");
+    return -1;
+}
 
 /* ------------------------------------------------------------------ Python functions */
 static PyObject *py_leaves(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"I", "seed", "w", "p", "h", "start", "end", "accel", NULL};
+    static char *kwlist[] = {"I", "seed", "w", "p", "h", "start", "end", "impl", NULL};
     Py_buffer ib, sb;
-    int w, p, h, accel = 1;
+    int w, p, h;
     Py_ssize_t start, end;
+    PyObject *impl_name = NULL;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*iiinn|p", kwlist, &ib, &sb, &w, &p, &h,
-                                     &start, &end, &accel))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*iiinn|O", kwlist, &ib, &sb, &w, &p, &h,
+                                     &start, &end, &impl_name))
         return NULL;
     PyObject *res = NULL;
+    uint32_t *ybuf = NULL;
+    int impl = parse_impl(impl_name);
+    if (impl < 0) goto done;
     if (ib.len != 16 || sb.len != N) {
         PyErr_SetString(PyExc_ValueError, "I must be 16 bytes and seed 24 bytes");
         goto done;
@@ -384,14 +492,22 @@ static PyObject *py_leaves(PyObject *self, PyObject *args, PyObject *kw) {
     for (int i = 0; i < 4; i++) k.iw[i] = be32(k.I + 4 * i);
     for (int i = 0; i < 6; i++) k.seed[i] = be32((const uint8_t *)sb.buf + 4 * i);
     k.w = w, k.p = p, k.h = h;
-    k.accel = use_accel(accel);
+    k.impl = impl;
     portable_mid4(k.iw, k.mid);
+    if (impl == IMPL_AVX2) {
+        ybuf = PyMem_RawMalloc(((size_t)(end - start) * (size_t)p * 6 + 1) * sizeof *ybuf);
+        if (ybuf == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
     res = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((end - start) * N));
     if (res == NULL) goto done;
     uint8_t *out = (uint8_t *)PyBytes_AS_STRING(res);
-    Py_BEGIN_ALLOW_THREADS compute_leaves(&k, (uint32_t)start, (uint32_t)end, out);
+    Py_BEGIN_ALLOW_THREADS compute_leaves(&k, (uint32_t)start, (uint32_t)end, out, ybuf);
     Py_END_ALLOW_THREADS
 done:
+    PyMem_RawFree(ybuf);
     PyBuffer_Release(&ib);
     PyBuffer_Release(&sb);
     return res;
@@ -400,12 +516,15 @@ done:
 /* All nodes of the tree from its leaves: 2^(h+1) * 24 bytes, node r at offset 24 r (r >= 1;
  * the first 24 bytes are zero). */
 static PyObject *py_tree(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"I", "leaves", "accel", NULL};
+    static char *kwlist[] = {"I", "leaves", "impl", NULL};
     Py_buffer ib, lb;
-    int accel = 1;
+    PyObject *impl_name = NULL;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*|p", kwlist, &ib, &lb, &accel)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*|O", kwlist, &ib, &lb, &impl_name))
+        return NULL;
     PyObject *res = NULL;
+    int impl = parse_impl(impl_name);
+    if (impl < 0) goto done;
     Py_ssize_t count = lb.len / N;
     if (ib.len != 16 || lb.len % N != 0 || count < 2 || count > (1 << 25) ||
         (count & (count - 1)) != 0) {
@@ -421,9 +540,7 @@ static PyObject *py_tree(PyObject *self, PyObject *args, PyObject *kw) {
     const uint8_t *lv = (const uint8_t *)lb.buf;
     block_fn blk = portable_block;
 #ifdef LMSFAST_X86
-    if (use_accel(accel)) blk = ni_block;
-#else
-    (void)accel;
+    if (impl == IMPL_SHANI) blk = ni_block;
 #endif
     Py_BEGIN_ALLOW_THREADS memset(out, 0, N);
     memcpy(out + (size_t)count * N, lv, (size_t)count * N);
@@ -445,20 +562,27 @@ done:
     return res;
 }
 
-static PyObject *py_accelerated(PyObject *self, PyObject *unused) {
+static PyObject *py_impls(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return PyBool_FromLong(cpu_has_shani());
+    PyObject *list = PyList_New(0);
+    for (int i = IMPL_SHANI; list != NULL && i >= IMPL_C; i--) {
+        if (!impl_ok(i)) continue;
+        PyObject *name = PyUnicode_FromString(IMPL_NAMES[i]);
+        if (name == NULL || PyList_Append(list, name) < 0) Py_CLEAR(list);
+        Py_XDECREF(name);
+    }
+    return list;
 }
 
 static PyMethodDef methods[] = {
     {"leaves", (PyCFunction)(void (*)(void))py_leaves, METH_VARARGS | METH_KEYWORDS,
-     "leaves(I, seed, w, p, h, start, end, accel=True) -> bytes: the leaf nodes T[2^h + q] for q "
-     "in [start, end), 24 bytes each."},
+     "leaves(I, seed, w, p, h, start, end, impl=None) -> bytes: the leaf nodes T[2^h + q] for q "
+     "in [start, end), 24 bytes each; impl 'sha-ni', 'avx2' or 'c' (None: the fastest here)."},
     {"tree", (PyCFunction)(void (*)(void))py_tree, METH_VARARGS | METH_KEYWORDS,
-     "tree(I, leaves, accel=True) -> bytes: every node (node r at offset 24 r, r >= 1)."},
-    {"accelerated", py_accelerated, METH_NOARGS,
-     "accelerated() -> bool: whether this CPU's SHA extensions are used."},
+     "tree(I, leaves, impl=None) -> bytes: every node (node r at offset 24 r, r >= 1)."},
+    {"impls", py_impls, METH_NOARGS,
+     "impls() -> list[str]: the implementations this CPU can run, fastest first."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

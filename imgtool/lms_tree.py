@@ -68,16 +68,16 @@ def _load_fast() -> ModuleType | None:
 
 
 _FAST = _load_fast()
-# How leaves are computed: "sha-ni" (compiled, the CPU's SHA extensions), "c" (compiled,
-# portable C) or "python". The default is the fastest this machine has.
-BACKENDS = ("sha-ni", "c", "python")
+# How leaves are computed: compiled with the CPU's SHA extensions ("sha-ni"), with AVX2 vectors
+# ("avx2") or in portable C ("c"), or in pure Python. The default is the fastest this machine has.
+BACKENDS = ("sha-ni", "avx2", "c", "python")
 
 
 def backends() -> list[str]:
     """The backends available here, fastest first."""
     if _FAST is None:
         return ["python"]
-    return (["sha-ni"] if _FAST.accelerated() else []) + ["c", "python"]
+    return [str(x) for x in _FAST.impls()] + ["python"]
 
 
 def _fast_sha256() -> Callable[[bytes | bytearray], Any]:
@@ -119,11 +119,11 @@ def _leaf_chunk(args: LeafJob) -> list[bytes]:
     return out
 
 
-def _compiled_leaves(fast: ModuleType, accel: bool) -> Callable[[LeafJob], bytes]:
+def _compiled_leaves(fast: ModuleType, impl: str) -> Callable[[LeafJob], bytes]:
     def run(job: LeafJob) -> bytes:
         ident, seed, ots_type, h, start, end = job
         w, p, _ = LMOTS_PARAMS[ots_type]
-        out: bytes = fast.leaves(ident, seed, w, p, h, start, end, accel=accel)
+        out: bytes = fast.leaves(ident, seed, w, p, h, start, end, impl=impl)
         return out
 
     return run
@@ -164,7 +164,7 @@ def compute_tree(
 
     if backend != "python":
         assert _FAST is not None
-        run = _compiled_leaves(_FAST, backend == "sha-ni")
+        run = _compiled_leaves(_FAST, backend)
         if workers == 1 or len(jobs) == 1:
             for job in jobs:
                 parts.append(run(job))
@@ -174,7 +174,7 @@ def compute_tree(
                 for job, part in zip(jobs, tx.map(run, jobs), strict=True):
                     parts.append(part)
                     note(job[5] - job[4])
-        flat = _FAST.tree(key.I, b"".join(parts), accel=backend == "sha-ni")
+        flat = _FAST.tree(key.I, b"".join(parts), impl=backend)
         return [b""] + [flat[i : i + N] for i in range(N, len(flat), N)]
     if workers == 1 or len(jobs) == 1:
         for job in jobs:

@@ -34,7 +34,7 @@ def need(backend: str) -> None:
         return
     if lms_tree._FAST is None:
         pytest.skip(f"LMS backend {backend}: imgtool._lmsfast was not built (no C compiler?)")
-    pytest.skip(f"LMS backend {backend}: this CPU has no SHA extensions")
+    pytest.skip(f"LMS backend {backend}: this CPU cannot run it (no SHA extensions or AVX2)")
 
 
 def H(data: bytes) -> bytes:
@@ -253,6 +253,11 @@ def test_compiled_part_refuses_hostile_arguments() -> None:
             fast.leaves(**{**good, kind: value})
     with pytest.raises(TypeError):
         fast.leaves(**{**good, "I": "not bytes"})
+    for impl in ("bogus", "", "SHA-NI", 2, b"c"):
+        with pytest.raises(ValueError, match="impl"):
+            fast.leaves(**good, impl=impl)
+        with pytest.raises(ValueError, match="impl"):
+            fast.tree(bytes(16), bytes(2 * 24), impl=impl)
     assert fast.leaves(**{**good, "start": 1, "end": 1}) == b""
     leaves = fast.leaves(**{**good, "end": 32})
     for junk in (b"", bytes(24), bytes(3 * 24), bytes(32 * 24 + 1), bytes(17)):
