@@ -48,9 +48,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         anchors.fuses = fuses.load(args.fuses)
     if args.cfg is not None:
         anchors.cfg = load_config(args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir)
+    if args.prebuilt_dir is not None and args.cfg is None:
+        raise ConfigError("--prebuilt-dir: only with --cfg (it says where the config's files are)")
     if args.key_dir is not None:
         if not args.key_dir.is_dir():
             raise ConfigError(f"{args.key_dir}: --key-dir: not a directory")
+        if not any(args.key_dir.glob("*-pubk.pem")) and not any(
+            args.key_dir.glob("*-ecc-prvk.pem")
+        ):
+            raise ConfigError(
+                f"{args.key_dir}: --key-dir: no public keys in it (vnd-fw-ecc-pubk.pem, "
+                "own-man-lms-pubk.pem, ...)"
+            )
         anchors.key_dir = args.key_dir
     if args.caliptra_fw is not None:
         anchors.caliptra_fw = _read(args.caliptra_fw)

@@ -8,6 +8,8 @@ A fuses file (TOML) says what the device has burnt in::
     lms_verify     = true         # ECDSA and LMS (false: ECDSA only)
     secure_boot    = true         # false: the BootMCU skips the manifest checks
     min_svn        = 0            # optional: anti-rollback floor for the manifest security_version
+    # optional, as the Caliptra ROM checks them: vendor_ecc_revocation (4-bit mask),
+    # vendor_lms_revocation (32-bit mask), fmc_svn (0..32), runtime_svn (0..64)
 
 Fuse words: Caliptra reads each hash as 12 u32 registers into an ``Array4x12`` and compares it
 with the SHA-384 engine's digest word by word. caliptra-sw ``drivers/src/array.rs`` converts
@@ -30,7 +32,25 @@ from .errors import ConfigError
 
 HASH_LEN = 48
 _HEX96 = re.compile(r"[0-9a-fA-F]{96}")
-FIELDS = ("vendor_pk_hash", "owner_pk_hash", "lms_verify", "secure_boot", "min_svn")
+FIELDS = (
+    "vendor_pk_hash",
+    "owner_pk_hash",
+    "lms_verify",
+    "secure_boot",
+    "min_svn",
+    "vendor_ecc_revocation",
+    "vendor_lms_revocation",
+    "fmc_svn",
+    "runtime_svn",
+)
+# optional integer fuses: name -> (maximum, what it is)
+RANGES = {
+    "min_svn": (0xFFFFFFFF, "anti-rollback floor for the manifest security_version"),
+    "vendor_ecc_revocation": (0xF, "bit i revokes vendor ECC key i (key 3 is never revoked)"),
+    "vendor_lms_revocation": (0xFFFFFFFF, "bit i revokes vendor LMS key i (key 31 never)"),
+    "fmc_svn": (32, "FMC firmware SVN fuse"),
+    "runtime_svn": (64, "runtime firmware SVN fuse"),
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,10 @@ class Fuses:
     secure_boot: bool = True
     min_svn: int | None = None
     source: str = "fuses"
+    vendor_ecc_revocation: int | None = None
+    vendor_lms_revocation: int | None = None
+    fmc_svn: int | None = None
+    runtime_svn: int | None = None
 
 
 def vendor_pk_hash(b: Bundle) -> bytes:
@@ -129,13 +153,27 @@ def load(path: str | Path) -> Fuses:
             "vendor_pk_hash",
             "required with secure boot on (a provisioned part's vendor hash fuse is never zero)",
         )
-    min_svn = table.get("min_svn")
-    if min_svn is not None:
-        if isinstance(min_svn, bool) or not isinstance(min_svn, int):
-            raise _err(p, "min_svn", f"expected an integer, got {min_svn!r}")
-        if not 0 <= min_svn <= 0xFFFFFFFF:
-            raise _err(p, "min_svn", f"must be a 32-bit unsigned integer, got {min_svn}")
-    return Fuses(vendor, owner, lms_verify, secure_boot, min_svn, f"fuses {p}")
+    ints: dict[str, int | None] = {}
+    for name, (top, _) in RANGES.items():
+        value = table.get(name)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _err(p, name, f"expected an integer, got {value!r}")
+            if not 0 <= value <= top:
+                raise _err(p, name, f"must be 0..{top}, got {value}")
+        ints[name] = value
+    return Fuses(
+        vendor,
+        owner,
+        lms_verify,
+        secure_boot,
+        ints["min_svn"],
+        f"fuses {p}",
+        ints["vendor_ecc_revocation"],
+        ints["vendor_lms_revocation"],
+        ints["fmc_svn"],
+        ints["runtime_svn"],
+    )
 
 
 def to_toml(f: Fuses, comment: str = "") -> str:
@@ -147,8 +185,10 @@ def to_toml(f: Fuses, comment: str = "") -> str:
         f"lms_verify = {'true' if f.lms_verify else 'false'}",
         f"secure_boot = {'true' if f.secure_boot else 'false'}",
     ]
-    if f.min_svn is not None:
-        lines.append(f"min_svn = {f.min_svn}")
+    for name in RANGES:
+        value = getattr(f, name)
+        if value is not None:
+            lines.append(f"{name} = {value}")
     return "\n".join(lines) + "\n"
 
 
@@ -163,5 +203,5 @@ def to_json(f: Fuses) -> dict[str, Any]:
         "owner_pk_hash": h(f.owner_pk_hash),
         "lms_verify": f.lms_verify,
         "secure_boot": f.secure_boot,
-        "min_svn": f.min_svn,
+        **{name: getattr(f, name) for name in RANGES},
     }

@@ -13,11 +13,11 @@ import struct
 
 from .. import bundle as bundle_mod
 from .. import flash, manifest
-from ..config import Config
+from ..config import Config, Format
 from ..errors import FormatError
 from .anchors import AnchorError, Anchors, Key, Policy
 from .bundle_checks import BundleKeys, check_bundle
-from .config_checks import check_flash_vs_config, check_manifest_vs_config
+from .config_checks import check_flash_vs_config, check_manifest_vs_config, planned_slots
 from .context import Ctx, is_zero
 from .flash_checks import check_images, check_structure, data_end, find_mcu, plausible_flsh
 from .manifest_checks import FwKeys, check_manifest
@@ -97,7 +97,11 @@ def verify_bytes(
         check_bundle(ctx, bytes(view), "the bundle", in_image=True)
     else:
         keys = trusted if trusted is not None else _config_bundle(ctx)
-        m = check_manifest(ctx, bytes(view), "the manifest", _fw_keys(ctx, keys))
+        if keys is None:
+            _no_bundle(ctx, in_flash=False)
+        m = check_manifest(
+            ctx, bytes(view), "the manifest", _fw_keys(ctx, keys), cfg_slots=_cfg_slots(ctx)
+        )
         if m is not None and anchors.cfg is not None:
             check_manifest_vs_config(ctx, m, anchors.cfg)
     _conclude(ctx)
@@ -140,6 +144,35 @@ def _config_bundle(ctx: Ctx) -> BundleKeys | None:
         for k in keys.all():
             k.anchors.append(f"config caliptra_file {cfg.caliptra_file}")
     return keys
+
+
+def _no_bundle(ctx: Ctx, in_flash: bool) -> None:
+    """No Caliptra bundle anywhere (not in the file, not --caliptra-fw, not the config's): the
+    fuses cannot be checked, and a flash image without one boots only where the config says
+    the Caliptra firmware lives elsewhere."""
+    a = ctx.anchors
+    if a.fuses is not None:
+        ctx.r.add(
+            "bundle.fuse.vendor_pk_hash",
+            False,
+            "the running Caliptra bundle matches the fuses",
+            "no Caliptra bundle to check the fuses against: give --caliptra-fw (the bundle "
+            "the device runs)",
+            a.fuses.source,
+        )
+    elif in_flash and ctx.check_signatures and a.cfg is None:
+        ctx.r.add(
+            "bundle.present",
+            False,
+            "the Caliptra firmware the device boots is known",
+            "no bundle in the image: give --caliptra-fw (the bundle the device runs), or "
+            '--cfg of a config with caliptra_file = ""',
+        )
+
+
+def _cfg_slots(ctx: Ctx) -> set[str] | None:
+    cfg = ctx.anchors.cfg
+    return None if cfg is None else planned_slots(ctx, cfg)
 
 
 def _fw_keys(ctx: Ctx, keys: BundleKeys | None) -> FwKeys:
@@ -199,10 +232,19 @@ def _flash(ctx: Ctx, data: memoryview, a1: bool, trusted: BundleKeys | None) -> 
                 "the Caliptra entry is empty" if not len(cal) else "zero-filled Caliptra entry",
             )
     keys = image_keys or trusted or _config_bundle(ctx)
+    if keys is None:
+        _no_bundle(ctx, in_flash=True)
     man = view.regions.get(flash.ID_MANIFEST)
     if man is None:
         return
-    m = check_manifest(ctx, bytes(man), "the manifest", _fw_keys(ctx, keys))
+    m = check_manifest(
+        ctx,
+        bytes(man),
+        "the manifest",
+        _fw_keys(ctx, keys),
+        in_flash=True,
+        cfg_slots=_cfg_slots(ctx),
+    )
     if m is None:
         return
     entries = m.entries
@@ -225,7 +267,14 @@ def _flash(ctx: Ctx, data: memoryview, a1: bool, trusted: BundleKeys | None) -> 
         )
     else:
         mcu_region = view.regions.get(flash.ID_MCU)
-    check_images(ctx, view, entries, mcu_region, "at 0x20000" if a1 else "flash id 3")
+    check_images(
+        ctx,
+        view,
+        entries,
+        mcu_region,
+        "at 0x20000" if a1 else "flash id 3",
+        ast2700=m.format is Format.ASPEED,
+    )
     if cfg is not None:
         check_manifest_vs_config(ctx, m, cfg)
         check_flash_vs_config(ctx, m, cfg, view, out_bundle)

@@ -4,7 +4,8 @@ plus the bytes no signature covers (reserved fields, trailing bytes)."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 
 from .. import bundle as bundle_mod
 from ..config import VendorSignature
@@ -21,6 +22,7 @@ class BundleKeys:
     vendor_lms: Key
     owner_ecc: Key
     owner_lms: Key
+    block_anchors: list[str] = field(default_factory=list)  # vouch for all 36 vendor key slots
 
     def all(self) -> list[Key]:
         return [self.vendor_ecc, self.vendor_lms, self.owner_ecc, self.owner_lms]
@@ -68,8 +70,67 @@ def check_bundle(
     )
     _structure(r, b, data, trailing)
     _anchors(ctx, r, b, data, keys, in_image)
+    if in_image and ctx.check_signatures:
+        # the ROM hashes all 36 vendor key slots against the fuse: a key dir vouches for the
+        # selected ones only, so the others would be bytes nothing accounts for
+        r.add(
+            "bundle.vendor_keys",
+            bool(keys.block_anchors),
+            "all 4 ECC + 32 LMS vendor key slots are vouched for",
+            f"by {', '.join(keys.block_anchors)}"
+            if keys.block_anchors
+            else "only the selected vendor keys are anchored: give --fuses (vendor_pk_hash), "
+            "--caliptra-fw, or --cfg with its caliptra_file",
+        )
+    _rom_fuses(ctx, r, b)
     _signatures(ctx, prefix, b, keys)
     return keys
+
+
+def _rom_fuses(ctx: Ctx, r: _Prefixed, b: bundle_mod.Bundle) -> None:
+    """Key revocation and firmware SVN, as the ROM checks them (caliptra-sw image verifier:
+    the last key of each kind is never revoked; FMC SVN <= 32, runtime SVN <= 64, neither
+    below the TOC's min_svn nor below its fuse)."""
+    f = ctx.anchors.fuses
+    if f is None:
+        return
+    for algo, idx, last, mask in (
+        ("ecc", b.vendor_ecc_idx, bundle_mod.VENDOR_ECC_KEYS - 1, f.vendor_ecc_revocation),
+        ("lms", b.vendor_lms_idx, bundle_mod.VENDOR_LMS_KEYS - 1, f.vendor_lms_revocation),
+    ):
+        if mask is None or (algo == "lms" and f.lms_verify is False):
+            continue
+        revoked = idx != last and bool(mask >> idx & 1)
+        r.add(
+            f"bundle.revocation.{algo}",
+            not revoked,
+            f"vendor {algo.upper()} key {idx} is not revoked",
+            f"revocation mask 0x{mask:x}",
+            f.source,
+        )
+    for toc, top, fuse in ((b.fmc, 32, f.fmc_svn), (b.runtime, 64, f.runtime_svn)):
+        min_svn = struct.unpack_from("<I", toc.raw, 36)[0]
+        problems = []
+        if toc.svn > top:
+            problems.append(f"above the maximum {top}")
+        if toc.svn < min_svn:
+            problems.append(f"below the TOC's min_svn {min_svn}")
+        if fuse is not None and toc.svn < fuse:
+            problems.append(f"below the fuse {fuse}")
+        r.add(
+            f"bundle.svn.{toc.name}",
+            not problems,
+            f"{toc.name} SVN is acceptable to the ROM",
+            f"svn {toc.svn}" + (": " + ", ".join(problems) if problems else ""),
+            f.source,
+        )
+    absent = [
+        n
+        for n in ("vendor_ecc_revocation", "vendor_lms_revocation", "fmc_svn", "runtime_svn")
+        if getattr(f, n) is None
+    ]
+    if absent:
+        r.note("bundle.fuse.unchecked", "fuses not given, not checked", ", ".join(absent))
 
 
 class _Prefixed:
@@ -139,11 +200,14 @@ def _anchors(
     f = a.fuses
     if f is not None:
         if f.vendor_pk_hash is None:
-            r.skip(
+            r.note(
                 "bundle.fuse.vendor_pk_hash",
-                "vendor key block matches the vendor PK hash fuse",
-                "no vendor_pk_hash in the fuses file (secure boot off)",
+                "no vendor PK hash fuse (an unprovisioned part, secure boot off)",
+                "Caliptra's ROM skips the vendor key check: any vendor keys boot",
             )
+            for k in keys.vendor():
+                k.anchors.append("an unprovisioned part (no vendor PK hash fuse)")
+            keys.block_anchors.append("an unprovisioned part")
         else:
             got = vendor_pk_hash(b)
             if r.add(
@@ -155,6 +219,7 @@ def _anchors(
             ):
                 for k in keys.vendor():
                     k.anchors.append("the vendor_pk_hash fuse")
+                keys.block_anchors.append("the vendor_pk_hash fuse")
         if f.owner_pk_hash is None:
             r.note(
                 "bundle.fuse.owner_pk_hash",
@@ -183,6 +248,7 @@ def _anchors(
         ):
             for k in keys.all():
                 k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
+            keys.block_anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
     cfg = a.cfg
     if in_image and cfg is not None and cfg.caliptra_file is not None:
         try:
@@ -198,6 +264,7 @@ def _anchors(
             ):
                 for k in keys.all():
                     k.anchors.append(f"config caliptra_file {cfg.caliptra_file}")
+                keys.block_anchors.append(f"config caliptra_file {cfg.caliptra_file}")
     prebuilt = cfg is not None and cfg.vendor_signature is VendorSignature.PREBUILT
     for role, pair in (("vendor_fw", keys.vendor()), ("owner_fw", keys.owner())):
         for k in pair:

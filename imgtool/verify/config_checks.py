@@ -34,6 +34,18 @@ def _plan(cfg: Config) -> build.Plan:
         log.removeFilter(quiet)
 
 
+def planned_slots(ctx: Ctx, cfg: Config) -> set[str] | None:
+    """The signature slots the config fills (None, with a FAIL, when it cannot be planned)."""
+    if "planned" not in ctx.memo:
+        try:
+            ctx.memo["planned"] = {sp.slot for sp in _plan(cfg).slots}
+        except ImgtoolError as exc:
+            ctx.r.add("cfg.sig", False, "signature slots of the config", str(exc))
+            ctx.memo["planned"] = None
+    slots: set[str] | None = ctx.memo["planned"]
+    return slots
+
+
 def check_manifest_vs_config(ctx: Ctx, m: Manifest, cfg: Config) -> None:
     r = ctx.r
     src = f"config {cfg.path}"
@@ -86,6 +98,23 @@ def check_manifest_vs_config(ctx: Ctx, m: Manifest, cfg: Config) -> None:
             f"fw_id {e.fw_id} flags 0x{e.flags:08x}, config {img.fw_id} 0x{img.flags:08x}",
             src,
         )
+        if m.format is Format.ASPEED and img.load_stage == 2 and img.path is not None:
+            try:
+                size = img.path.stat().st_size
+            except OSError as exc:
+                size = -1
+                detail = f"{img.path}: {exc.strerror}"
+            else:
+                size += -size % img.align if img.align else 0
+                detail = f"{size} bytes"
+            r.add(
+                f"cfg.imc.{img.index}.irot_length",
+                size >= 0 and size % 4 == 0,
+                f"{name} (load_stage 2) is a multiple of 4 bytes: the iRoT app hashes it "
+                "unpadded, the manifest digest is of the zero-padded file",
+                detail,
+                src,
+            )
         try:
             digest = build.image_digest(img)
         except ImgtoolError as exc:
@@ -98,10 +127,8 @@ def check_manifest_vs_config(ctx: Ctx, m: Manifest, cfg: Config) -> None:
             "" if e.digest == digest else "differs from the file",
             src,
         )
-    try:
-        planned = {sp.slot for sp in _plan(cfg).slots}
-    except ImgtoolError as exc:
-        r.add("cfg.sig", False, "signature slots of the config", str(exc), src)
+    planned = planned_slots(ctx, cfg)
+    if planned is None:
         return
     for slot in SIG_SLOTS:
         if slot.startswith("own_svn") and m.format is not Format.ASPEED:

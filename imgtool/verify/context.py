@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import ecc, lms
 from .anchors import Anchors, Key, Policy
@@ -47,6 +48,27 @@ def lms_ok(pub48: bytes, digest: bytes, slot: bytes) -> bool:
         return False
 
 
+CALIPTRA_LMS_TYPES = (lms.LMS_SHA256_M24_H15, lms.LMOTS_SHA256_N24_W4)
+
+
+def _lms_type_problem(pub48: bytes, slot: bytes) -> str:
+    """Caliptra 1.x verifies only LMS_SHA256_M24_H15 with LMOTS_SHA256_N24_W4 (caliptra-sw
+    ``ImageLmsSignature = LmsSignature<6, 51, 15>``; the driver rejects other heights and p)."""
+    key_types = struct.unpack_from(">II", pub48)
+    sig_types = (
+        struct.unpack_from(">I", slot, lms.SLOT_LMS_TYPE_OFF)[0],
+        struct.unpack_from(">I", slot, 4)[0],
+    )
+    for what, types in (("key", key_types), ("signature", sig_types)):
+        if tuple(types) != CALIPTRA_LMS_TYPES:
+            return (
+                f"LMS {what} of type {types[0]}/{types[1]}: Caliptra 1.x verifies only "
+                f"LMS_SHA256_M24_H15 ({CALIPTRA_LMS_TYPES[0]}) / LMOTS_SHA256_N24_W4 "
+                f"({CALIPTRA_LMS_TYPES[1]})"
+            )
+    return ""
+
+
 def sig_ok(algo: str, pub: bytes, digest: bytes, sig: bytes) -> bool:
     return ecc_ok(pub, digest, sig) if algo == "ecc" else lms_ok(pub, digest, sig)
 
@@ -61,6 +83,7 @@ class Ctx:
     policy: Policy
     anchors: Anchors
     used: list[tuple[str, Key]] = field(default_factory=list)  # (check id, key) that passed
+    memo: dict[str, Any] = field(default_factory=dict)  # per-verification results (the plan)
 
     @property
     def check_signatures(self) -> bool:
@@ -76,17 +99,19 @@ class Ctx:
         digest: bytes,
         sig: bytes,
         *,
-        required: bool = True,
         le_q: bool = False,
-        why_not_required: str = "",
         rom: bool = False,
+        anchor_requires: bool = False,
+        lms_in_use: bool = True,
     ) -> bool | None:
-        """Check one signature slot under the policy. True/False when checked, None when not.
+        """Check one signature slot the device would check, under the policy. True / False
+        when checked, None when not.
 
-        ``required``: the device checks this slot (given secure boot and the LMS fuse, which
-        this function applies). A slot the device does not check is reported as skip, with
-        whether it would verify. ``rom``: checked by the Caliptra ROM whatever the SoC's secure
-        boot setting (the firmware bundle)."""
+        ``rom``: checked by the Caliptra ROM whatever the SoC's secure boot setting (the
+        firmware bundle). ``anchor_requires``: an anchor (the config) fills this slot, so it
+        must verify whatever the device checks. ``lms_in_use``: the file uses LMS at all (an
+        ECC-only manifest under an unknown LMS fuse is not failed for its empty LMS slots).
+        A slot the device does not check is reported as skip, with whether it would verify."""
         r = self.r
         if not self.check_signatures:
             r.skip(cid, what, "no trust anchor")
@@ -101,37 +126,39 @@ class Ctx:
             if stored is not None
             else ""
         )
+        device = True  # does the device check it?
+        why_not = ""
+        unknown = algo == "lms" and self.policy.lms_verify is None
         if not self.policy.secure_boot and not rom:
+            device, why_not = False, "secure boot off"
+        elif algo == "lms" and self.policy.lms_verify is False:
+            device, why_not = False, "lms_verify = false: not checked by the device"
+        if not device and not anchor_requires:
             if empty:
-                r.skip(cid, what, "secure boot off: not checked")
-                return None
-            required = False
-            why_not_required = why_not_required or "secure boot off"
-        if algo == "lms" and required:
-            if self.policy.lms_verify is False:
-                required = False
-                why_not_required = "lms_verify = false: not checked by the device"
-            elif self.policy.lms_verify is None and empty:
-                r.skip(cid, what, "empty; the LMS verify fuse is unknown (give --fuses)")
-                return None
-        if not required:
-            if empty:
-                r.skip(cid, what, f"empty ({why_not_required})")
+                r.skip(cid, what, f"empty ({why_not})")
                 return None
             if key is None or not any(key.value):
-                r.skip(cid, what, f"{why_not_required}; no key to check it with")
+                r.skip(cid, what, f"{why_not}; no key to check it with")
                 return None
             good = sig_ok(algo, key.value, digest, sig)
             r.skip(
                 cid,
                 what,
-                f"{why_not_required}; it {'verifies' if good else 'does NOT verify'}"
+                f"{why_not}; it {'verifies' if good else 'does NOT verify'}"
                 + (f" ({qtxt})" if qtxt else ""),
                 key.describe(),
             )
             return None
         if empty:
-            r.add(cid, False, what, "empty: the device rejects an unsigned slot")
+            if unknown and not lms_in_use and not anchor_requires:
+                r.skip(cid, what, "empty: an ECC-only file (the LMS verify fuse is unknown)")
+                return None
+            why = "empty: the device rejects an unsigned slot"
+            if anchor_requires:
+                why = "empty, but the config signs this slot"
+            elif unknown:
+                why = "empty: a part that verifies LMS rejects it (the LMS verify fuse is unknown)"
+            r.add(cid, False, what, why)
             return False
         if key is None:
             r.add(cid, False, what, "no key to verify it with", "")
@@ -139,6 +166,11 @@ class Ctx:
         if not any(key.value):
             r.add(cid, False, what, "its key slot is empty", key.describe())
             return False
+        if algo == "lms" and device:
+            bad = _lms_type_problem(key.value, sig)
+            if bad:
+                r.add(cid, False, what, bad, key.describe())
+                return False
         good = sig_ok(algo, key.value, digest, sig)
         r.add(cid, good, what, qtxt if good else f"does not verify {qtxt}".strip(), key.describe())
         if good:

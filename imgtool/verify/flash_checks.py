@@ -199,12 +199,18 @@ def find_mcu(region: memoryview, digest: bytes, known: int | None = None) -> int
     return None
 
 
+BOOTMCU_LAST_ID = 0x100C  # the BootMCU's fixed identifier table ends at fw_id 14
+IROT_LAST_ID = 0x100D  # the iRoT app adds fw_id 15
+
+
 def check_images(
     ctx: Ctx,
     view: FlashView,
     entries: list[ImcEntry],
     mcu: memoryview | None,
     mcu_where: str,
+    *,
+    ast2700: bool = True,
 ) -> None:
     """Every SoC image maps to an IMC entry with its digest; every IMC entry that authorizes
     a non-empty image has it in the flash; the MCU runtime matches fw_id 1."""
@@ -226,6 +232,17 @@ def check_images(
                 "the manifest does not authorize it",
             )
             continue
+        if ast2700 and e.size and e.identifier > BOOTMCU_LAST_ID:
+            ok = e.identifier == IROT_LAST_ID and imc.load_stage == 2
+            r.add(
+                f"{cid}.loadable",
+                ok,
+                f"flash image 0x{e.identifier:x} is in an AST2700 reader's identifier table",
+                "loaded by the iRoT app (load_stage 2)"
+                if ok
+                else "the BootMCU's table ends at 0x100c (fw_id 14) and the iRoT app's at "
+                f"0x100d (fw_id 15, load_stage 2); load_stage {imc.load_stage}",
+            )
         got = (
             hashlib.sha384(view.regions[e.identifier]).digest() if e.size else manifest.EMPTY_DIGEST
         )
