@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--lms-height",
         type=int,
-        default=5,
-        help="LMS tree height of new demo keys (default 5: 32 signatures per key, quick to "
-        "generate; Caliptra's production keys use 15)",
+        default=15,
+        help="LMS tree height of new demo keys (default 15: the only height Caliptra 1.x "
+        "verifies; 5 and 10 make test keys that `verify --fuses` rejects where LMS is checked)",
     )
     a = p.parse_args(argv)
     root = a.root.resolve()

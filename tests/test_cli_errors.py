@@ -437,7 +437,7 @@ def test_not_enough_lms_leaves_is_refused_before_the_first_is_spent(
 
     from imgtool.lms_signer import LmsSigner
 
-    prj = make_project(tmp_path, lms=True)
+    prj = make_project(tmp_path, lms=True, lms_kind="h5")
     key = prj.keys / "own-fw-lms-prvk.pem"
     signer = LmsSigner.load(key)
     for i in range(31):

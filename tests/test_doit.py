@@ -211,7 +211,7 @@ def test_lms_leaves_spent_only_by_rerun_signatures(tmp_path: Path) -> None:
     (endorsements, SVN) spend no leaf."""
     from imgtool import lms, lms_state
 
-    prj = make_project(tmp_path, lms=True, flags=1)
+    prj = make_project(tmp_path, lms=True, flags=1, lms_kind="h5")
 
     def used() -> dict[str, int]:
         return {
@@ -575,7 +575,7 @@ def test_lms_leaves_checked_before_the_first_is_spent(
 
     from imgtool.lms_signer import LmsSigner
 
-    prj = make_project(tmp_path, lms=True)
+    prj = make_project(tmp_path, lms=True, lms_kind="h5")
     key = prj.keys / "own-fw-lms-prvk.pem"
     signer = LmsSigner.load(key)
     for i in range(31):
@@ -603,7 +603,7 @@ def test_firmware_tree_with_a_two_line_dodo(
     (tree / "tasks.py").write_text("raise ImportError('the firmware tree own tasks.py')\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run(
-        [sys.executable, "-m", "imgtool", "new-project", "board", "--lms-height", "5"],
+        [sys.executable, "-m", "imgtool", "new-project", "board"],
         cwd=tree, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -209,9 +209,9 @@ def test_copied_key_folder_parallel_builds(tmp_path: Path) -> None:
     several times each, in parallel, never share a leaf, and every signature verifies."""
     from projects import make_project
 
-    p1 = make_project(tmp_path / "p1", lms=True, flags=1, sample_bundle=True)
+    p1 = make_project(tmp_path / "p1", lms=True, flags=1, sample_bundle=True, lms_kind="h5")
     shutil.copytree(p1.keys, tmp_path / "p2" / "keys")
-    p2 = make_project(tmp_path / "p2", lms=True, flags=1, sample_bundle=True)
+    p2 = make_project(tmp_path / "p2", lms=True, flags=1, sample_bundle=True, lms_kind="h5")
     script = (
         "import sys\nfrom pathlib import Path\nfrom imgtool.cli import main\n"
         "args, pre, out = sys.argv[1:-2], Path(sys.argv[-2]), Path(sys.argv[-1])\n"
@@ -311,7 +311,7 @@ def test_deleted_state_refused_until_init_with_scan(
     and never goes at or below the highest q the scanned manifests and flash images used."""
     from projects import make_project
 
-    p = make_project(tmp_path / "p", lms=True, flags=1, sample_bundle=True)
+    p = make_project(tmp_path / "p", lms=True, flags=1, sample_bundle=True, lms_kind="h5")
     assert main(["create-auth-flash", *p.args(), "--man", str(p.man), "--flash", str(p.flash)]) == 0
     for _ in range(3):  # more manifests: more own-fw leaves (the svn slot: q little-endian)
         p.prebuilt.joinpath("img0.bin").write_bytes(os.urandom(9))
@@ -349,7 +349,7 @@ def test_scan_finds_leaves_in_flash_and_bundles(tmp_path: Path) -> None:
 
     from imgtool import lms_scan
 
-    p = make_project(tmp_path / "p", lms=True, sample_bundle=True)
+    p = make_project(tmp_path / "p", lms=True, sample_bundle=True, lms_kind="h5")
     assert main(["create-auth-flash", *p.args(), "--man", str(p.man), "--flash", str(p.flash)]) == 0
     bundle = p.prebuilt / "caliptra-fw.bin"
     for name in ("vnd-fw", "own-fw", "own-man"):

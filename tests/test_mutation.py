@@ -21,6 +21,9 @@ from imgtool.demo import sample_bundle
 from imgtool.manifest import offsets
 from imgtool.verify import Anchors, verify_bytes
 
+# Caliptra 1.x verifies only H15/W4 LMS: sparse H15 test keys (fast; leaf 5 only, test use)
+H15 = "h15-sparse"
+
 SIZES = (40, 64, 33, 128, 7, 301, 1000, 2)  # some not multiples of 4: padding bytes too
 MIN_OFFSETS = 2000
 
@@ -34,7 +37,7 @@ def _build(prj: Project) -> bytes:
 def _a1_without_bundle(root: Path) -> tuple[Project, bytes]:
     """The reference A1 shape: no Caliptra bundle and no MCU runtime in the image (the bundle
     the device runs is given with --caliptra-fw)."""
-    prj = make_project(root, sizes=SIZES, caliptra=None, lms=True, flags=1)
+    prj = make_project(root, sizes=SIZES, caliptra=None, lms=True, flags=1, lms_kind=H15)
     text = prj.cfg.read_text().replace('mcu_file = "mcu.bin"', 'mcu_file = ""')
     prj.cfg.write_text(text.replace('file = "mcu.bin"', 'file = ""', 1))
     cal = sample_bundle(prj.keys)
@@ -50,7 +53,13 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     else:
         extra = "cptra_out_bundle = true" if request.param == "a1-out-bundle" else ""
         prj = make_project(
-            root, sizes=SIZES, sample_bundle=True, lms=True, flags=1, extra_runtime=extra
+            root,
+            sizes=SIZES,
+            sample_bundle=True,
+            lms=True,
+            flags=1,
+            extra_runtime=extra,
+            lms_kind=H15,
         )
         cal = (prj.prebuilt / "caliptra-fw.bin").read_bytes()
     data = _build(prj)

@@ -96,13 +96,30 @@ def ecc_keys(keys: Path) -> None:
             ecc.generate_keypair(keys / f"{name}-ecc")
 
 
-def lms_keys(keys: Path) -> None:
-    """Full-tree H5/W4 LMS keys (32 leaves each: plenty for a test, quick to generate)."""
+def lms_keys(keys: Path, kind: str = "h15-sparse") -> None:
+    """LMS keys for the four roles. "h15-sparse" (default): H15/W4 keys, the only type
+    Caliptra 1.x verifies (so `verify` accepts what they sign), made like the reference demo
+    keys (only leaf 5 is real, so every signature reuses it: test keys only), in a fraction of
+    a second. "h5": full-tree H5/W4 keys with real leaf state (32 leaves each), for tests of
+    the leaf state; Caliptra does not verify that type."""
+    import os
+
     from imgtool import lms, lms_tree
 
     for name in KEY_NAMES:
-        if not (keys / f"{name}-lms-prvk.pem").exists():
+        if (keys / f"{name}-lms-prvk.pem").exists():
+            continue
+        if kind == "h5":
             lms_tree.generate(keys / f"{name}-lms", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
+            continue
+        assert kind == "h15-sparse", kind
+        key = lms.LmsPrivateKey(
+            lms.LMS_SHA256_M24_H15, lms.LMOTS_SHA256_N24_W4, os.urandom(16), os.urandom(24)
+        )
+        pub = lms.LmsPublicKey(key.lms_type, key.ots_type, key.I, lms.sparse_root(key))
+        keys.mkdir(parents=True, exist_ok=True)
+        (keys / f"{name}-lms-prvk.pem").write_bytes(key.to_bytes())
+        (keys / f"{name}-lms-pubk.pem").write_bytes(pub.to_bytes())
 
 
 def key_section(section: str, prefix: str, ecc_on: bool, lms_on: bool) -> str:
@@ -138,6 +155,7 @@ def make_project(
     extra_manifest: str = "",
     load_stages: tuple[int, ...] | None = None,
     sample_bundle: bool = False,
+    lms_kind: str = "h15-sparse",
 ) -> Project:
     """A project with len(sizes) SoC images (fw_id 2..) plus the MCU runtime (fw_id 1)."""
     keys, pre, out = root / "keys", root / "prebuilt", root / "out"
@@ -145,7 +163,7 @@ def make_project(
     out.mkdir(parents=True, exist_ok=True)
     ecc_keys(keys)
     if lms or sample_bundle:
-        lms_keys(keys)
+        lms_keys(keys, lms_kind)
     (pre / "mcu.bin").write_bytes(mcu)
     if sample_bundle:
         from imgtool.demo import sample_bundle as make_bundle
