@@ -120,6 +120,16 @@ BAD_FILES = {
         "min_svn = 4294967296\n",
         "fuses.min_svn",
     ),
+    "revocation too wide": (
+        f'[fuses]\nvendor_pk_hash = "{H}"\nowner_pk_hash = ""\nlms_verify = true\n'
+        "vendor_ecc_revocation = 16\n",
+        "fuses.vendor_ecc_revocation",
+    ),
+    "runtime svn above 64": (
+        f'[fuses]\nvendor_pk_hash = "{H}"\nowner_pk_hash = ""\nlms_verify = true\n'
+        "runtime_svn = 65\n",
+        "fuses.runtime_svn",
+    ),
     "invalid toml": ("[fuses\n", "invalid TOML"),
 }
 

@@ -488,3 +488,154 @@ def test_key_files_are_read_again_after_a_change(
             capsys, str(signed.flash), "--key-dir", str(keys), "--caliptra-fw", cal, "-q"
         )
         assert rc == want, out
+
+
+# ---------------------------------------------------------------------------- red-team findings
+def _repack_manifest(data: bytes, edit: object) -> bytes:
+    from imgtool.manifest import Manifest
+
+    images = craft.unpack(data)
+    m = Manifest.parse(dict(images)[2])
+    edit(m)  # type: ignore[operator]
+    return craft.pack([(i, m.to_bytes() if i == 2 else d) for i, d in images])
+
+
+def test_aspeed_manifest_downgraded_to_1x_layout(
+    signed: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Re-emitting a signed ASPEED manifest in the 1.x layout drops the SVN and its signature
+    with no key; every other signature still verifies. The AST2700 reads only ASPEED's."""
+    from imgtool.config import Format
+
+    def downgrade(m: object) -> None:
+        m.format = Format.CALIPTRA1  # type: ignore[attr-defined]
+
+    bad = tmp_path / "1x.bin"
+    bad.write_bytes(_repack_manifest(signed.flash.read_bytes(), downgrade))
+    fz = _fuses(signed, capsys, "svn.toml", min_svn="1")
+    rc, out, fails = _verify(capsys, str(bad), "--fuses", str(fz))
+    assert rc == 1 and {"manifest.layout.target", "manifest.svn.min"} <= _failed_ids(fails), out
+    cal = str(signed.prebuilt / "caliptra-fw.bin")
+    rc, out, fails = _verify(capsys, str(bad), "--caliptra-fw", cal)
+    assert rc == 1 and "manifest.layout.target" in _failed_ids(fails), out
+
+
+def test_stripped_lms_without_fuses(
+    signed: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """All LMS signature slots zeroed: with the LMS fuse unknown that is no pass."""
+
+    def strip(m: object) -> None:
+        for slot in ("vnd_pub_sig_lms", "own_pub_sig_lms", "own_svn_sig_lms", "vnd_imc_sig_lms"):
+            setattr(m, slot, bytes(1620))
+        m.own_imc_sig_lms = bytes(1620)  # type: ignore[attr-defined]
+
+    bad = tmp_path / "nolms.bin"
+    bad.write_bytes(_repack_manifest(signed.flash.read_bytes(), strip))
+    cal = str(signed.prebuilt / "caliptra-fw.bin")
+    rc, out, fails = _verify(capsys, str(bad), "--caliptra-fw", cal)
+    assert rc == 1 and "manifest.sig.owner_imc.lms" in _failed_ids(fails), out
+    assert "LMS verify fuse is unknown" in out
+
+
+def test_h5_lms_is_not_what_caliptra_verifies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prj = make_project(tmp_path, sample_bundle=True, lms=True, lms_kind="h5")
+    _build(prj)
+    rc, out, fails = _verify(capsys, str(prj.flash), "--fuses", str(_fuses(prj, capsys)))
+    assert rc == 1 and "manifest.sig.owner_imc.lms" in _failed_ids(fails), out
+    assert "verifies only LMS_SHA256_M24_H15" in out
+    off = _fuses(prj, capsys, "off.toml", lms_verify="false")
+    rc, out, _ = _verify(capsys, str(prj.flash), "--fuses", str(off))
+    assert rc == 0, out  # where LMS is not checked, the H5 signatures do not matter
+
+
+def test_fuses_need_a_bundle_to_check(
+    signed: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another project's manifest with device A's fuses and that project's key dir: the fuses
+    are checked against nothing unless the running bundle is known."""
+    fz = _fuses(signed, capsys)
+    other = make_project(tmp_path / "other", sample_bundle=True, lms=True, flags=1)
+    _build(other)
+    rc, out, fails = _verify(
+        capsys, str(other.man), "--fuses", str(fz), "--key-dir", str(other.keys)
+    )
+    assert rc == 1 and "bundle.fuse.vendor_pk_hash" in _failed_ids(fails), out
+    images = craft.unpack(other.flash.read_bytes())
+    nobundle = tmp_path / "nobundle.bin"
+    nobundle.write_bytes(craft.pack([(i, b"" if i == 1 else d) for i, d in images]))
+    rc, out, fails = _verify(capsys, str(nobundle), "--key-dir", str(other.keys))
+    assert rc == 1 and "bundle.present" in _failed_ids(fails), out
+
+
+def test_junk_in_slots_the_config_fills(
+    signed: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lms_verify = false: the device skips LMS, but the config signs those slots, so they
+    must verify."""
+
+    def junk(m: object) -> None:
+        m.own_imc_sig_lms = b"HIDDEN DATA " * 135  # type: ignore[attr-defined]
+
+    bad = tmp_path / "junk.bin"
+    bad.write_bytes(_repack_manifest(signed.flash.read_bytes(), junk))
+    off = _fuses(signed, capsys, "off.toml", lms_verify="false")
+    rc, out, fails = _verify(capsys, str(bad), "--fuses", str(off))
+    assert rc == 0, out  # the device would boot it
+    assert "does NOT verify" in out
+    rc, out, fails = _verify(capsys, str(bad), "--fuses", str(off), *signed.args())
+    assert rc == 1 and "manifest.sig.owner_imc.lms" in _failed_ids(fails), out
+
+
+def test_irot_image_length_with_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prj = make_project(tmp_path, sample_bundle=True, sizes=(40, 33), load_stages=(0, 2))
+    _build(prj)
+    rc, out, fails = _verify(capsys, str(prj.flash), *prj.args())
+    assert rc == 1 and _failed_ids(fails) == {"cfg.imc.2.irot_length"}, out
+
+
+def test_ignore_auth_entries_are_noted(signed: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _verify(capsys, str(signed.flash), *signed.args())
+    assert rc == 0 and "note manifest.imc.4.ignore_auth" in out  # fw_id 4 of the test projects
+
+
+def test_identifiers_beyond_the_readers_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prj = make_project(tmp_path, sample_bundle=True, sizes=(8,) * 15, load_stages=(1,) * 15)
+    _build(prj)  # fw_ids 2..16: 0x100d (load_stage 1) and 0x100e are loaded by no reader
+    rc, out, fails = _verify(capsys, str(prj.flash), *prj.args())
+    assert rc == 1 and _failed_ids(fails) == {"image.15.loadable", "image.16.loadable"}, out
+
+
+def test_empty_key_dir_is_bad_input(
+    signed: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["verify", str(signed.flash), "--key-dir", str(empty)]) == 2
+    assert "no public keys" in capsys.readouterr().err
+    assert main(["verify", str(signed.flash), "--prebuilt-dir", str(empty)]) == 2
+    assert "only with --cfg" in capsys.readouterr().err
+
+
+def test_revocation_and_firmware_svn_fuses(
+    signed: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sample bundle selects vendor key 0 and has FMC / runtime SVN 0."""
+    rc, out, _ = _verify(capsys, str(signed.flash), "--fuses", str(_fuses(signed, capsys)))
+    assert rc == 0 and "note bundle.fuse.unchecked" in out
+    ok = _fuses(signed, capsys, "ok.toml", vendor_ecc_revocation="8", fmc_svn="0")
+    rc, out, _ = _verify(capsys, str(signed.flash), "--fuses", str(ok))
+    assert rc == 0 and "ok   bundle.revocation.ecc" in out, out
+    for name, edit, check in (
+        ("ecc.toml", {"vendor_ecc_revocation": "1"}, "bundle.revocation.ecc"),
+        ("lms.toml", {"vendor_lms_revocation": "1"}, "bundle.revocation.lms"),
+        ("fmc.toml", {"fmc_svn": "1"}, "bundle.svn.fmc"),
+        ("rt.toml", {"runtime_svn": "2"}, "bundle.svn.runtime"),
+    ):
+        fz = _fuses(signed, capsys, name, **edit)
+        rc, out, fails = _verify(capsys, str(signed.flash), "--fuses", str(fz))
+        assert rc == 1 and check in _failed_ids(fails), (name, out)
