@@ -22,6 +22,8 @@ OPTIONS = (
     ("--vnd-sig-dir", "vnd_sig_dir", "directory of ASPEED's prebuilt vendor signatures"),
     ("--man", "man", "manifest output (default out/<prj>-auth-manifest.bin)"),
     ("--flash", "flash", "flash image output (default out/<prj>-flash-image.bin)"),
+    ("--fuses", "fuses", "verify task: the device's fuses file (see `cptra-imgtool fuses`)"),
+    ("--caliptra-fw", "caliptra_fw", "verify task: the Caliptra bundle the device runs"),
 )
 DESCRIPTION = (
     "Runs doit with cptra-imgtool's tasks (the same graph as dodo.py): digest per image, imc, "

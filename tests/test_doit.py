@@ -289,6 +289,26 @@ def test_manifest_verify_list_clean(tmp_path: Path) -> None:
     assert ".doit.sqlite3" in left and left <= {".doit.sqlite3", "fingerprints.json"}
 
 
+def test_verify_task_with_the_fuses_anchor(tmp_path: Path) -> None:
+    """`doit verify cfg=... fuses=F`: the device's fuses are an anchor of the verify task too."""
+    prj = make_project(tmp_path, sample_bundle=True, lms=True)
+    cal = prj.prebuilt / "caliptra-fw.bin"
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    assert main(["fuses", "--caliptra-fw", str(cal), "--out", str(good)]) == 0
+    text = good.read_text().splitlines()
+    bad.write_text(
+        "\n".join(
+            ln if not ln.startswith("owner_pk_hash") else f'owner_pk_hash = "{"ab" * 48}"'
+            for ln in text
+        )
+        + "\n"
+    )
+    ran, _, out = doit(prj, "verify", f"fuses={good}")
+    assert "verify" in ran and "PASS" in out and f"fuses {good}" in out
+    _, _, out = doit(prj, "verify", f"fuses={bad}", ok=False)
+    assert "FAIL bundle.fuse.owner_pk_hash" in out
+
+
 def test_build_command_runs_same_tasks_without_dodo(
     prj: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -48,7 +48,8 @@ Vars = tuple[str | None, ...]
 @dataclass(frozen=True)
 class Settings:
     """What selects a build: the doit variables cfg=, key_dir=, prebuilt_dir=, vnd_sig_dir=,
-    man=, flash=."""
+    man=, flash=; and for the verify task the trust anchors fuses= and caliptra_fw= (the
+    config is always one)."""
 
     cfg: str
     key_dir: str | None = None
@@ -56,6 +57,8 @@ class Settings:
     vnd_sig_dir: str | None = None
     man: str | None = None
     flash: str | None = None
+    fuses: str | None = None
+    caliptra_fw: str | None = None
 
     @classmethod
     def from_vars(cls, get_var: Callable[[str, Any], Any]) -> Settings:
@@ -64,7 +67,18 @@ class Settings:
             raise ConfigError("no config: pass cfg=config/<project>.toml to doit")
         return cls(
             cfg,
-            *(get_var(k, None) for k in ("key_dir", "prebuilt_dir", "vnd_sig_dir", "man", "flash")),
+            *(
+                get_var(k, None)
+                for k in (
+                    "key_dir",
+                    "prebuilt_dir",
+                    "vnd_sig_dir",
+                    "man",
+                    "flash",
+                    "fuses",
+                    "caliptra_fw",
+                )
+            ),
         )
 
 
@@ -340,7 +354,12 @@ def act_verify(settings: Vars, flash_file: str) -> bool | TaskFailed:
 
     s = Settings(*settings)  # type: ignore[arg-type]
     args = ["verify", flash_file, "--cfg", s.cfg]
-    for opt, val in (("--key-dir", s.key_dir), ("--prebuilt-dir", s.prebuilt_dir)):
+    for opt, val in (
+        ("--key-dir", s.key_dir),
+        ("--prebuilt-dir", s.prebuilt_dir),
+        ("--fuses", s.fuses),
+        ("--caliptra-fw", s.caliptra_fw),
+    ):
         if val:
             args += [opt, val]
     rc = main(args)
