@@ -170,6 +170,7 @@ def compute_tree(
                 parts.append(run(job))
                 note(job[5] - job[4])
         else:
+            # an exception here (Ctrl-C) closes map's iterator, which cancels the queued chunks
             with ThreadPoolExecutor(max_workers=workers) as tx:
                 for job, part in zip(jobs, tx.map(run, jobs), strict=True):
                     parts.append(part)

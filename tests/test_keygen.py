@@ -201,3 +201,44 @@ def test_keygen_progress_reports_real_leaf_counts(tmp_path: Path) -> None:
         )
         assert calls[-1] == (32, 32) and len(calls) > 1
         assert all(0 < d <= 32 and t == 32 for d, t in calls)
+
+
+@pytest.mark.parametrize("backend", ["c", "python"])
+def test_interrupted_keygen_stops_at_once_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """Ctrl-C during the tree: the queued chunks are cancelled (not all computed first) and no
+    key, cache or state file is left behind."""
+    if backend not in lms_tree.backends():
+        pytest.skip(f"LMS backend {backend} not available here")
+    started: list[int] = []
+    if backend == "c":
+        real = lms_tree._compiled_leaves
+
+        def counting(fast: object, impl: str) -> object:
+            run = real(fast, impl)  # type: ignore[arg-type]
+
+            def wrapped(job: lms_tree.LeafJob) -> bytes:
+                started.append(job[4])
+                return run(job)
+
+            return wrapped
+
+        monkeypatch.setattr(lms_tree, "_compiled_leaves", counting)
+
+    def interrupt(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    # H10 with 2 workers: 16 chunks of 64 leaves
+    with pytest.raises(KeyboardInterrupt):
+        lms_tree.generate(
+            tmp_path / "k",
+            lms.LMS_SHA256_M24_H10,
+            lms.LMOTS_SHA256_N24_W4,
+            workers=2,
+            backend=backend,
+            progress=interrupt,
+        )
+    if backend == "c":
+        assert 1 <= len(started) < 16, started
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
