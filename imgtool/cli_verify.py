@@ -47,7 +47,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.fuses is not None:
         anchors.fuses = fuses.load(args.fuses)
     if args.cfg is not None:
-        anchors.cfg = load_config(args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir)
+        anchors.cfg = load_config(
+            args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, private_keys=False
+        )
     if args.prebuilt_dir is not None and args.cfg is None:
         raise ConfigError("--prebuilt-dir: only with --cfg (it says where the config's files are)")
     if args.key_dir is not None:

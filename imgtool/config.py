@@ -362,8 +362,12 @@ def load_config(
     prebuilt_dir: str | Path | None = None,
     vnd_sig_dir: str | Path | None = None,
     check_files: bool = True,
+    private_keys: bool = True,
 ) -> Config:
-    """Parse and validate a project config. Raises ConfigError with a one-line message."""
+    """Parse and validate a project config. Raises ConfigError with a one-line message.
+
+    ``check_files``: the files it names must exist; ``private_keys`` False: except private
+    keys (a machine that only verifies holds public keys)."""
     cfg_path = Path(path)
     try:
         raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
@@ -443,7 +447,8 @@ def load_config(
                 vals[fld] = None
                 continue
             p = kdir / name
-            if check_files and not p.is_file():
+            needed = private_keys or not fld.endswith("_priv_key")
+            if check_files and needed and not p.is_file():
                 raise _err(cfg_path, f"{section}.{fld}", f"key file not found: {p}")
             vals[fld] = p
         keysets[section] = KeySet(

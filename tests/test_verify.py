@@ -639,3 +639,19 @@ def test_revocation_and_firmware_svn_fuses(
         fz = _fuses(signed, capsys, name, **edit)
         rc, out, fails = _verify(capsys, str(signed.flash), "--fuses", str(fz))
         assert rc == 1 and check in _failed_ids(fails), (name, out)
+
+
+def test_config_anchor_needs_no_private_keys(
+    signed: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A machine that verifies holds public keys only."""
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    for f in signed.keys.glob("*-pubk.pem"):
+        shutil.copy(f, pub / f.name)
+    args = ["--cfg", str(signed.cfg), "--key-dir", str(pub), "--prebuilt-dir", str(signed.prebuilt)]
+    rc, out, _ = _verify(capsys, str(signed.flash), *args, "-q")
+    assert rc == 0, out
+    (pub / "own-man-ecc-pubk.pem").unlink()
+    assert main(["verify", str(signed.flash), *args]) == 2
+    assert "own-man-ecc-pubk.pem" in capsys.readouterr().err
