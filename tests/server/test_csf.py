@@ -55,6 +55,8 @@ HOSTILE: dict[str, bytes] = {
     "key-pass": srk('"keys/key_pass.txt"'),
     "proc-self-cwd": srk('"proc/self/cwd/crts/SRK_1_2_3_4_table.bin"'),
     "a-directory": srk('"crts"'),
+    "names-the-artifact": srk('"flash.bin"'),  # uploaded by the client, not from the archive
+    "names-the-output": srk('"csf-output.bin"'),
     "not-in-archive": srk('"crts/other_crt.pem"'),
     "trailing-space": srk('"crts/SRK_1_2_3_4_table.bin "'),
     "space-inside": srk('"crts/SRK 1.bin"'),
