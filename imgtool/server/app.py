@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import shutil
 import tempfile
 import threading
@@ -148,7 +149,8 @@ class SigningService:
         self.work_root = settings.work_dir or Path(tempfile.gettempdir())
         if not self.work_root.is_dir():
             raise ServerError(f"{self.work_root}: work directory not found")
-        self.cache_root = Path(tempfile.mkdtemp(prefix="cptra-imgtool-keys-"))
+        _remove_stale_caches()
+        self.cache_root = Path(tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-"))
         self.keys = KeyCache(
             self.cache_root / "trees", settings.tar_max_bytes, settings.tar_max_files
         )
@@ -157,7 +159,9 @@ class SigningService:
         why = CstRunner.probe()
         self.sandbox_problem = why
         self.imx_refused = why is not None and not settings.allow_unsandboxed_cst
-        self.cst = CstRunner(sandbox=why is None, protected=protected)
+        self.cst = CstRunner(
+            sandbox=why is None, protected=protected, cache_dir=self.cache_root / "cst"
+        )
         self._ecc_keys: dict[Path, tuple[int, Any]] = {}
         self._pub_cache: dict[Path, tuple[int, bytes]] = {}
         self._lms_locks: dict[Path, threading.Lock] = {}
@@ -182,6 +186,7 @@ class SigningService:
     def close(self) -> None:
         """Remove the unpacked key trees (called when the server stops)."""
         self.keys.close()
+        self.cst.close()
         shutil.rmtree(self.cache_root, ignore_errors=True)
 
     # ------------------------------------------------------------------ audit (middleware)
@@ -519,6 +524,30 @@ class SigningService:
         if problems:
             return PlainTextResponse("unhealthy: " + ", ".join(problems) + "\n", status_code=503)
         return PlainTextResponse("ok\n")
+
+
+CACHE_PREFIX = "cptra-imgtool-keys-"
+
+
+def _remove_stale_caches() -> None:
+    """Key caches left in the temp dir by servers that were killed (the pid in the name is
+    gone); a live server's cache is never touched."""
+    from .keycache import _rmtree
+
+    for d in Path(tempfile.gettempdir()).glob(f"{CACHE_PREFIX}*-*"):
+        pid = d.name[len(CACHE_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            if d.is_symlink() or d.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+            continue  # that server is still running
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        _rmtree(d)
 
 
 def _lms_public_from_private(priv: Path) -> bytes:

@@ -340,3 +340,30 @@ def test_jobs_beyond_the_limit_queue_then_get_429_with_retry_after(tmp_path: Pat
     finally:
         s.proc.terminate()
         s.proc.wait(timeout=10)
+
+
+def test_stale_key_caches_of_killed_servers_are_removed(tmp_path: Path) -> None:
+    import tempfile
+
+    from srvfixtures import start_server
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tmp = Path(tempfile.gettempdir())
+    stale = tmp / f"cptra-imgtool-keys-{dead.pid}-test"
+    live = tmp / f"cptra-imgtool-keys-{os.getpid()}-test"
+    for d in (stale, live):
+        (d / "trees" / "x").mkdir(parents=True, exist_ok=True)
+        (d / "trees" / "x" / "k.pem").write_text("k")
+        (d / "trees" / "x").chmod(0o500)
+    try:
+        s = start_server(tmp_path, with_cst=False)
+        s.proc.terminate()
+        s.proc.wait(timeout=10)
+        assert not stale.exists()  # its server is gone
+        assert live.exists()  # a running process's cache is never touched
+    finally:
+        for d in (stale, live):
+            if d.exists():
+                (d / "trees" / "x").chmod(0o700)
+                shutil.rmtree(d)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import imx_pki
@@ -44,7 +45,7 @@ def test_cst_cannot_read_outside_its_job_even_with_a_hostile_csf(tmp_path: Path)
         '"crts/SRK_1_2_3_4_table.bin"', f'!"{outside}/table.bin"'
     )
     job, binds = _job(tmp_path / "a", pki.root, csf)
-    runner = CstRunner(sandbox=True)
+    runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt")
     with pytest.raises(ImxError) as err:
         asyncio.run(runner.run(cst, job, binds, 30))
     assert "File not present" in err.value.detail and str(outside) in err.value.detail
@@ -69,6 +70,9 @@ def test_sandbox_shows_only_the_job(tmp_path: Path) -> None:
     other_job = tmp_path / "work" / "cptra-imx-other"
     other_job.mkdir(parents=True)
     (other_job / "secret.txt").write_text("x")
+    fd, name = tempfile.mkstemp(prefix="cptra-sentinel-", dir="/tmp")
+    os.close(fd)
+    sentinel = Path(name)
     tree = tmp_path / "tree" / "crts"
     tree.mkdir(parents=True)
     (tree / "c.pem").write_text("cert")
@@ -80,7 +84,7 @@ def test_sandbox_shows_only_the_job(tmp_path: Path) -> None:
         "/dev/null",
         str(keystore / "own-man-ecc-prvk.pem"),
         str(other_job / "secret.txt"),
-        "/tmp",
+        str(sentinel),  # a file in the host's /tmp
         str(Path.home()),
         "crts/c.pem",
     ]
@@ -88,7 +92,7 @@ def test_sandbox_shows_only_the_job(tmp_path: Path) -> None:
     fake = tmp_path / "bin" / "cst"
     fake.parent.mkdir()
     fake.write_text(
-        '#!/bin/sh\nout="$4"\nprintf "\\324" > "$out"\n'
+        '#!/bin/sh\nout="$4"\nprintf "\\324\\n" > "$out"\n'
         + checks.replace('echo "visible', 'echo >> "$out" "visible')
         + 'if echo x > crts/new 2>/dev/null; then echo >> "$out" "tree writable"; fi\n'
         + 'echo >> "$out" "uid $(id -u 2>/dev/null || echo none)"\n'
@@ -96,8 +100,14 @@ def test_sandbox_shows_only_the_job(tmp_path: Path) -> None:
     fake.chmod(0o755)
     job = tmp_path / "work" / "cptra-imx-mine"
     job.mkdir()
-    runner = CstRunner(sandbox=True, protected=[keystore, tmp_path / "work"])
-    out = asyncio.run(runner.run(fake, job, {"crts": tree}, 30)).decode("latin-1")
+    runner = CstRunner(
+        sandbox=True, protected=[keystore, tmp_path / "work"], cache_dir=tmp_path / "rt"
+    )
+    try:
+        out = asyncio.run(runner.run(fake, job, {"crts": tree}, 30)).decode("latin-1")
+    finally:
+        sentinel.unlink()
+    assert out.startswith("\xd4\n")
     seen = [line for line in out.splitlines() if line.startswith("visible")]
     assert seen == ["visible crts/c.pem"], out
     assert "tree writable" not in out
