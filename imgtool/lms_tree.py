@@ -8,6 +8,11 @@ the private key, never used. In memory, trees are kept per identity too.
 
 Key generation writes the key pair, the cache, the state file beside the key (next_q 0) and the
 key's row in the state store (:mod:`imgtool.lms_state`, :mod:`imgtool.store`).
+
+The leaves are computed by the optional compiled module ``imgtool._lmsfast`` (SHA-NI, AVX2 or
+portable C, chosen at run time; threads, as it releases the GIL) or, where it was not built, in
+pure Python with worker processes: the same values (tests/test_lms.py compares every backend with
+an independent RFC 8554 computation and with hsslms).
 """
 
 from __future__ import annotations
