@@ -54,8 +54,26 @@ def wait_up(url: str, proc: subprocess.Popen[bytes], log: Path, path: str) -> No
 
 
 class Target:
-    def __init__(self, name: str, url: str, headers: dict[str, str]) -> None:
-        self.name, self.url, self.headers = name, url, headers
+    def __init__(self, name: str, url: str, headers: dict[str, str], pid: int) -> None:
+        self.name, self.url, self.headers, self.pid = name, url, headers, pid
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the server's process tree (Sanic runs its app in a worker process),
+        including reaped children (tar, bwrap, cst)."""
+        stats = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(d.name)] = (int(f[1]), sum(int(x) for x in f[11:15]))
+        tree, todo = set(), [self.pid]
+        while todo:
+            p = todo.pop()
+            tree.add(p)
+            todo += [c for c, (pp, _) in stats.items() if pp == p and c not in tree]
+        return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
 
     def request(self, c: httpx.Client, csf: bytes, artifact: bytes) -> int:
         r = c.post(
@@ -100,6 +118,7 @@ def concurrent(t: Target, csf: bytes, art: bytes, clients: int, per: int) -> dic
             codes.extend(mine)
 
     th = [threading.Thread(target=worker) for _ in range(clients)]
+    cpu0 = t.cpu_s()
     s = time.perf_counter()
     for x in th:
         x.start()
@@ -108,6 +127,7 @@ def concurrent(t: Target, csf: bytes, art: bytes, clients: int, per: int) -> dic
     wall = time.perf_counter() - s
     ok = codes.count(200)
     return {
+        "cpu_ms": (t.cpu_s() - cpu0) * 1000 / max(1, len(codes)),
         "rps": ok / wall,
         "ok": ok,
         "429": codes.count(429),
@@ -240,8 +260,9 @@ def main() -> None:
                     "cptra-imgtool serve",
                     f"http://127.0.0.1:{p1}",
                     {"Authorization": f"Bearer {token}"},
+                    ours.pid,
                 ),
-                Target("digsigserver", f"http://127.0.0.1:{p2}", {}),
+                Target("digsigserver", f"http://127.0.0.1:{p2}", {}, dss.pid),
             ]
             run(targets, csf, art, a, cst, pki.root, tmp)
         finally:
@@ -293,7 +314,7 @@ def run(
                     if code != 200:
                         raise RuntimeError(f"{t.name}: HTTP {code}")
             for clients in (8, 32):
-                per = a.per_client or max(2, 160 // clients)
+                per = a.per_client or max(4, 320 // clients)
                 for t in order:
                     par.setdefault((t.name, clients), []).append(
                         concurrent(t, csf, art, clients, per)
@@ -328,6 +349,9 @@ def run(
             f"throughput ratio at {clients} clients, per round: "
             + ", ".join(f"{x:.2f}x" for x in ratios)
         )
+    for t in targets:
+        cpu = statistics.median(r["cpu_ms"] for k, v in par.items() if k[0] == t.name for r in v)
+        print(f"{t.name}: server CPU (process + cst/tar/bwrap children) {cpu:.1f} ms per request")
     ratio = statistics.median(seq[theirs]) / statistics.median(seq[ours])
     print(f"median latency: digsigserver / ours = {ratio:.2f}")
 
