@@ -216,38 +216,42 @@ def test_sign_helper_bad_token_fails_cleanly(server: Server, tmp_path: Path) -> 
 
 
 def test_manifest_signed_through_the_server(server: Server, tmp_path: Path) -> None:
-    """An ASPEED manifest whose owner signatures all come from the live server."""
+    """An ASPEED manifest whose owner signatures all come from the live server (a machine with
+    H15/W4 LMS keys, the only type Caliptra verifies; a token added while the server runs)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
-    from projects import make_project
+    from projects import ecc_keys, lms_keys, make_project
+    from srvfixtures import _add_token
 
     from imgtool.cli import main
 
-    # no caliptra_file: its owner keys would be the replaced ones (verify trusts the bundle's)
-    prj = make_project(tmp_path, vendor=False, caliptra=None)
+    machine = "bmc-h15"
+    keys = server.root / machine / "caliptra"
+    ecc_keys(keys)
+    lms_keys(keys, "h15-sparse")
+    token = _add_token(server.audit.parent / "tokens.json", "manifest-builder", machine)
+    # the project (and its stand-in Caliptra bundle, which carries the owner keys) is made with
+    # the server's owner keys; then their private halves go: only the server can sign
+    (tmp_path / "keys").mkdir()
     for name in ("own-fw", "own-man"):
         for algo in ("ecc", "lms"):
             for kind in ("prvk", "pubk"):
-                (prj.keys / f"{name}-{algo}-{kind}.pem").unlink(missing_ok=True)
-            shutil.copy(server.keys / f"{name}-{algo}-pubk.pem", prj.keys)
+                shutil.copy(keys / f"{name}-{algo}-{kind}.pem", tmp_path / "keys")
+    prj = make_project(tmp_path, vendor=True, lms=True, sample_bundle=True)
+    for name in ("own-fw", "own-man"):
+        for algo in ("ecc", "lms"):
+            (prj.keys / f"{name}-{algo}-prvk.pem").unlink()
     tok = tmp_path / "token"
-    tok.write_text(server.token)
+    tok.write_text(token)
     helper = (
         f"{sys.executable} -m imgtool sign-helper --server {server.url} "
-        f"--machine {MACHINE} --token-file {tok}"
+        f"--machine {machine} --token-file {tok}"
     )
     text = prj.cfg.read_text()
-    text = text.replace(
-        '[owner_fw_key_config]\necc_pub_key = "own-fw-ecc-pubk.pem"\n'
-        'ecc_priv_key = "own-fw-ecc-prvk.pem"',
-        '[owner_fw_key_config]\necc_pub_key = "own-fw-ecc-pubk.pem"\n'
-        'lms_pub_key = "own-fw-lms-pubk.pem"',
-    )
-    text = text.replace(
-        '[owner_man_key_config]\necc_pub_key = "own-man-ecc-pubk.pem"\n'
-        'ecc_priv_key = "own-man-ecc-prvk.pem"',
-        '[owner_man_key_config]\necc_pub_key = "own-man-ecc-pubk.pem"\n'
-        'lms_pub_key = "own-man-lms-pubk.pem"',
-    )
+    for role in ("fw", "man"):
+        for algo in ("ecc", "lms"):
+            line = f'{algo}_priv_key = "own-{role}-{algo}-prvk.pem"\n'
+            assert line in text
+            text = text.replace(line, "")
     text += (
         "\n[sign_helper]\n"
         + "".join(
@@ -274,6 +278,19 @@ def test_manifest_signed_through_the_server(server: Server, tmp_path: Path) -> N
         )
         == 0
     )
+    signed = [
+        json.loads(x)
+        for x in server.audit.read_text().splitlines()
+        if '"manifest-builder"' in x and '"event": "sign"' in x
+    ]
+    assert sorted(r["key"] for r in signed) == [  # six owner signatures, all by the server
+        "own-fw-ecc",
+        "own-fw-ecc",
+        "own-fw-lms",
+        "own-fw-lms",
+        "own-man-ecc",
+        "own-man-lms",
+    ]
     m = prj.man.read_bytes()
     for off, size in ((2024, 96), (2120, 1620), (3740, 96), (3836, 1620), (7172, 96), (7268, 1620)):
         assert any(m[off : off + size]), off  # all six owner slots came from the server
