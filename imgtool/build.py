@@ -365,7 +365,10 @@ def make_signer(cfg: Config, sp: SlotPlan) -> Signer:
 
 
 def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
-    """Read ASPEED's prebuilt vendor signature, in manifest form; warn if it does not verify."""
+    """Read ASPEED's prebuilt vendor signature, in manifest form. Whether it verifies with the
+    vendor key that caliptra_file selects is checked before the build (:mod:`imgtool.key_match`:
+    an error, or a warning with --allow-key-mismatch); without a bundle, an ECC signature that
+    does not verify with the configured vendor FW key is a warning here."""
     from . import ecc, lms
 
     assert sp.prebuilt is not None
@@ -384,49 +387,20 @@ def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
             f"{path}: cannot read prebuilt vendor signature: {exc.strerror}"
         ) from None
     log.debug("prebuilt vendor %s signature: %s", sp.algo.upper(), path)
-    digest = manifest.PREBUILT_VENDOR_TBS_DIGEST
-    b = _bundle(cfg, strict=False)
-    bundle_keys = (b.vendor_ecc_pubkey, b.vendor_lms_pubkey) if b is not None else None
     if sp.algo == "ecc":
         try:
             sig = ecc.der_to_hw(raw)
         except ValueError:
             raise FormatError(f"{path}: not a DER ECDSA signature") from None
-        bundle_key = None
-        if bundle_keys is not None and any(bundle_keys[0]):
-            try:
-                bundle_key = ecc.hw_to_public(bundle_keys[0])
-            except ValueError:
+        if cfg.caliptra_file is None and sp.pub is not None:
+            digest = manifest.PREBUILT_VENDOR_TBS_DIGEST
+            if not ecc.verify_digest(ecc.load_public(sp.pub), digest, raw):
                 log.warning(
-                    "%s: the selected vendor ECC key slot is not a P-384 public key",
-                    cfg.caliptra_file,
+                    "%s: prebuilt vendor ECC signature does not verify with %s", path, sp.pub
                 )
-        if bundle_key is not None:
-            ok = ecc.verify_digest_hw(bundle_key, digest, sig)
-            against = f"the vendor ECC key selected in {cfg.caliptra_file}"
-        elif sp.pub is not None:
-            ok = ecc.verify_digest(ecc.load_public(sp.pub), digest, raw)
-            against = str(sp.pub)
-        else:
-            return sig
-        if not ok:
-            log.warning("%s: prebuilt vendor ECC signature does not verify with %s", path, against)
         return sig
     if len(raw) != lms.SLOT_LEN:
         raise FormatError(f"{path}: {len(raw)} bytes, expected a {lms.SLOT_LEN}-byte LMS signature")
-    if bundle_keys is not None and any(bundle_keys[1]):
-        try:
-            key = lms.LmsPublicKey.from_bytes(bundle_keys[1], str(cfg.caliptra_file))
-        except (ValueError, ImgtoolError):
-            log.warning("%s: the selected vendor LMS key slot is not an LMS key", cfg.caliptra_file)
-            return raw
-        if not key.verify(digest, raw):
-            log.warning(
-                "%s: prebuilt vendor LMS signature does not verify with the vendor LMS key "
-                "selected in %s: Caliptra will reject it where LMS verification is enabled",
-                path,
-                cfg.caliptra_file,
-            )
     return raw
 
 

@@ -206,3 +206,74 @@ def digest_checks(b: Bundle) -> list[tuple[str, bool]]:
             (f"{toc.name} digest", hashlib.sha384(b.image_bytes(toc)).digest() == toc.digest_be)
         )
     return out
+
+
+# ---------------------------------------------------------------------------- re-signing
+# (spec/trust.md: no vendor signature covers the owner keys, the owner signatures or owner_data)
+VENDOR_IDX_OFF = VENDOR_KEYS_OFF + VENDOR_KEYS_LEN  # the preamble's ECC and LMS key indexes
+VENDOR_SIGS_OFF = VENDOR_IDX_OFF + 8
+OWNER_SIGS_OFF = OWNER_KEYS_OFF + OWNER_KEYS_LEN
+OWNER_DATA_OFF = HEADER_OFF + HEADER_LEN - OWNER_DATA_LEN
+ECC_SIG_LEN, LMS_SIG_LEN = 96, 1620
+# owner_data (caliptra-sw OwnerSignedData): not_before[15], not_after[15], epoch[2], reserved[8]
+TIME_LEN = 15
+OWNER_EPOCH_OFF = 2 * TIME_LEN
+
+
+def with_owner(b: Bundle, ecc_pub: bytes, lms_pub: bytes, owner_data: bytes) -> bytes:
+    """The bundle's bytes with new owner public keys (hardware format ECC, 48-byte LMS) and a new
+    owner_data, the owner signatures zeroed; nothing the vendor signatures cover changes."""
+    if len(ecc_pub) != 96 or len(lms_pub) != 48 or len(owner_data) != OWNER_DATA_LEN:
+        raise ValueError("owner keys are 96 + 48 bytes and owner_data 40")
+    out = bytearray(b.data)
+    out[OWNER_KEYS_OFF : OWNER_KEYS_OFF + OWNER_KEYS_LEN] = ecc_pub + lms_pub
+    out[OWNER_SIGS_OFF : OWNER_SIGS_OFF + ECC_SIG_LEN + LMS_SIG_LEN] = bytes(
+        ECC_SIG_LEN + LMS_SIG_LEN
+    )
+    out[OWNER_DATA_OFF : OWNER_DATA_OFF + OWNER_DATA_LEN] = owner_data
+    return bytes(out)
+
+
+def with_owner_signatures(data: bytes, ecc_sig: bytes, lms_sig: bytes) -> bytes:
+    """Store the owner ECC (hardware format) and LMS (1620-byte slot) signatures."""
+    if len(ecc_sig) != ECC_SIG_LEN or len(lms_sig) != LMS_SIG_LEN:
+        raise ValueError("owner signatures are 96 + 1620 bytes")
+    out = bytearray(data)
+    out[OWNER_SIGS_OFF : OWNER_SIGS_OFF + ECC_SIG_LEN + LMS_SIG_LEN] = ecc_sig + lms_sig
+    return bytes(out)
+
+
+def with_vendor_keys(
+    b: Bundle, ecc_pub: bytes, lms_pub: bytes, ecc_sig: bytes, lms_sig: bytes
+) -> bytes:
+    """The bundle with new vendor keys in the selected slots and new vendor signatures (lab
+    bundles for parts without vendor fuses: `new-project --vendor-keys`)."""
+    if len(ecc_pub) != 96 or len(lms_pub) != 48:
+        raise ValueError("vendor keys are 96 + 48 bytes")
+    if len(ecc_sig) != ECC_SIG_LEN or len(lms_sig) != LMS_SIG_LEN:
+        raise ValueError("vendor signatures are 96 + 1620 bytes")
+    out = bytearray(b.data)
+    e = VENDOR_KEYS_OFF + 96 * b.vendor_ecc_idx
+    out[e : e + 96] = ecc_pub
+    m = VENDOR_KEYS_OFF + 96 * VENDOR_ECC_KEYS + 48 * b.vendor_lms_idx
+    out[m : m + 48] = lms_pub
+    out[VENDOR_SIGS_OFF : VENDOR_SIGS_OFF + ECC_SIG_LEN + LMS_SIG_LEN] = ecc_sig + lms_sig
+    return bytes(out)
+
+
+def owner_data_fields(raw: bytes) -> dict[str, str | int | None]:
+    """owner_data as plain data: not_before / not_after as text when they are an ASN.1
+    GeneralizedTime (YYYYMMDDHHMMSSZ), else hex (None: all zero); epoch as a u16 (little
+    endian, as the rest of the header)."""
+
+    def time(b: bytes) -> str | None:
+        if not any(b):
+            return None
+        ok = len(b) == TIME_LEN and b[:14].isdigit() and b[14:] == b"Z"
+        return b.decode("ascii") if ok else b.hex()
+
+    return {
+        "not_before": time(raw[0:TIME_LEN]),
+        "not_after": time(raw[TIME_LEN : 2 * TIME_LEN]),
+        "epoch": int(struct.unpack_from("<H", raw, OWNER_EPOCH_OFF)[0]),
+    }

@@ -19,7 +19,7 @@ from .errors import ImgtoolError
 
 PROG = "cptra-imgtool"
 # Modules that add their own subcommands through register(subparsers).
-COMMAND_MODULES = ("cli_keys", "cli_verify", "cli_server", "cli_build")
+COMMAND_MODULES = ("cli_keys", "cli_verify", "cli_server", "cli_build", "cli_owner")
 
 
 class _Formatter(logging.Formatter):
@@ -70,12 +70,23 @@ def add_project_options(p: argparse.ArgumentParser) -> None:
         help="directory holding ASPEED's prebuilt vnd_ecc_sig.der / vnd_lms_sig.der "
         "(default vnd_sig/, else src/vnd_sig/)",
     )
+    p.add_argument(
+        "--allow-key-mismatch",
+        action="store_true",
+        help="build even when the config's owner FW keys are not the owner keys in caliptra_file, "
+        "or the vendor FW keys / prebuilt vendor signatures do not match its selected vendor "
+        "keys (a warning instead of an error; the device rejects such an image)",
+    )
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(
+    from . import key_match
+
+    cfg = load_config(
         args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, vnd_sig_dir=args.vnd_sig_dir
     )
+    key_match.check(cfg, allow=args.allow_key_mismatch)
+    return cfg
 
 
 def cmd_create_auth_man(args: argparse.Namespace) -> int:

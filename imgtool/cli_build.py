@@ -25,9 +25,19 @@ OPTIONS = (
     ("--fuses", "fuses", "verify task: the device's fuses file (see `cptra-imgtool fuses`)"),
     ("--caliptra-fw", "caliptra_fw", "verify task: the Caliptra bundle the device runs"),
 )
+# (flag, dest, help) of the value-less options `build` keeps for itself
+FLAGS = (
+    (
+        "--allow-key-mismatch",
+        "allow_key_mismatch",
+        "build even when the config's keys do not match caliptra_file's (a warning instead of "
+        "an error; the device rejects such an image)",
+    ),
+)
 DESCRIPTION = (
     "Runs doit with cptra-imgtool's tasks (the same graph as dodo.py): digest per image, imc, "
-    "sign:<slot> per signature slot in use, manifest, flash (default), verify. The options "
+    "sign:<slot> per signature slot in use, manifest, flash (default), verify. The config's "
+    "keys are checked against caliptra_file first (--allow-key-mismatch: a warning). The options "
     "below may appear anywhere; every other argument goes to doit, e.g. "
     "`build --cfg C -n 2 -P process flash`, `build --cfg C list`, `build --cfg C clean`."
 )
@@ -46,13 +56,16 @@ def options_parser() -> argparse.ArgumentParser:
     )
     for opt, dest, text in OPTIONS:
         p.add_argument(opt, dest=dest, help=text)
+    for opt, dest, text in FLAGS:
+        p.add_argument(opt, dest=dest, action="store_true", help=text)
     return p
 
 
 def split_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     """(build's own options, doit's arguments in their order). Options take their value as
-    the next argument or after `=`."""
+    the next argument or after `=`; flags (FLAGS) take none and are stored as "1"."""
     names = {opt: dest for opt, dest, _ in OPTIONS}
+    flags = {opt: dest for opt, dest, _ in FLAGS}
     ours: dict[str, str] = {}
     rest: list[str] = []
     i = 0
@@ -61,6 +74,10 @@ def split_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         if arg == "--":
             rest += argv[i + 1 :]
             break
+        if arg in flags:
+            ours[flags[arg]] = "1"
+            i += 1
+            continue
         opt, eq, value = arg.partition("=")
         if opt in names:
             if not eq:
@@ -123,7 +140,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     reporter, doit_args = _reporter_option(doit_args)
     if reporter not in REPORTERS:
         raise BuildError(f"build: unknown reporter {reporter!r} (one of {', '.join(REPORTERS)})")
-    config = graph.doit_config(settings)
+    config = graph.doit_config(settings, doit_command(doit_args)[0])
     tasks = graph.doit_tasks(settings)
     bad = unknown_tasks(doit_args, tasks)
     if bad:

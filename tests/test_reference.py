@@ -68,7 +68,13 @@ def test_reference_config_round_trip(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DEMO_SIGN_HELPER_KEYS", str(keys))
     cfg = ref / "config" / f"{name}.toml"
-    assert main(["create-auth-flash", "--cfg", str(cfg)]) == 0
+    args = ["create-auth-flash", "--cfg", str(cfg)]
+    if "helper" in name:
+        # these name the A1 bundle, whose selected vendor LMS key did not make ASPEED's prebuilt
+        # vendor LMS signature: refused unless allowed (imgtool/key_match.py)
+        assert main(args) == 2
+        args.append("--allow-key-mismatch")
+    assert main(args) == 0
     prj = keys.name
     man = (tmp_path / "out" / f"{prj}-auth-manifest.bin").read_bytes()
     flash = (tmp_path / "out" / f"{prj}-flash-image.bin").read_bytes()

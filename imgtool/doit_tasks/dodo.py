@@ -1,9 +1,10 @@
 """The task creators a ``dodo.py`` imports: ``from imgtool.doit_tasks.dodo import *``.
 
 Variables: cfg= (required), key_dir=, prebuilt_dir=, vnd_sig_dir= (the CLI's defaults when
-unset), man=, flash= (output paths); paths are relative to the dodo.py's folder (doit's working
-directory). The graph is described in :mod:`imgtool.doit_tasks.graph`; the same tasks run without
-a dodo.py through `cptra-imgtool build --cfg C [DOIT ARGS...]`.
+unset), man=, flash= (output paths), allow_key_mismatch=1 (build although the config's keys do
+not match caliptra_file: a warning, not an error); paths are relative to the dodo.py's folder
+(doit's working directory). The graph is described in :mod:`imgtool.doit_tasks.graph`; the same
+tasks run without a dodo.py through `cptra-imgtool build --cfg C [DOIT ARGS...]`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ graph.setup_logging()
 if os.path.basename(DoitMain.BIN_NAME) in ("-m", "__main__.py"):  # `python -m doit`
     DoitMain.BIN_NAME = "doit"  # doit's hints then read "doit list", not "-m list"
 try:
+    from .loader import doit_command
+
     _SETTINGS = graph.Settings.from_vars(get_var)
-    DOIT_CONFIG = graph.doit_config(_SETTINGS)
+    DOIT_CONFIG = graph.doit_config(_SETTINGS, doit_command(sys.argv[1:])[0])
     _TASKS = list(graph.generate(_SETTINGS))
 except ImgtoolError as exc:  # a config error: one line, like the CLI, not a doit traceback
     print(f"cptra-imgtool: error: {exc}", file=sys.stderr)

@@ -48,8 +48,8 @@ Vars = tuple[str | None, ...]
 @dataclass(frozen=True)
 class Settings:
     """What selects a build: the doit variables cfg=, key_dir=, prebuilt_dir=, vnd_sig_dir=,
-    man=, flash=; and for the verify task the trust anchors fuses= and caliptra_fw= (the
-    config is always one)."""
+    man=, flash=; for the verify task the trust anchors fuses= and caliptra_fw= (the config is
+    always one); allow_key_mismatch=1: key mismatches with caliptra_file are warnings."""
 
     cfg: str
     key_dir: str | None = None
@@ -59,6 +59,11 @@ class Settings:
     flash: str | None = None
     fuses: str | None = None
     caliptra_fw: str | None = None
+    allow_key_mismatch: str | None = None
+
+    @property
+    def allow_mismatch(self) -> bool:
+        return flag_value("allow_key_mismatch", self.allow_key_mismatch)
 
     @classmethod
     def from_vars(cls, get_var: Callable[[str, Any], Any]) -> Settings:
@@ -77,9 +82,22 @@ class Settings:
                     "flash",
                     "fuses",
                     "caliptra_fw",
+                    "allow_key_mismatch",
                 )
             ),
         )
+
+
+def flag_value(name: str, value: str | None) -> bool:
+    """A doit boolean variable: 1/true/yes/on or 0/false/no/off (unset: false)."""
+    if value is None:
+        return False
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value}: expected 1 (or true) or 0 (or false)")
 
 
 class ImgtoolFailed(TaskFailed):  # type: ignore[misc]
@@ -174,10 +192,21 @@ def setup_logging() -> None:
     log.propagate = False
 
 
-def doit_config(s: Settings) -> dict[str, Any]:
+# doit commands that never sign: the key check of the bundle does not stop them
+NO_BUILD_COMMANDS = ("clean", "list", "info", "forget", "ignore", "help", "dumpdb", "reset-dep")
+
+
+def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
+    """doit's DOIT_CONFIG for these settings, after the checks that come before any task runs:
+    outputs that would overwrite inputs, and (unless ``command`` never builds) the config's
+    keys against caliptra_file (:mod:`imgtool.key_match`)."""
+    from imgtool import key_match
+
     for cached in (_load_raw, _copies, _load, _plan):
         cached.cache_clear()  # a new doit run (possibly in the same process): re-read the config
     cfg = _load(s)
+    if command not in NO_BUILD_COMMANDS:
+        key_match.check(_load_raw(s), allow=s.allow_mismatch)
     outputs = {"man=": man_path(cfg, s), "flash=": flash_path(cfg, s)}
     outputs.update({f"padded copy of {c.field}": c.copy for c in _copies(s)})
     build.check_outputs(_load_raw(s), outputs)
