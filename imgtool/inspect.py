@@ -9,9 +9,10 @@ import struct
 from typing import Any
 
 from . import bundle as bundle_mod
-from . import flash, lms, manifest
+from . import flash, fuses, lms, manifest
 from .config import SVN_MAX, SVN_SHIFT, Config, Format, VendorSignature
 from .errors import FormatError
+from .key_match import fingerprint
 from .manifest import Manifest
 from .verify import KIND_A1, KIND_BUNDLE, KIND_FLASH, KIND_MAN_1X, KIND_MAN_ASPEED, detect
 
@@ -26,7 +27,10 @@ FLASH_NAMES = {
 def _ecc_key(hw: bytes) -> dict[str, Any] | None:
     if not any(hw):
         return None
-    return {"x_prefix": bytes(b for i in range(0, 8, 4) for b in hw[i : i + 4][::-1]).hex()}
+    return {
+        "x_prefix": bytes(b for i in range(0, 8, 4) for b in hw[i : i + 4][::-1]).hex(),
+        "fingerprint": fingerprint("ecc", hw),
+    }
 
 
 def _lms_key(b48: bytes) -> dict[str, Any] | None:
@@ -38,7 +42,24 @@ def _lms_key(b48: bytes) -> dict[str, Any] | None:
         "ots_type": ots_type,
         "I": b48[8:24].hex(),
         "root": b48[24:].hex(),
+        "fingerprint": fingerprint("lms", b48),
     }
+
+
+def _hash(digest: bytes) -> dict[str, Any]:
+    """A fuse hash: hex, and the 12 fuse register words (cptra-imgtool fuses)."""
+    return {"hex": digest.hex(), "words": [f"0x{w:08x}" for w in fuses.fuse_words(digest)]}
+
+
+def _slots(keys: list[bytes], algo: str, selected: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": i,
+            "selected": i == selected,
+            "fingerprint": fingerprint(algo, k) if any(k) else None,
+        }
+        for i, k in enumerate(keys)
+    ]
 
 
 def _sig(sig: bytes, algo: str, le_q: bool = False) -> dict[str, Any]:
@@ -101,6 +122,11 @@ def describe_bundle(b: bundle_mod.Bundle) -> dict[str, Any]:
         "vendor_lms_key": _lms_key(b.vendor_lms_pubkey),
         "owner_ecc_key": _ecc_key(b.owner_ecc_pubkey),
         "owner_lms_key": _lms_key(b.owner_lms_pubkey),
+        "vendor_ecc_keys": _slots(b.vendor_ecc_pubkeys, "ecc", b.vendor_ecc_idx),
+        "vendor_lms_keys": _slots(b.vendor_lms_pubkeys, "lms", b.vendor_lms_idx),
+        "vendor_pk_hash": _hash(fuses.vendor_pk_hash(b)),
+        "owner_pk_hash": _hash(fuses.owner_pk_hash(b)),
+        "owner_data": bundle_mod.owner_data_fields(b.header[-bundle_mod.OWNER_DATA_LEN :]),
         "vendor_lms_signature_q": lms.sig_q(b.vendor_lms_sig),
         "owner_lms_signature_q": lms.sig_q(b.owner_lms_sig),
         "flags": b.flags,
@@ -229,8 +255,21 @@ def _key_text(k: dict[str, Any] | None) -> str:
     if k is None:
         return "-"
     if "x_prefix" in k:
-        return f"ECC P-384 x={k['x_prefix']}..."
-    return f"LMS type {k['lms_type']}/{k['ots_type']} I={k['I']} root={k['root'][:16]}..."
+        return f"ECC P-384 x={k['x_prefix']}... {k['fingerprint']}"
+    return (
+        f"LMS type {k['lms_type']}/{k['ots_type']} I={k['I']} root={k['root'][:16]}... "
+        f"{k['fingerprint']}"
+    )
+
+
+def _slots_text(slots: list[dict[str, Any]]) -> str:
+    """The selected slot, and how many of all slots are filled (the JSON lists every one)."""
+    sel = next(s for s in slots if s["selected"])
+    filled = sum(1 for s in slots if s["fingerprint"] is not None)
+    return (
+        f"selected {sel['index']} ({sel['fingerprint'] or 'empty'}); "
+        f"{filled} of {len(slots)} slots filled"
+    )
 
 
 def render_manifest(d: dict[str, Any], lines: list[str]) -> None:
@@ -268,11 +307,20 @@ def render_bundle(d: dict[str, Any], lines: list[str]) -> None:
             "vendor LMS key": _key_text(d["vendor_lms_key"]),
             "owner ECC key": _key_text(d["owner_ecc_key"]),
             "owner LMS key": _key_text(d["owner_lms_key"]),
+            "vendor ECC key slots": _slots_text(d["vendor_ecc_keys"]),
+            "vendor LMS key slots": _slots_text(d["vendor_lms_keys"]),
+            "vendor PK hash": d["vendor_pk_hash"]["hex"],
+            "owner PK hash": d["owner_pk_hash"]["hex"],
+            "owner data": (
+                f"not_before {d['owner_data']['not_before'] or '-'}, not_after "
+                f"{d['owner_data']['not_after'] or '-'}, epoch {d['owner_data']['epoch']}"
+            ),
             "LMS sig q": (
                 f"vendor {d['vendor_lms_signature_q']}, owner {d['owner_lms_signature_q']}"
             ),
         },
     )
+    lines.append("  (fuse words of each hash: cptra-imgtool fuses --caliptra-fw FILE)")
     for t in d["toc"]:
         lines.append(
             f"  TOC {t['name']:<8} id {t['id']} version {t['version']} svn {t['svn']} "
