@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any, TextIO
 
 from . import ecc, lms, lms_scan, lms_state, lms_tree
 from . import store as store_mod
-from .errors import ConfigError, KeyFileError, LmsStateError
+from .errors import KeyFileError, LmsStateError
 from .fileio import atomic_write
 
 # What Caliptra's ROM and runtime accept; anything else needs --force.
@@ -338,70 +337,161 @@ def _config_text(name: str, lms_on: bool) -> str:
     return "\n".join(out)
 
 
-def new_project(
-    name: str, root: Path, ref_prj: str | None, lms_height: int, lms_on: bool = True
-) -> dict[str, Any]:
-    from .config import _PRJ_RE
+def key_maker(
+    lms_height: int, force: bool, stream: TextIO | None = None
+) -> Callable[[Path, str, str], None]:
+    """make_key(prefix, algo, counter) for new-project: one key pair, one line on stderr (with
+    or without a terminal) saying what was made and how long it took."""
 
-    if not _PRJ_RE.match(name):
-        raise ConfigError(f"new-project: {name!r} is not a plain project name")
-    cfg = root / "config" / f"{name}.toml"
-    keys = root / "keys" / name
-    pre = root / "prebuilt" / name
-    src = root / "prebuilt" / ref_prj if ref_prj else None
-    for p in (cfg, keys, pre):
-        if p.exists():
-            raise ConfigError(f"{p}: already exists, refusing to overwrite")
-    if src is not None and not src.is_dir():
-        raise ConfigError(f"--from {ref_prj}: {src} is not a directory")
-    force = lms_height != 15
+    def make(prefix: Path, algo: str, counter: str) -> None:
+        out = stream if stream is not None else sys.stderr
+        if algo == "ecc":
+            t0 = time.monotonic()
+            ecc.generate_keypair(prefix)
+            took = time.monotonic() - t0
+            out.write(f"{counter}{prefix.name} ECC P-384 key pair: done in {took:.1f} s\n")
+            out.flush()
+            return
+        make_lms_key(prefix, lms_height, 4, force, counter=counter)
+
+    return make
+
+
+def _lab_project(name: str, root: Path, lms_height: int, force: bool) -> dict[str, Any]:
+    """No reference project (`new-project NAME` without --from): a lab project with its own
+    vendor keys too, the vendor signature generated, and a README listing the binaries."""
+    from .new_project import check_free, layout
+
+    root = root.resolve()
+    check_free(root, name)
     lms_types(lms_height, 4, force)  # validate before writing anything
+    cfg = root / "config" / f"{name}.toml"
+    keys = layout(root, name)
+    pre = root / "prebuilt" / name
+    make = key_maker(lms_height, force)
     keys.mkdir(parents=True)
-    for n, prefix in enumerate(KEY_PREFIXES, 1):
-        ecc.generate_keypair(keys / f"{prefix}-ecc")
-        if lms_on:
-            counter = f"{n}/{len(KEY_PREFIXES)} "
-            make_lms_key(keys / f"{prefix}-lms", lms_height, 4, force, counter=counter)
-    if src is not None:
-        shutil.copytree(src, pre)
-    else:
-        pre.mkdir(parents=True)
-        lines = [
-            f"# prebuilt/{name}/",
-            "",
-            f"Put the binaries that config/{name}.toml names here:",
-            "",
-            "- caliptra-fw.bin (Caliptra firmware bundle)",
-        ]
-        lines += [
-            f"- {file} (fw_id {fw_id}, load_stage {stage})" for file, fw_id, stage in DEMO_IMAGES
-        ]
-        (pre / "README.md").write_text("\n".join(lines) + "\n")
+    steps = [(f"{prefix}-{algo}", algo) for prefix in KEY_PREFIXES for algo in ("ecc", "lms")]
+    for n, (stem, algo) in enumerate(steps, 1):
+        make(keys / stem, algo, f"{n}/{len(steps)} ")
+    pre.mkdir(parents=True)
+    lines = [
+        f"# prebuilt/{name}/",
+        "",
+        f"Put the binaries that config/{name}.toml names here:",
+        "",
+        "- caliptra-fw.bin (Caliptra firmware bundle)",
+    ]
+    lines += [f"- {file} (fw_id {fw_id}, load_stage {stage})" for file, fw_id, stage in DEMO_IMAGES]
+    (pre / "README.md").write_text("\n".join(lines) + "\n")
     cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(_config_text(name, lms_on))
+    with open(cfg, "x", encoding="utf-8") as fh:
+        fh.write(_config_text(name, True))
     from .doit_tasks import DODO_PY
 
     dodo = root / "dodo.py"  # `doit flash cfg=config/NAME.toml`; an existing one is kept
     dodo_new = not dodo.exists()
     if dodo_new:
         dodo.write_text(DODO_PY)
-    return {
-        "config": cfg,
-        "keys": keys,
-        "prebuilt": pre,
-        "lms_height": lms_height,
-        "dodo": dodo if dodo_new else None,
-    }
+    return {"config": cfg, "keys": keys, "prebuilt": pre, "dodo": dodo if dodo_new else None}
+
+
+def _rel(root: Path, p: Path) -> str:
+    try:
+        return str(p.relative_to(root.resolve()))
+    except ValueError:
+        return str(p)
 
 
 def cmd_new_project(args: argparse.Namespace) -> int:
-    info = new_project(args.name, Path(args.root), args.ref, args.lms_height)
-    print(f"config:   {info['config']}")
-    print(f"keys:     {info['keys']} (ECC P-384 and LMS H{args.lms_height}/W4, owner and vendor)")
-    print(f"prebuilt: {info['prebuilt']}")
-    if info["dodo"] is not None:
-        print(f"dodo.py:  {info['dodo']} (doit flash cfg={info['config']})")
+    root = Path(args.root)
+    force = args.force
+    if args.ref is None:
+        print(
+            "cptra-imgtool: note: no --from: a LAB project with its own vendor keys too (as "
+            "--vendor-keys), for parts with no vendor fuses; an OEM starts from the vendor's "
+            "reference project: --from CONFIG",
+            file=sys.stderr,
+            flush=True,
+        )
+        info = _lab_project(args.name, root, args.lms_height, force)
+        print(f"config:   {_rel(root, info['config'])}")
+        print(
+            f"keys:     {_rel(root, info['keys'])} (ECC P-384 and LMS H{args.lms_height}/W4, "
+            "owner and vendor)"
+        )
+        print(f"prebuilt: {_rel(root, info['prebuilt'])}")
+        if info["dodo"] is not None:
+            print(f"dodo.py:  {_rel(root, info['dodo'])} (doit flash cfg={info['config']})")
+        return 0
+    from . import new_project
+
+    if args.vendor_keys:
+        print(
+            "cptra-imgtool: note: --vendor-keys: fresh VENDOR keys too, a generated vendor "
+            "signature and a test bundle vendor-signed with them: for lab parts with no vendor "
+            "fuses only (a part with the vendor's fuses rejects it)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def status(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    res = new_project.create(
+        args.name,
+        root,
+        args.ref,
+        lms_height=args.lms_height,
+        force=force,
+        ecc_only=args.ecc_only,
+        vendor_keys=args.vendor_keys,
+        allow_key_mismatch=args.allow_key_mismatch,
+        make_key=key_maker(args.lms_height, force),
+        status=status,
+    )
+    _print_project(root, res)
     return 0
+
+
+def _print_project(root: Path, res: Any) -> None:
+    from .fuses import fuse_words
+
+    ref = res.reference
+
+    def r(p: Path) -> str:
+        return _rel(root, p)
+
+    name = res.config.stem
+    print(f"config:   {r(res.config)} ({ref.config.name} with prj_name = {name!r}; images and "
+          "settings kept)")  # fmt: skip
+    kept = (
+        "fresh vendor keys too (--vendor-keys)"
+        if res.vendor_keys
+        else f"the reference's vendor keys from {r(ref.key_dir)}"
+    )
+    print(f"keys:     {r(res.keys)} (new: {', '.join(res.made_keys)}; {kept})")
+    print(f"prebuilt: {r(res.prebuilt)} (a copy of {r(ref.prebuilt_dir)})")
+    for p in res.copied_sigs:
+        print(f"vnd_sig:  {r(p)} (the reference's prebuilt vendor signature)")
+    if res.dodo is not None:
+        print(f"dodo.py:  {r(res.dodo)} (doit flash cfg={r(res.config)})")
+    lms_flag = "" if res.lms and res.lms_verify else " --no-lms-verify"
+    fuses = f"out/{name}-fuses.toml"
+    if res.bundle is not None and res.owner_pk_hash is not None:
+        print(f"bundle:   {r(res.bundle)} owner-signed; owner_pk_hash = {res.owner_pk_hash.hex()}")
+        print("          fuse_owner_pk_hash[0..11] = "
+              + " ".join(f"0x{w:08x}" for w in fuse_words(res.owner_pk_hash)))  # fmt: skip
+    for m in res.missing:
+        print(f"missing:  {m}: the reference has none; put yours into {r(res.prebuilt)}")
+    for w in res.warnings:
+        print(f"warning:  {w}")
+    print("next:")
+    if res.bundle is not None:
+        print(f"  cptra-imgtool fuses --caliptra-fw {r(res.bundle)}{lms_flag} --out {fuses}")
+    print(f"  cptra-imgtool create-auth-flash --cfg {r(res.config)}")
+    if res.bundle is not None:
+        extra = "" if res.bundle_in_config else f" --caliptra-fw {r(res.bundle)}"
+        print(f"  cptra-imgtool verify out/{name}-flash-image.bin --fuses {fuses}{extra}")
 
 
 def register(sub: Any) -> None:
@@ -458,9 +548,46 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_lms_status)
 
-    p = sub.add_parser("new-project", help="create config/NAME.toml, keys/NAME/, prebuilt/NAME/")
+    p = sub.add_parser(
+        "new-project",
+        help="a project from a vendor reference config: its images and vendor setup, new owner "
+        "keys, the bundle owner-signed",
+        description="Create config/NAME.toml, the key folder (key/NAME/ where the tree has key/, "
+        "else keys/NAME/) and prebuilt/NAME/ from a reference config: the config with prj_name "
+        "= NAME (images and settings kept), a copy of its prebuilt folder, its vendor public keys "
+        "and prebuilt vendor signatures, and fresh OWNER keys only; the copied Caliptra bundle "
+        "is owner-signed with them. Never overwrites anything.",
+    )
     p.add_argument("name")
-    p.add_argument("--from", dest="ref", metavar="REF_PRJ", help="copy prebuilt/REF_PRJ/")
-    p.add_argument("--lms-height", type=int, default=15, help="LMS tree height (default 15)")
+    p.add_argument(
+        "--from",
+        dest="ref",
+        metavar="CONFIG",
+        help="a reference config file, or a reference project name in config/ (its "
+        "NAME-ecc-lms-manifest.toml; with --ecc-only NAME-ecc-manifest.toml). Without it: a "
+        "lab project with its own vendor keys",
+    )
+    p.add_argument(
+        "--ecc-only", action="store_true", help="with a project name: its ECC-only config"
+    )
+    p.add_argument(
+        "--lms-height",
+        type=int,
+        default=15,
+        help="LMS tree height (default 15, the only one Caliptra 1.x verifies; others need "
+        "--force)",
+    )
+    p.add_argument("--force", action="store_true", help="allow LMS types Caliptra does not accept")
+    p.add_argument(
+        "--vendor-keys",
+        action="store_true",
+        help="lab parts with no vendor fuses: fresh vendor keys too, a generated vendor "
+        "signature, the bundle vendor-signed with them",
+    )
+    p.add_argument(
+        "--allow-key-mismatch",
+        action="store_true",
+        help="create it even when the reference's vendor setup does not match its bundle",
+    )
     p.add_argument("--root", default=".", help="project root (default: current directory)")
     p.set_defaults(func=cmd_new_project)

@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = Path("keys") / DEMO
     if not cfg.exists():
         print(f"creating the demo project (fresh ECC P-384 and LMS H{a.lms_height}/W4 keys)")
-        rc = cli_main(["new-project", DEMO, "--lms-height", str(a.lms_height)])
+        force = ["--force"] if a.lms_height != 15 else []  # other heights: test keys only
+        rc = cli_main(["new-project", DEMO, "--lms-height", str(a.lms_height), *force])
         if rc:
             return rc
     else:
