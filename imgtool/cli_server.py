@@ -122,6 +122,12 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_sign_helper(args: argparse.Namespace) -> int:
+    if args.key_file is not None:
+        return _sign_with_key_file(args)
+    missing = [o for o, v in (("--server", args.server), ("--machine", args.machine),
+                              ("--key", args.key)) if not v]  # fmt: skip
+    if missing:
+        raise ServerError(f"sign-helper: {', '.join(missing)} needed (or --key-file K)")
     from .sign_client import sign_remote
 
     if args.by_file:
@@ -140,7 +146,7 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
     sig = sign_remote(
         args.server,
         args.machine,
-        args.key,
+        {"fw": "own-fw", "man": "own-man"}.get(args.key, args.key),  # the reference's names
         args.algo,
         digest,
         token_file=args.token_file,
@@ -151,6 +157,27 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
     if args.by_file:
         from .fileio import atomic_write
 
+        atomic_write(Path(args.input), sig)
+    else:
+        print(sig.hex())
+    return 0
+
+
+def _sign_with_key_file(args: argparse.Namespace) -> int:
+    """The same protocols, signed with a local private key file (no server)."""
+    from . import key_file_signer
+    from .fileio import atomic_write
+
+    if args.server or args.machine:
+        raise ServerError("sign-helper: --key-file signs locally: no --server / --machine")
+    if args.by_file:
+        if not args.input:
+            raise ServerError("--by-file needs --input PATH")
+        digest = key_file_signer.read_digest_file(Path(args.input))
+    else:
+        digest = key_file_signer.parse_digest_line(sys.stdin.readline())
+    sig = key_file_signer.sign(args.key_file, args.algo, digest, args.pubkey)
+    if args.by_file:
         atomic_write(Path(args.input), sig)
     else:
         print(sig.hex())
@@ -235,10 +262,23 @@ def register(sub: Any) -> None:
     t.add_argument("--id", required=True)
     t.set_defaults(func=cmd_token_revoke)
 
-    p = sub.add_parser("sign-helper", help="a [sign_helper] command backed by the signing server")
-    p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:9999")
-    p.add_argument("--machine", required=True)
-    p.add_argument("--key", required=True, choices=["vnd-fw", "vnd-man", "own-fw", "own-man"])
+    p = sub.add_parser(
+        "sign-helper",
+        help="a [sign_helper] command backed by the signing server (or a local --key-file)",
+    )
+    p.add_argument("--server", help="e.g. http://127.0.0.1:9999")
+    p.add_argument("--machine")
+    p.add_argument(
+        "--key",
+        choices=["vnd-fw", "vnd-man", "own-fw", "own-man", "fw", "man"],
+        help="the server's key (fw / man: the reference helpers' names for own-fw / own-man)",
+    )
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        help="sign locally with this private key file instead of the server (the reference "
+        "helper command line: --key-file K --algo ecc|lms [--by-file --input PATH])",
+    )
     p.add_argument("--algo", required=True, choices=["ecc", "lms"])
     p.add_argument(
         "--token-file", type=Path, help="file holding the token (or CPTRA_IMGTOOL_TOKEN)"
@@ -246,7 +286,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--pubkey",
         type=Path,
-        help="expected public key: refuse to ask for a signature if the server's differs",
+        help="expected public key: refuse to ask for a signature if the server's (or the "
+        "--key-file's) differs",
     )
     p.add_argument("--by-file", action="store_true")
     p.add_argument("--input", help="digest file, overwritten with the signature (--by-file)")
