@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import imx_pki
@@ -223,3 +224,34 @@ def test_lexer_agrees_with_the_real_cst(tmp_path: Path, value: str) -> None:
     assert f"File not present {ours}" in r.stdout + r.stderr
     with pytest.raises(C.CsfError):
         C.check_files(C.parse(data), ARCHIVE, "flash.bin")
+
+
+def _refusal(check: Callable[[bytes], None], data: bytes) -> str | None:
+    try:
+        check(data)
+    except C.CsfError as exc:
+        return str(exc)
+    return None
+
+
+def test_text_fast_path_refuses_exactly_what_the_line_loop_refuses() -> None:
+    """_text_checks skips the per-byte loop for clean text; over every single-byte change of a
+    real CSF (each byte 0..255 at several places), CR placements, line lengths and counts,
+    it must refuse exactly what the loop refuses, with the same message."""
+    base = imx_pki.csf_text("flash.bin").encode()
+    cases = [base, base.replace(b"\n", b"\r\n"), base + b"\r", base.replace(b"\n", b"\r\r\n", 1)]
+    for pos in (0, 5, len(base) // 2, len(base) - 2, len(base) - 1):
+        for byte in range(256):
+            cases.append(base[:pos] + bytes([byte]) + base[pos + 1 :])
+    line = b"# " + b"x" * (C.MAX_LINE - 2)
+    cases += [line + b"\n" + base, line + b"x\n" + base, base + line, base + line + b"\r"]
+    cases += [b"#\n" * (C.MAX_LINES - 2) + base[:10], b"#\n" * (C.MAX_LINES - 1) + b"#"]
+    cases += [b"#\n" * C.MAX_LINES, b"[Header]\r\r", b"[Header]\rx\n", b"\r"]
+    refused = 0
+    for data in cases:
+        want = None if len(data) > C.MAX_BYTES else _refusal(C._line_checks, data)
+        if not data.strip():
+            continue
+        assert _refusal(C._text_checks, data) == want, data[:60]
+        refused += want is not None
+    assert refused > 500  # the cases do exercise the refusals
