@@ -40,10 +40,10 @@ from . import csf as csfmod
 from . import validate
 from .audit import AuditError, AuditLog
 from .auth import Token, TokenStore, authenticate
-from .imx import CSF_INPUT, ImxError
-from .keycache import KeyCache, KeyTree
+from .imx import ImxError
+from .keycache import KeyCache
 from .quota import LmsQuota, QuotaExceeded
-from .sandbox import CstRunner
+from .sandbox import Artifact, CstRunner
 from .settings import Settings
 
 log = logging.getLogger("imgtool.server")
@@ -52,6 +52,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+INLINE_ARTIFACT = 256 * 1024  # artifacts up to this size go to cst through memory, not the disk
 FORBIDDEN = "forbidden: this token may not use that machine or endpoint\n"
 ENDPOINTS = {"/sign/imx": "imx", "/sign/caliptra": "caliptra", "/pubkey": "pubkey"}
 
@@ -160,7 +161,11 @@ class SigningService:
         self.sandbox_problem = why
         self.imx_refused = why is not None and not settings.allow_unsandboxed_cst
         self.cst = CstRunner(
-            sandbox=why is None, protected=protected, cache_dir=self.cache_root / "cst"
+            sandbox=why is None,
+            protected=protected,
+            cache_dir=self.cache_root / "cst",
+            work_dir=self.work_root,
+            workers=settings.jobs,
         )
         self._ecc_keys: dict[Path, tuple[int, Any]] = {}
         self._pub_cache: dict[Path, tuple[int, bytes]] = {}
@@ -364,7 +369,7 @@ class SigningService:
                 tree = self.keys.acquire_cached(archive)
                 if tree is None:  # first use or a changed archive: unpack off the loop
                     tree = await asyncio.to_thread(self.keys.acquire, archive)
-                work: Path | None = None
+                staged: Artifact | None = None
                 try:
                     try:
                         csfmod.check_files(parsed, tree.files, art_name)
@@ -372,14 +377,18 @@ class SigningService:
                         raise Reject(400, str(exc)) from None
                     if art_name in tree.tops:
                         raise Reject(400, "artifact file name not allowed")
-                    work = Path(tempfile.mkdtemp(prefix="cptra-imx-", dir=self.work_root))
-                    (work / CSF_INPUT).write_bytes(csfmod.render(parsed))
-                    ctx.inputs["artifact"] = await _save(art_up, work / art_name)
+                    staged = await self._stage(art_up, art_name)
+                    ctx.inputs["artifact"] = staged.sha256
                     self.about_to_sign(ctx)
-                    out = await self._run_cst(cst, work, tree)
+                    binds = {name: tree.root / name for name in tree.tops}
+                    out = await self.cst.run(
+                        cst, csfmod.render(parsed), staged, binds, self.s.subprocess_timeout
+                    )
                 finally:
-                    if work is not None:
-                        await asyncio.to_thread(shutil.rmtree, work, True)
+                    if staged is not None and staged.path is not None:
+                        await asyncio.to_thread(staged.close)  # a large file: off the loop
+                    elif staged is not None:
+                        staged.close()
                     self.keys.release(tree)
         return Response(
             out,
@@ -387,11 +396,15 @@ class SigningService:
             headers={"Content-Disposition": 'attachment; filename="artifact.signed"'},
         )
 
-    async def _run_cst(self, cst: Path, work: Path, tree: KeyTree) -> bytes:
-        binds = {name: tree.root / name for name in tree.tops}
-        if not self.cst.sandbox:  # copies: cst must not be able to change the cached tree
-            await asyncio.to_thread(_copy_tops, tree, work)
-        return await self.cst.run(cst, work, binds, self.s.subprocess_timeout)
+    async def _stage(self, upload: UploadFile, name: str) -> Artifact:
+        """The artifact ready for cst: a small one (already in memory) copied into a memory
+        file here, a large one streamed into a work-dir file off the event loop."""
+        if upload.size is not None and upload.size <= INLINE_ARTIFACT:
+            data = await upload.read(INLINE_ARTIFACT + 1)
+            if len(data) <= INLINE_ARTIFACT:
+                return Artifact.from_bytes(name, data, self.work_root)
+            await upload.seek(0)
+        return await asyncio.to_thread(Artifact.from_stream, name, upload.file, self.work_root)
 
     # ------------------------------------------------------------------ /sign/caliptra
     async def sign_caliptra(self, request: Request) -> Response:
@@ -561,28 +574,6 @@ def _lms_public_from_private(priv: Path) -> bytes:
     else:
         root = lms.sparse_root(key)
     return lms.LmsPublicKey(key.lms_type, key.ots_type, key.I, root).to_bytes()
-
-
-def _copy_tops(tree: KeyTree, work: Path) -> None:
-    for name in tree.tops:
-        src = tree.root / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, copy_function=shutil.copyfile)
-            for p in (work / name).rglob("*"):
-                p.chmod(0o700 if p.is_dir() else 0o600)
-            (work / name).chmod(0o700)
-        else:
-            shutil.copyfile(src, work / name)
-
-
-async def _save(upload: UploadFile, dest: Path) -> str:
-    """Stream an upload into ``dest`` (created exclusively); returns its SHA-256."""
-    h = hashlib.sha256()
-    with open(dest, "xb") as out:
-        while chunk := await upload.read(1 << 16):
-            h.update(chunk)
-            out.write(chunk)
-    return h.hexdigest()
 
 
 class AuditMiddleware:

@@ -3,32 +3,43 @@ sandbox with fresh mount, pid, network, IPC, UTS and user namespaces, no capabil
 empty environment. Its root is a read-only copy of exactly the files ``cst`` needs (the program,
 its ELF libraries and loader, and for a wrapper script its interpreter and the programs and
 libraries it names), built once per cst installation (one mount instead of one per file: each
-bind mount costs about 0.35 ms). The job dir is the cwd, ``/job``, the one writable place; the
-machine's unpacked key archive is bound read-only inside it. No /proc, no /dev, no /etc, no
-/tmp, no key store, no other job.
+bind mount costs about 0.35 ms). The job dir, ``/job`` (the cwd), is a private tmpfs of bounded
+size that exists only inside the sandbox: bwrap copies the checked CSF and a small artifact into
+it from file descriptors; a large artifact and the machine's unpacked key archive are bound
+read-only inside it; the one host file ``cst`` can write is its output, bound on
+``/job/csf-output.bin``. No /proc, no /dev, no /etc, no /tmp, no key store, no other job, and no
+job files on the host disk to leak.
 
-Where namespaces are not available the runner can still run ``cst`` directly in the job dir
-(only when the operator says ``--allow-unsandboxed-cst``); the CSF checks in :mod:`.csf` are then
-the only barrier.
+Where namespaces are not available the runner can still run ``cst`` directly in a job dir on the
+host (only when the operator says ``--allow-unsandboxed-cst``); the CSF checks in :mod:`.csf` are
+then the only barrier.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .imx import CSF_INPUT, CSF_OUTPUT, MIN_ENV, ImxError
 
 JOB = "/job"
 SANDBOX_UID = 65534
+TMPFS_SPARE = 16 * 1024 * 1024  # room in /job for cst's own files, beyond its inputs
+MAX_OUTPUT = 16 * 1024 * 1024  # the most of cst's output that is read back
 _ABS_PATH = re.compile(r"(?<![A-Za-z0-9._-])(/[A-Za-z0-9._+/-]+)")
 _LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
 
@@ -126,9 +137,9 @@ def remove_root(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def bwrap_args(bwrap: str, root: Path, job: Path, ro_in_job: Mapping[str, Path]) -> list[str]:
-    """The bwrap command line (without the program to run): ``root`` read-only as /, the job
-    dir at ``/job`` (the cwd), ``ro_in_job`` bound read-only inside it."""
+def bwrap_prefix(bwrap: str, root: Path) -> list[str]:
+    """The fixed part of every sandbox command line: fresh namespaces, no capabilities, an empty
+    environment, ``root`` read-only as /. Built once per root."""
     args = [
         bwrap,
         "--unshare-all",
@@ -146,16 +157,93 @@ def bwrap_args(bwrap: str, root: Path, job: Path, ro_in_job: Mapping[str, Path])
     ]
     for k, v in MIN_ENV.items():
         args += ["--setenv", k, v]
-    args += ["--ro-bind", str(root), "/", "--bind", str(job), JOB]
+    return [*args, "--ro-bind", str(root), "/"]
+
+
+def job_args(
+    tmpfs_size: int,
+    files: Mapping[str, int],
+    ro_in_job: Mapping[str, Path],
+    output: Path | None,
+) -> list[str]:
+    """The per-job part: a private tmpfs of ``tmpfs_size`` bytes at ``/job`` (the cwd), each of
+    ``files`` (name -> readable fd) copied into it, ``ro_in_job`` bound read-only inside it,
+    and ``output`` (a host file) bound writable on ``/job/csf-output.bin``."""
+    args = ["--size", str(tmpfs_size), "--tmpfs", JOB]
+    for name, fd in files.items():
+        args += ["--file", str(fd), f"{JOB}/{name}"]
     for name, src in ro_in_job.items():
         args += ["--ro-bind", str(src), f"{JOB}/{name}"]
-    args += ["--chdir", JOB, "--"]
-    return args
+    if output is not None:
+        args += ["--bind", str(output), f"{JOB}/{CSF_OUTPUT}"]
+    return [*args, "--chdir", JOB, "--"]
+
+
+def data_fd(data: bytes, spill: Path) -> int:
+    """A file descriptor (offset 0, close-on-exec) holding ``data``: a memfd, or where there is
+    none an unlinked temporary file in ``spill``."""
+    try:
+        fd = os.memfd_create("cptra-cst", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        fd, name = tempfile.mkstemp(prefix="cptra-imx-", dir=spill)
+        os.unlink(name)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass
+class Artifact:
+    """The uploaded artifact, staged for one cst run: small ones as a file descriptor (copied
+    into the sandbox's tmpfs), large ones as a host file (bound read-only into the sandbox, so
+    memory use stays bounded). :meth:`close` releases either."""
+
+    name: str
+    sha256: str
+    size: int
+    fd: int = -1
+    path: Path | None = None
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes, spill: Path) -> Artifact:
+        return cls(name, hashlib.sha256(data).hexdigest(), len(data), fd=data_fd(data, spill))
+
+    @classmethod
+    def from_stream(cls, name: str, src: BinaryIO, work: Path) -> Artifact:
+        """Stream ``src`` into a new 0600 file in ``work`` (blocking: call it in a thread)."""
+        fd, tmp = tempfile.mkstemp(prefix="cptra-imx-", suffix=".in", dir=work)
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return cls(name, h.hexdigest(), size, path=Path(tmp))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
 
 
 class CstRunner:
     """Runs ``cst -i csf-input.txt -o csf-output.bin`` for one job, sandboxed or (if allowed and
-    needed) not."""
+    needed) not. A job is one blocking call (:meth:`run_sync`) in a worker thread: write the
+    inputs, spawn, wait, read the output, clean up."""
 
     def __init__(
         self,
@@ -164,19 +252,24 @@ class CstRunner:
         protected: Sequence[Path] = (),
         bwrap: str | None = None,
         cache_dir: Path | None = None,
+        work_dir: Path | None = None,
+        workers: int = 4,
     ) -> None:
         self.sandbox = sandbox
         self.protected = list(protected)
         self.bwrap = bwrap or shutil.which("bwrap") or "/usr/bin/bwrap"
+        self.work_dir = work_dir or Path(tempfile.gettempdir())
         self._cache_dir = cache_dir
         self._own_cache = cache_dir is None
-        self._roots: dict[Path, tuple[tuple[object, ...], list[Path], Path]] = {}
+        self._roots: dict[Path, tuple[tuple[object, ...], list[Path], Path, list[str]]] = {}
         self._lock = threading.Lock()
         self._n = 0
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cst")
 
     @staticmethod
     def probe(bwrap: str | None = None) -> str | None:
-        """None if bwrap can build a sandbox here, else why not (one line)."""
+        """None if bwrap can build the job sandbox here (namespaces, a sized tmpfs, a copied
+        input, a bound output), else why not (one line)."""
         exe = bwrap or shutil.which("bwrap")
         if exe is None:
             return "bwrap is not installed (Debian package bubblewrap)"
@@ -185,16 +278,17 @@ class CstRunner:
             with tempfile.TemporaryDirectory(prefix="cptra-bwrap-probe-") as d:
                 root = Path(d) / "root"
                 build_root(dependencies(Path(true)), root)
-                job = Path(d) / "job"
-                job.mkdir()
+                out = Path(d) / "out"
+                out.touch(mode=0o600)
+                fd = data_fd(b"probe", Path(d))
                 try:
+                    argv = bwrap_prefix(exe, root)
+                    argv += job_args(1 << 20, {"in": fd}, {}, out) + [true]
                     r = subprocess.run(
-                        [*bwrap_args(exe, root, job, {}), true],
-                        capture_output=True,
-                        text=True,
-                        timeout=10,
+                        argv, capture_output=True, text=True, timeout=10, pass_fds=(fd,)
                     )
                 finally:
+                    os.close(fd)
                     remove_root(root)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"bwrap cannot run: {type(exc).__name__}"
@@ -204,8 +298,9 @@ class CstRunner:
         return None
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            for _, _, root in self._roots.values():
+            for _, _, root, _ in self._roots.values():
                 remove_root(root)
             self._roots.clear()
             if self._own_cache and self._cache_dir is not None:
@@ -215,15 +310,15 @@ class CstRunner:
     def deps(self, cst: Path) -> list[Path]:
         return self._root(cst)[0]
 
-    def _root(self, cst: Path) -> tuple[list[Path], Path]:
-        """cst's dependencies and the read-only root holding them; rebuilt when cst or any of
-        its files changes (a stat of each per job). Blocking on a (re)build."""
+    def _root(self, cst: Path) -> tuple[list[Path], list[str]]:
+        """cst's dependencies and the command-line prefix of the read-only root holding them;
+        rebuilt when cst or any of its files changes (a stat of each per job). Blocking."""
         with self._lock:
             cached = self._roots.get(cst)
             if cached is not None:
-                sig, deps, root = cached
+                sig, deps, root, prefix = cached
                 if sig == _signature([cst, *deps]):
-                    return deps, root
+                    return deps, prefix
             deps = dependencies(cst, self.protected)
             if self._cache_dir is None:
                 self._cache_dir = Path(tempfile.mkdtemp(prefix="cptra-imgtool-cst-"))
@@ -232,58 +327,160 @@ class CstRunner:
             build_root(deps, root)
             if cached is not None:
                 remove_root(cached[2])  # a job still using it keeps its mount
-            self._roots[cst] = (_signature([cst, *deps]), deps, root)
-            return deps, root
-
-    def command(self, cst: Path, job: Path, ro_in_job: Mapping[str, Path]) -> list[str]:
-        tail = [str(cst), "-i", CSF_INPUT, "-o", CSF_OUTPUT]
-        if not self.sandbox:
-            return tail
-        _, root = self._root(cst)
-        return bwrap_args(self.bwrap, root, job, ro_in_job) + tail
+            prefix = bwrap_prefix(self.bwrap, root)
+            self._roots[cst] = (_signature([cst, *deps]), deps, root, prefix)
+            return deps, prefix
 
     async def run(
-        self, cst: Path, job: Path, ro_in_job: Mapping[str, Path], timeout: float
+        self,
+        cst: Path,
+        csf: bytes,
+        artifact: Artifact,
+        ro_in_job: Mapping[str, Path],
+        timeout: float,
     ) -> bytes:
-        """Run cst for the job in ``job``; returns the binary CSF. ``ro_in_job`` maps names in
-        the job dir to read-only sources (the unpacked key archive's top-level entries);
-        unsandboxed, those must already be copies inside ``job``."""
-        if self.sandbox:
-            with self._lock:
-                known = cst in self._roots
-            if not known:  # the first job of this cst builds its root: off the event loop
-                await asyncio.to_thread(self._root, cst)
-            for name, src in ro_in_job.items():  # mount points, in the job's own dir
-                dst = job / name
-                if src.is_dir():
-                    dst.mkdir(mode=0o700, exist_ok=True)
-                else:
-                    dst.touch(mode=0o600, exist_ok=True)
-        argv = self.command(cst, job, ro_in_job)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=job,
+        """:meth:`run_sync` in the runner's worker threads. If the caller is cancelled, the job
+        still finishes (and cleans up) before the cancellation goes on."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(
+            self._pool, functools.partial(self.run_sync, cst, csf, artifact, ro_in_job, timeout)
+        )
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            await asyncio.wait([fut])
+            raise
+
+    def run_sync(
+        self,
+        cst: Path,
+        csf: bytes,
+        artifact: Artifact,
+        ro_in_job: Mapping[str, Path],
+        timeout: float,
+    ) -> bytes:
+        """Run cst on ``csf`` (the checked CSF text) and ``artifact``, with ``ro_in_job`` (names
+        in the job dir -> the unpacked key archive's top-level entries) visible read-only;
+        returns the binary CSF. Raises ImxError."""
+        if not self.sandbox:
+            return self._run_unsandboxed(cst, csf, artifact, ro_in_job, timeout)
+        _, prefix = self._root(cst)
+        csf_fd = data_fd(csf, self.work_dir)
+        out_fd = -1
+        out_path: str | None = None
+        try:
+            out_fd, out_path = tempfile.mkstemp(
+                prefix="cptra-imx-", suffix=".out", dir=self.work_dir
+            )
+            files = {CSF_INPUT: csf_fd}
+            ro = dict(ro_in_job)
+            size = len(csf) + TMPFS_SPARE
+            if artifact.fd >= 0:
+                os.lseek(artifact.fd, 0, os.SEEK_SET)
+                files[artifact.name] = artifact.fd
+                size += artifact.size
+            elif artifact.path is not None:
+                ro[artifact.name] = artifact.path
+                size += artifact.size  # room for cst's copies of the data
+            argv = prefix + job_args(size, files, ro, Path(out_path))
+            argv += [str(cst), "-i", CSF_INPUT, "-o", CSF_OUTPUT]
+            rc, text = self._exec(argv, None, tuple(files.values()), timeout)
+            st = os.fstat(out_fd)
+            data = os.pread(out_fd, MAX_OUTPUT, 0) if stat.S_ISREG(st.st_mode) else b""
+        finally:
+            os.close(csf_fd)
+            if out_fd >= 0:
+                os.close(out_fd)
+            if out_path is not None:
+                os.unlink(out_path)
+        if rc != 0 or not data:
+            raise ImxError(500, "Signing error", f"cst exited with {rc}: {_tail(text)}")
+        return data
+
+    def _run_unsandboxed(
+        self,
+        cst: Path,
+        csf: bytes,
+        artifact: Artifact,
+        ro_in_job: Mapping[str, Path],
+        timeout: float,
+    ) -> bytes:
+        """cst directly in a fresh job dir holding copies of everything (it must not be able to
+        change the cached key tree or the staged artifact); the dir is removed afterwards."""
+        job = Path(tempfile.mkdtemp(prefix="cptra-imx-", dir=self.work_dir))
+        try:
+            (job / CSF_INPUT).write_bytes(csf)
+            with open(job / artifact.name, "xb") as out:
+                if artifact.fd >= 0:
+                    os.lseek(artifact.fd, 0, os.SEEK_SET)
+                    while chunk := os.read(artifact.fd, 1 << 20):
+                        out.write(chunk)
+                elif artifact.path is not None:
+                    with open(artifact.path, "rb") as fh:
+                        shutil.copyfileobj(fh, out)
+            for name, src in ro_in_job.items():
+                _copy_private(src, job / name)
+            rc, text = self._exec([str(cst), "-i", CSF_INPUT, "-o", CSF_OUTPUT], job, (), timeout)
+            result = job / CSF_OUTPUT
+            data = b""
+            if rc == 0 and result.is_file() and not result.is_symlink():
+                fd = os.open(result, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as fh:
+                    data = fh.read(MAX_OUTPUT)
+        finally:
+            _rmtree(job)
+        if rc != 0 or not data:
+            raise ImxError(500, "Signing error", f"cst exited with {rc}: {_tail(text)}")
+        return data
+
+    @staticmethod
+    def _exec(
+        argv: list[str], cwd: Path | None, pass_fds: tuple[int, ...], timeout: float
+    ) -> tuple[int, bytes]:
+        """Spawn ``argv`` (its own session, minimal environment, stdin /dev/null, stdout and
+        stderr to one pipe), wait up to ``timeout`` s (then kill its process group). Returns
+        the exit status and what it printed."""
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
             env=dict(MIN_ENV),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
             start_new_session=True,
         )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            await proc.wait()
+            proc.communicate()
             raise ImxError(500, "Signing error", f"cst timed out after {timeout:g} s") from None
-        result = job / CSF_OUTPUT
-        if proc.returncode != 0 or not result.is_file() or result.is_symlink():
-            tail = (out + err).decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            raise ImxError(
-                500, "Signing error", f"cst exited with {proc.returncode}: {tail[0][:200]}"
-            )
-        fd = os.open(result, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as fh:
-            return fh.read(16 * 1024 * 1024)
+        return proc.returncode, out
+
+
+def _tail(text: bytes) -> str:
+    return (text.decode("utf-8", "replace").strip().splitlines()[-1:] or [""])[0][:200]
+
+
+def _copy_private(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=shutil.copyfile)
+        for p in dst.rglob("*"):
+            p.chmod(0o700 if p.is_dir() else 0o600)
+        dst.chmod(0o700)
+    else:
+        shutil.copyfile(src, dst)
+
+
+def _rmtree(path: Path) -> None:
+    for dirpath, dirs, _ in os.walk(path):
+        for x in dirs:
+            try:
+                os.chmod(os.path.join(dirpath, x), 0o700)
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)

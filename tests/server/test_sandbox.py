@@ -12,7 +12,7 @@ import imx_pki
 import pytest
 
 from imgtool.server.imx import ImxError
-from imgtool.server.sandbox import CstRunner, dependencies
+from imgtool.server.sandbox import Artifact, CstRunner, dependencies
 
 WHY = CstRunner.probe()
 needs_bwrap = pytest.mark.skipif(WHY is not None, reason=f"no sandbox here: {WHY}")
@@ -21,15 +21,12 @@ needs_cst = pytest.mark.skipif(
 )
 
 
-def _job(tmp: Path, pki_root: Path, csf: str) -> tuple[Path, dict[str, Path]]:
-    """A job dir with the CSF and artifact; the key tree bound read-only (as the server does)."""
+def _job(tmp: Path, pki_root: Path) -> tuple[Artifact, dict[str, Path]]:
+    """The artifact staged in memory and the key tree to bind read-only (as the server does)."""
     tree = tmp / "tree"
     shutil.copytree(pki_root, tree)
-    job = tmp / "job"
-    job.mkdir()
-    (job / "csf-input.txt").write_text(csf)
-    (job / "flash.bin").write_bytes(os.urandom(0x8000))
-    return job, {"crts": tree / "crts", "keys": tree / "keys"}
+    art = Artifact.from_bytes("flash.bin", os.urandom(0x8000), tmp)
+    return art, {"crts": tree / "crts", "keys": tree / "keys"}
 
 
 @needs_bwrap
@@ -44,26 +41,32 @@ def test_cst_cannot_read_outside_its_job_even_with_a_hostile_csf(tmp_path: Path)
     csf = imx_pki.csf_text("flash.bin").replace(
         '"crts/SRK_1_2_3_4_table.bin"', f'!"{outside}/table.bin"'
     )
-    job, binds = _job(tmp_path / "a", pki.root, csf)
-    runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt")
-    with pytest.raises(ImxError) as err:
-        asyncio.run(runner.run(cst, job, binds, 30))
-    assert "File not present" in err.value.detail and str(outside) in err.value.detail
-    # control: the same job without the sandbox reads that file and signs
-    job2, _ = _job(tmp_path / "b", pki.root, csf)
-    for name, src in binds.items():
-        shutil.copytree(src, job2 / name)
-    out = asyncio.run(CstRunner(sandbox=False).run(cst, job2, {}, 30))
-    assert out[:1] == b"\xd4"
-    # and the sandboxed run of the honest CSF works
-    job3, binds3 = _job(tmp_path / "c", pki.root, imx_pki.csf_text("flash.bin"))
-    assert asyncio.run(runner.run(cst, job3, binds3, 30))[:1] == b"\xd4"
+    work = tmp_path / "work"
+    work.mkdir()
+    art, binds = _job(tmp_path, pki.root)
+    runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt", work_dir=work)
+    try:
+        with pytest.raises(ImxError) as err:
+            asyncio.run(runner.run(cst, csf.encode(), art, binds, 30))
+        assert "File not present" in err.value.detail and str(outside) in err.value.detail
+        # control: the same job without the sandbox reads that file and signs
+        plain = CstRunner(sandbox=False, work_dir=work)
+        assert asyncio.run(plain.run(cst, csf.encode(), art, binds, 30))[:1] == b"\xd4"
+        plain.close()
+        # and the sandboxed run of the honest CSF works
+        honest = imx_pki.csf_text("flash.bin").encode()
+        assert asyncio.run(runner.run(cst, honest, art, binds, 30))[:1] == b"\xd4"
+    finally:
+        art.close()
+        runner.close()
+    assert not any(work.iterdir())  # no job files left on the host
 
 
 @needs_bwrap
 def test_sandbox_shows_only_the_job(tmp_path: Path) -> None:
     """A 'cst' that looks around: no /etc, no /proc, no /dev, no key store, no other job,
-    no network namespace peers; the key tree is read-only."""
+    no network namespace peers; the key tree is read-only; its inputs are there, no other file
+    descriptor is open, what it writes in /job never reaches the host, and /job is bounded."""
     keystore = tmp_path / "keystore"
     keystore.mkdir()
     (keystore / "own-man-ecc-prvk.pem").write_text("PRIVATE")
@@ -94,24 +97,43 @@ def test_sandbox_shows_only_the_job(tmp_path: Path) -> None:
     fake.write_text(
         '#!/bin/sh\nout="$4"\nprintf "\\324\\n" > "$out"\n'
         + checks.replace('echo "visible', 'echo >> "$out" "visible')
-        + 'if echo x > crts/new 2>/dev/null; then echo >> "$out" "tree writable"; fi\n'
+        + 'if echo x > crts/new 2>>err; then echo >> "$out" "tree writable"; fi\n'
         + 'echo >> "$out" "uid $(id -u 2>/dev/null || echo none)"\n'
+        + 'echo >> "$out" "csf $(/usr/bin/cat csf-input.txt)"\n'
+        + 'echo >> "$out" "artifact $(/usr/bin/cat flash.bin)"\n'
+        # (no /dev/null in there: stderr goes to a file in /job)
+        + "for fd in 1 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do\n"
+        + '  if (: <&$fd) 2>>err; then echo >> "$out" "fd $fd open"; fi\n'
+        + "done\n"
+        + "/usr/bin/yes | /usr/bin/head -c 41943040 > big 2>>err\n"
+        + 'echo >> "$out" "big $(/usr/bin/wc -c < big)"\n'
     )
     fake.chmod(0o755)
-    job = tmp_path / "work" / "cptra-imx-mine"
-    job.mkdir()
+    work = tmp_path / "work"
+    before = sorted(work.rglob("*"))
     runner = CstRunner(
-        sandbox=True, protected=[keystore, tmp_path / "work"], cache_dir=tmp_path / "rt"
+        sandbox=True, protected=[keystore, work], cache_dir=tmp_path / "rt", work_dir=work
     )
+    art = Artifact.from_bytes("flash.bin", b"ARTIFACT-BYTES", tmp_path)
     try:
-        out = asyncio.run(runner.run(fake, job, {"crts": tree}, 30)).decode("latin-1")
+        raw = asyncio.run(runner.run(fake, b"CSF-TEXT", art, {"crts": tree}, 30))
     finally:
         sentinel.unlink()
+        art.close()
+        runner.close()
+    out = raw.decode("latin-1")
     assert out.startswith("\xd4\n")
     seen = [line for line in out.splitlines() if line.startswith("visible")]
     assert seen == ["visible crts/c.pem"], out
     assert "tree writable" not in out
     assert not (tree / "new").exists()
+    assert "csf CSF-TEXT" in out and "artifact ARTIFACT-BYTES" in out
+    # stdout only (the pipe): bwrap closed the input descriptors, nothing else leaked in
+    assert [line for line in out.splitlines() if line.endswith(" open")] == ["fd 1 open"], out
+    # /job is writable but bounded: a 40 MiB write stops at the tmpfs size (16 MiB + inputs)
+    big = int(next(line for line in out.splitlines() if line.startswith("big ")).split()[1])
+    assert 15 << 20 <= big < 17 << 20, out
+    assert sorted(work.rglob("*")) == before  # nothing of the job on the host afterwards
     # the fake cst was not even given /etc/passwd although its text names it
     assert Path("/etc/passwd") not in dependencies(fake)
 
