@@ -59,6 +59,14 @@ _SCAN = re.compile(
     |(?P<IGNORED>[\s\S])""",
     re.VERBOSE,
 )
+_G = _SCAN.groupindex
+_G_WORD, _G_NUMBER, _G_FILENAME, _G_COMMENT = (
+    _G["WORD"],
+    _G["NUMBER"],
+    _G["FILENAME"],
+    _G["COMMENT"],
+)
+_G_CONT, _G_BLANK, _G_EOL, _G_PUNCT = _G["CONT"], _G["BLANK"], _G["EOL"], _G["PUNCT"]
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_][A-Za-z0-9._+-]*)*")
 
 
@@ -83,28 +91,33 @@ def tokenize(data: bytes) -> list[Token]:
     ``cst`` ignores come back as tokens of kind ``"IGNORED"`` so that the caller can refuse them;
     comments and continuations come back as ``"COMMENT"``/``"CONT"`` with what they swallowed."""
     out: list[Token] = []
+    add = out.append
     line = 1
     for m in _SCAN.finditer(data):
-        kind = m.lastgroup
+        g = m.lastindex  # the rule that matched (groups numbered as in _SCAN)
+        if g == _G_BLANK:
+            continue
         text = m.group()
-        if kind == "WORD" or kind == "NUMBER":
-            out.append(Token(kind, text.decode("ascii"), line))
-        elif kind == "FILENAME":
+        if g == _G_WORD:
+            add(Token(WORD, text.decode("ascii"), line))
+        elif g == _G_EOL:
+            add(Token(EOL, "", line))
+            line += 1
+        elif g == _G_PUNCT:
+            c = text.decode("ascii")
+            add(Token(_PUNCT[c], c, line))
+        elif g == _G_NUMBER:
+            add(Token(NUMBER, text.decode("ascii"), line))
+        elif g == _G_FILENAME:
             raw = text[1:-1]
             name = raw.replace(b"\\", b"/").split(b"\0", 1)[0]  # strdup stops at a NUL
-            out.append(Token(FILENAME, name.decode("latin-1"), line, raw=raw))
-        elif kind == "COMMENT" or kind == "CONT":
-            out.append(Token(kind, "", line, ignored=text[1:-1]))
+            add(Token(FILENAME, name.decode("latin-1"), line, raw))
+        elif g == _G_COMMENT or g == _G_CONT:
+            add(Token("COMMENT" if g == _G_COMMENT else "CONT", "", line, b"", text[1:-1]))
             line += 1
-        elif kind == "EOL":
-            out.append(Token(EOL, "", line))
-            line += 1
-        elif kind == "PUNCT":
-            c = text.decode("ascii")
-            out.append(Token(_PUNCT[c], c, line))
-        elif kind == "IGNORED":
-            out.append(Token("IGNORED", "", line, ignored=text))
-    out.append(Token(EOL, "", line))  # cst appends a newline at EOF
+        else:
+            add(Token("IGNORED", "", line, b"", text))
+    add(Token(EOL, "", line))  # cst appends a newline at EOF
     return out
 
 
