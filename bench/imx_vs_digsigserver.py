@@ -17,7 +17,6 @@ Prints numbers only.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import statistics
@@ -58,8 +57,11 @@ class Target:
         self.name, self.url, self.headers, self.pid = name, url, headers, pid
 
     def cpu_s(self) -> float:
-        """CPU seconds of the server's process tree (Sanic runs its app in a worker process),
-        including reaped children (tar, bwrap, cst)."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """CPU seconds of the server's process tree (Sanic runs its app in a worker process):
+        the server processes' own, and their reaped children's (tar, gzip, bwrap, sh, cst)."""
         stats = {}
         for d in Path("/proc").iterdir():
             if d.name.isdigit():
@@ -67,13 +69,16 @@ class Target:
                     f = (d / "stat").read_text().rsplit(")", 1)[1].split()
                 except OSError:
                     continue
-                stats[int(d.name)] = (int(f[1]), sum(int(x) for x in f[11:15]))
+                own, reaped = int(f[11]) + int(f[12]), int(f[13]) + int(f[14])
+                stats[int(d.name)] = (int(f[1]), own, reaped)
         tree, todo = set(), [self.pid]
         while todo:
             p = todo.pop()
             tree.add(p)
-            todo += [c for c, (pp, _) in stats.items() if pp == p and c not in tree]
-        return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
+            todo += [c for c, (pp, _, _) in stats.items() if pp == p and c not in tree]
+        hz = os.sysconf("SC_CLK_TCK")
+        own = sum(stats[p][1] for p in tree if p in stats) / hz
+        return own, sum(stats[p][2] for p in tree if p in stats) / hz
 
     def request(self, c: httpx.Client, csf: bytes, artifact: bytes) -> int:
         r = c.post(
@@ -118,16 +123,20 @@ def concurrent(t: Target, csf: bytes, art: bytes, clients: int, per: int) -> dic
             codes.extend(mine)
 
     th = [threading.Thread(target=worker) for _ in range(clients)]
-    cpu0 = t.cpu_s()
+    cpu0 = t.cpu_split()
     s = time.perf_counter()
     for x in th:
         x.start()
     for x in th:
         x.join()
     wall = time.perf_counter() - s
+    cpu1 = t.cpu_split()
     ok = codes.count(200)
+    n = max(1, len(codes))
     return {
-        "cpu_ms": (t.cpu_s() - cpu0) * 1000 / max(1, len(codes)),
+        "cpu_ms": (sum(cpu1) - sum(cpu0)) * 1000 / n,
+        "own_ms": (cpu1[0] - cpu0[0]) * 1000 / n,
+        "children_ms": (cpu1[1] - cpu0[1]) * 1000 / n,
         "rps": ok / wall,
         "ok": ok,
         "429": codes.count(429),
@@ -162,23 +171,35 @@ def _runner() -> Any:
     from imgtool.server.sandbox import CstRunner
 
     if not _RUNNERS:
-        _RUNNERS.append(CstRunner(sandbox=True))
+        _RUNNERS.append(CstRunner(sandbox=True, workers=1))
     return _RUNNERS[0]
 
 
 def sandboxed_cst(cst: Path, pki: Path, csf: bytes, art: bytes, tmp: Path, n: int) -> list[float]:
+    """cst through our runner, as the server runs it (the artifact staged in memory)."""
+    from imgtool.server.sandbox import Artifact
+
     runner = _runner()
     binds = {"crts": pki / "crts", "keys": pki / "keys"}
     lat = []
-    for i in range(n):
-        job = tmp / f"sb{i}"
-        job.mkdir(parents=True)
-        (job / "csf-input.txt").write_bytes(csf)
-        (job / "flash.bin").write_bytes(art)
+    for _ in range(n):
         s = time.perf_counter()
-        asyncio.run(runner.run(cst, job, binds, 60))
+        staged = Artifact.from_bytes("flash.bin", art, tmp)
+        try:
+            runner.run_sync(cst, csf, staged, binds, 60)
+        finally:
+            staged.close()
         lat.append(time.perf_counter() - s)
     return lat
+
+
+def _spread(xs: list[float]) -> str:
+    """min / median / p90 / max of latencies in seconds, printed in ms."""
+    v = sorted(x * 1000 for x in xs)
+    p90 = v[min(len(v) - 1, int(len(v) * 0.9))]
+    return (
+        f"min {v[0]:.1f} / median {statistics.median(v):.1f} / p90 {p90:.1f} / max {v[-1]:.1f} ms"
+    )
 
 
 def count_files(d: Path) -> int:
@@ -289,6 +310,7 @@ def run(
 ) -> None:
     for t in targets:  # warm-up (ours: unpacks the archive once)
         sequential(t, csf, art, 3)
+    load0 = os.getloadavg()
     seq: dict[str, list[float]] = {t.name: [] for t in targets}
     par: dict[tuple[str, int], list[dict[str, float]]] = {}
     bare: list[float] = []
@@ -319,11 +341,24 @@ def run(
                     par.setdefault((t.name, clients), []).append(
                         concurrent(t, csf, art, clients, per)
                     )
+    load1 = os.getloadavg()
+    print(
+        f"load average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, "
+        f"at end {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}"
+    )
     b = statistics.median(bare) * 1000
-    print(f"bare cst (prepared dir, no server): median {b:.1f} ms over {len(bare)} runs")
+    print(f"bare cst (prepared dir, no server): {_spread(bare)} over {len(bare)} runs")
     if sandboxed:
         sb = statistics.median(sandboxed) * 1000
-        print(f"cst in the bwrap sandbox (runner only): median {sb:.1f} ms (+{sb - b:.1f} ms)")
+        print(
+            f"cst through our runner (sandbox, no server): {_spread(sandboxed)} (+{sb - b:.1f} ms)"
+        )
+    for t in targets:
+        m = statistics.median(seq[t.name]) * 1000
+        print(
+            f"{t.name} latency: {_spread(seq[t.name])}; median overhead over bare cst "
+            f"{m - b:.1f} ms"
+        )
     print()
     print(
         "| server | median latency ms | overhead over bare cst ms | 8 clients req/s | "
@@ -348,10 +383,19 @@ def run(
         print(
             f"throughput ratio at {clients} clients, per round: "
             + ", ".join(f"{x:.2f}x" for x in ratios)
+            + f" (min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x, "
+            f"max {max(ratios):.2f}x)"
         )
     for t in targets:
-        cpu = statistics.median(r["cpu_ms"] for k, v in par.items() if k[0] == t.name for r in v)
-        print(f"{t.name}: server CPU (process + cst/tar/bwrap children) {cpu:.1f} ms per request")
+        runs = [r for k, v in par.items() if k[0] == t.name for r in v]
+        cpu, own, kids = (
+            statistics.median(r[f] for r in runs) for f in ("cpu_ms", "own_ms", "children_ms")
+        )
+        print(
+            f"{t.name}: server CPU {cpu:.1f} ms per request (median over the concurrent phases: "
+            f"server processes {own:.1f}, reaped children -- bwrap/sh/cst or tar/gzip/sh/cst -- "
+            f"{kids:.1f})"
+        )
     ratio = statistics.median(seq[theirs]) / statistics.median(seq[ours])
     print(f"median latency: digsigserver / ours = {ratio:.2f}")
 
