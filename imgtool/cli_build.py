@@ -159,7 +159,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     # report to the current one (main() may run more than once in a process, e.g. in tests)
     cmd_run.opt_outfile["default"] = sys.stdout
     try:
-        rc: int = main_cls(ImgtoolTaskLoader(settings, config, tasks)).run(doit_args)
+        rc: int | None = main_cls(ImgtoolTaskLoader(settings, config, tasks)).run(doit_args)
     except LoadError as exc:
         raise exc.error from None
     finally:

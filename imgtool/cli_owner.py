@@ -21,7 +21,7 @@ def cmd_owner_sign_bundle(args: argparse.Namespace) -> int:
     od = owner_sign.OwnerData(
         owner_sign.parse_time(args.not_before, "--not-before") if args.not_before else None,
         owner_sign.parse_time(args.not_after, "--not-after") if args.not_after else None,
-        args.epoch,
+        _epoch(args.epoch),
     )
     data = owner_sign.read_bundle(src)
     owner_sign.check_vendor_signed(data, str(src))  # before any key is loaded or leaf spent
@@ -59,13 +59,18 @@ def cmd_owner_sign_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _epoch(text: str) -> int:
+def _epoch(text: str | None) -> int | None:
+    """--epoch N: 0..65535 (a u16); checked here so that a bad value is one line, exit 2."""
+    from .errors import ConfigError
+
+    if text is None:
+        return None
     try:
         v = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        raise ConfigError(f"--epoch {text!r}: not an integer") from None
     if not 0 <= v <= 0xFFFF:
-        raise argparse.ArgumentTypeError(f"{v}: must be 0..65535 (a u16)")
+        raise ConfigError(f"--epoch {v}: must be 0..65535 (a u16)")
     return v
 
 
@@ -93,7 +98,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="the owner-signed bundle to write")
     p.add_argument("--not-before", metavar="T", help="owner not_before, YYYYMMDDHHMMSSZ")
     p.add_argument("--not-after", metavar="T", help="owner not_after, YYYYMMDDHHMMSSZ")
-    p.add_argument("--epoch", type=_epoch, metavar="N", help="owner epoch, 0..65535")
+    p.add_argument("--epoch", metavar="N", help="owner epoch, 0..65535")
     p.add_argument(
         "--force",
         action="store_true",

@@ -79,6 +79,7 @@ class Result:
     bundle_in_config: bool = True
     owner_pk_hash: bytes | None = None
     lms: bool = True
+    lms_verify: bool = True  # the fuses of its bundle: LMS verified (False: ECC only)
     vendor_keys: bool = False
     copied_sigs: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -432,11 +433,14 @@ def create(
                 data = owner_sign.read_bundle(pre_tmp / bundle_name)
                 if vendor_keys:
                     data = _lab_vendor_sign(new, data, str(ref_bundle))
-                signed = owner_sign.owner_sign(data, str(ref_bundle), owner_sign.owner_keys(new))
+                signed = owner_sign.owner_sign(
+                    data, str(ref_bundle), owner_sign.owner_keys(new, force=force)
+                )
                 (pre_tmp / bundle_name).write_bytes(signed.data)
                 res.bundle = pre_final / bundle_name
                 res.bundle_in_config = in_config
                 res.owner_pk_hash = owner_pk_hash(signed.after)
+                res.lms_verify = signed.lms_verify
                 status(
                     f"{bundle_name}: owner-signed with the new owner FW keys in "
                     f"{time.monotonic() - t0:.1f} s"

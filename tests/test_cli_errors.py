@@ -454,3 +454,118 @@ def test_not_enough_lms_leaves_is_refused_before_the_first_is_spent(
     assert len(err) == 1 and f"{key}: LMS key has 1 one-time signature left" in err[0]
     assert "needs 2 (own_pub_sig_lms, own_svn_sig_lms)" in err[0]
     assert left() == before and not prj.man.exists()
+
+
+# ---------------------------------------------------------------------------- key mismatches
+def _fp(stored: bytes, algo: str) -> str:
+    """The fingerprint as documented (imgtool/key_match.py), computed here independently."""
+    import hashlib
+
+    return f"{algo}:{hashlib.sha256(stored).hexdigest()[:16]}"
+
+
+def _new_pair(p: Project, prefix: str) -> None:
+    """Replace a key pair of the project by a fresh one (ECC, or a sparse H15 LMS key)."""
+    from projects import ecc_keys, lms_keys
+
+    other = p.root / "other"
+    algo = prefix.rsplit("-", 1)[1]
+    (ecc_keys if algo == "ecc" else lms_keys)(other)
+    for kind in ("prvk", "pubk"):
+        (p.keys / f"{prefix}-{kind}.pem").write_bytes((other / f"{prefix}-{kind}.pem").read_bytes())
+
+
+def _prebuilt_sigs(p: Project, lms_by: str = "vnd-fw") -> Path:
+    """vnd_sig/ made over ASPEED's prebuilt TBS: ECC by the project's vnd-fw key, LMS by
+    ``lms_by`` (another key: the signature the bundle's vendor LMS key did not make)."""
+    import hashlib
+
+    from independent import PREBUILT_TBS
+    from projects import lms_keys
+
+    from imgtool import ecc
+    from imgtool.lms_signer import LmsSigner
+
+    d = p.root / "vnd_sig"
+    d.mkdir()
+    digest = hashlib.sha384(PREBUILT_TBS).digest()
+    der = ecc.sign_digest_der(ecc.load_private(p.keys / "vnd-fw-ecc-prvk.pem"), digest)
+    (d / "vnd_ecc_sig.der").write_bytes(der)
+    keys = p.keys
+    if lms_by != "vnd-fw":
+        keys = p.root / "stranger"
+        lms_keys(keys)
+    sig = LmsSigner.load(keys / f"{lms_by}-lms-prvk.pem").sign_digest(digest)
+    (d / "vnd_lms_sig.der").write_bytes(sig)
+    return d
+
+
+@pytest.mark.parametrize("which", ["owner ecc", "owner lms", "vendor ecc", "vendor lms prebuilt"])
+@pytest.mark.parametrize("cmd", ["create-auth-man", "create-auth-flash"])
+def test_key_mismatch_with_the_bundle_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str, cmd: str
+) -> None:
+    """The config's keys against caliptra_file's: exit 2, one line naming both fingerprints and
+    the fix, nothing written; --allow-key-mismatch builds it, with a warning."""
+    from independent import ecc_pub_hw
+    from oem import parse
+
+    prebuilt = which.endswith("prebuilt")
+    p = make_project(
+        tmp_path,
+        sample_bundle=True,
+        lms=True,
+        vendor_signature="prebuilt" if prebuilt else "generate",
+    )
+    extra: list[str] = []
+    if prebuilt:
+        extra = ["--vnd-sig-dir", str(_prebuilt_sigs(p, lms_by="vnd-fw"))]
+        assert main(["create-auth-man", *p.args("--man", str(p.man), *extra)]) == 0  # consistent
+        p.man.unlink()
+        p.flash.unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(p.root / "vnd_sig")
+        extra = ["--vnd-sig-dir", str(_prebuilt_sigs(p, lms_by="own-fw"))]
+    b = parse((p.prebuilt / "caliptra-fw.bin").read_bytes())
+    party, algo = which.split()[:2]
+    if not prebuilt:
+        _new_pair(p, f"{'own' if party == 'owner' else 'vnd'}-fw-{algo}")
+    target = p.flash if cmd == "create-auth-flash" else p.man  # the output it would replace
+    target.write_bytes(PREVIOUS)
+    outs = ["--man", str(p.man)] + (["--flash", str(p.flash)] if cmd == "create-auth-flash" else [])
+    capsys.readouterr()
+    assert main([cmd, *p.args(*outs, *extra)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    line = err[0]
+    if party == "owner":
+        pub = p.keys / f"own-fw-{algo}-pubk.pem"
+        mine = ecc_pub_hw(pub) if algo == "ecc" else pub.read_bytes()
+        theirs = b.owner_ecc if algo == "ecc" else b.owner_lms
+        assert f"owner_fw_key_config.{algo}_pub_key" in line and "owner-sign-bundle" in line
+        assert _fp(mine, algo) in line and _fp(theirs, algo) in line
+    elif not prebuilt:
+        mine = ecc_pub_hw(p.keys / "vnd-fw-ecc-pubk.pem")
+        assert "vendor_fw_key_config.ecc_pub_key" in line and "vendor ECC key 0" in line
+        assert _fp(mine, "ecc") in line and _fp(b.vendor_ecc, "ecc") in line
+        assert "the bundle made for these vendor keys" in line
+    else:
+        assert "prebuilt vendor LMS signature" in line and "vendor LMS key 0" in line
+        assert _fp(b.vendor_lms, "lms") in line and "none of the bundle's vendor LMS keys" in line
+        assert "vendor ECC" not in line  # the ECC one is made by the selected key
+    assert "--allow-key-mismatch" in line
+    assert target.read_bytes() == PREVIOUS
+    assert not (p.man.exists() and target != p.man)
+    assert main([cmd, *p.args(*outs, *extra, "--allow-key-mismatch")]) == 0
+    warn = capsys.readouterr().err
+    assert (
+        "warning:" in warn and "the device rejects this image (--allow-key-mismatch given)" in warn
+    )
+    assert target.read_bytes() != PREVIOUS
+
+
+def test_no_bundle_no_key_check(tmp_path: Path) -> None:
+    """caliptra_file = "" (the A1 configs): nothing to compare, the build goes on."""
+    p = make_project(tmp_path, caliptra=None, lms=True)
+    assert main(["create-auth-man", *p.args("--man", str(p.man))]) == 0

@@ -645,3 +645,40 @@ def test_firmware_tree_with_a_two_line_dodo(
     r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True,
                        text=True)  # fmt: skip
     assert r.stdout.strip() == "None"
+
+
+def test_doit_and_build_refuse_keys_that_do_not_match_the_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """doit and build check the config's keys against caliptra_file before any task runs (also
+    when every task is up to date): one line, exit 2, nothing signed; allow_key_mismatch=1 /
+    --allow-key-mismatch builds with a warning; clean and list are not blocked."""
+    from projects import ecc_keys
+
+    prj = make_project(tmp_path, sample_bundle=True)
+    doit(prj, "flash")
+    other = tmp_path / "other"
+    ecc_keys(other)
+    for kind in ("prvk", "pubk"):  # a new owner FW ECC key; the bundle keeps the old one
+        (prj.keys / f"own-fw-ecc-{kind}.pem").write_bytes(
+            (other / f"own-fw-ecc-{kind}.pem").read_bytes()
+        )
+    sig_dir = prj.root / "out" / "test" / "sig"
+    before = {p.name: p.read_bytes() for p in sig_dir.iterdir()}
+    ran, _, out = doit(prj, "flash", ok=False)
+    errors = [ln for ln in out.splitlines() if "error" in ln]
+    assert not ran and len(errors) == 1 and "owner_fw_key_config.ecc_pub_key" in errors[0]
+    assert "allow" in errors[0] and "Traceback" not in out
+    assert {p.name: p.read_bytes() for p in sig_dir.iterdir()} == before
+    _, _, out = doit(prj, "flash", "allow_key_mismatch=maybe", ok=False)
+    assert "allow_key_mismatch=maybe: expected 1" in out
+    ran, _, out = doit(prj, "flash", "allow_key_mismatch=1")
+    assert "sign:own_pub_sig_ecc" in ran and "the device rejects this image" in out
+    doit(prj, "list")
+    monkeypatch.chdir(prj.root)
+    capsys.readouterr()
+    assert main(["build", *prj.args("flash")]) == 2
+    assert "owner_fw_key_config.ecc_pub_key" in capsys.readouterr().err
+    assert main(["build", "--allow-key-mismatch", *prj.args("flash")]) == 0
+    assert "warning:" in capsys.readouterr().err
+    assert main(["build", *prj.args("clean")]) == 0

@@ -80,3 +80,60 @@ def test_caliptra2_manifest_is_named(tmp_path: Path, capsys: pytest.CaptureFixtu
     f.write_bytes(struct.pack("<II", 0x324D5441, 24292) + bytes(100))
     assert main(["inspect", str(f)]) == 2
     assert "Caliptra 2.x SoC manifest" in capsys.readouterr().err
+
+
+def test_bundle_shows_both_fuse_hashes_and_the_selected_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The vendor and owner PK hashes as `fuses` computes them (checked here with hashlib over
+    the spec's offsets), every vendor key slot with the selected one, owner_data, fingerprints."""
+    from oem import parse, vendor_tree
+    from projects import ecc_keys, lms_keys
+
+    t = vendor_tree(tmp_path / "v")
+    keys = tmp_path / "oemkeys"
+    ecc_keys(keys)
+    lms_keys(keys)
+    cfg = tmp_path / "oem.toml"
+    cfg.write_text(
+        '[manifest_config]\nprj_name = "oem"\n[owner_fw_key_config]\n'
+        'ecc_pub_key = "own-fw-ecc-pubk.pem"\necc_priv_key = "own-fw-ecc-prvk.pem"\n'
+        'lms_pub_key = "own-fw-lms-pubk.pem"\nlms_priv_key = "own-fw-lms-prvk.pem"\n'
+        '[image_runtime_list]\ncaliptra_file = ""\n[[image_metadata_list]]\nfile = ""\nfw_id = 1\n'
+    )
+    out = tmp_path / "o.bin"
+    args = ["--cfg", str(cfg), "--key-dir", str(keys), "--in", str(t.bundle), "--out", str(out)]
+    opts = ["--not-before", "20250101000000Z", "--epoch", "9"]
+    assert main(["owner-sign-bundle", *args, *opts]) == 0
+    data = out.read_bytes()
+    p = parse(data)
+    b = _json(capsys, out)["bundle"]
+    vendor_hash = hashlib.sha384(data[8 : 8 + 1920]).digest()
+    owner_hash = hashlib.sha384(p.owner_ecc + p.owner_lms).digest()
+    assert b["vendor_pk_hash"]["hex"] == vendor_hash.hex()
+    assert b["owner_pk_hash"]["hex"] == owner_hash.hex()
+    assert b["owner_pk_hash"]["words"][0] == f"0x{int.from_bytes(owner_hash[:4], 'big'):08x}"
+    assert len(b["vendor_ecc_keys"]) == 4 and len(b["vendor_lms_keys"]) == 32
+    assert [s["selected"] for s in b["vendor_ecc_keys"]] == [True, False, False, False]
+    assert b["vendor_ecc_keys"][1]["fingerprint"] is None  # an empty slot
+    fp = "ecc:" + hashlib.sha256(p.vendor_ecc).hexdigest()[:16]
+    assert b["vendor_ecc_keys"][0]["fingerprint"] == b["vendor_ecc_key"]["fingerprint"] == fp
+    assert (
+        b["owner_lms_key"]["fingerprint"] == "lms:" + hashlib.sha256(p.owner_lms).hexdigest()[:16]
+    )
+    assert b["owner_data"] == {"not_before": "20250101000000Z", "not_after": None, "epoch": 9}
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"owner PK hash          {owner_hash.hex()}" in text
+    assert f"vendor PK hash         {vendor_hash.hex()}" in text
+    assert f"vendor ECC key slots   selected 0 ({fp}); 1 of 4 slots filled" in text
+    assert "not_before 20250101000000Z, not_after -, epoch 9" in text
+
+
+def test_reference_bundle_slots(ref: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = ref / "prebuilt" / "ast2700-default" / "caliptra-fw.bin"
+    data = path.read_bytes()
+    b = _json(capsys, path)["bundle"]
+    assert [s["index"] for s in b["vendor_lms_keys"] if s["selected"]] == [3]
+    assert b["vendor_pk_hash"]["hex"] == hashlib.sha384(data[8 : 8 + 1920]).hexdigest()
+    assert b["owner_data"] == {"not_before": None, "not_after": None, "epoch": 0}

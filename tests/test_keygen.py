@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,8 +48,17 @@ def test_lms_status_of_sparse_demo_key(ref: Path, capsys: pytest.CaptureFixture[
     assert "sparse demo key" in capsys.readouterr().out
 
 
-def test_new_project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["new-project", "p1", "--root", str(tmp_path), "--lms-height", "5"]) == 0
+def test_new_project_without_a_reference_is_a_lab_project(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --from: vendor keys too (the lab variant, and it says so), other heights only with
+    --force; never overwrites."""
+    assert main(["new-project", "p1", "--root", str(tmp_path), "--lms-height", "5"]) == 2
+    assert "--force" in capsys.readouterr().err and not (tmp_path / "keys").exists()
+    args = ["new-project", "p1", "--root", str(tmp_path), "--lms-height", "5", "--force"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "no --from: a LAB project with its own vendor keys" in err
     cfg = tmp_path / "config" / "p1.toml"
     keys = tmp_path / "keys" / "p1"
     c = load_config(cfg, key_dir=keys, check_files=False)
@@ -58,21 +69,183 @@ def test_new_project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         assert (keys / f"{prefix}-lms-prvk.pem.state").exists()
     assert "zephyr-mcu-runtime.bin" in (tmp_path / "prebuilt" / "p1" / "README.md").read_text()
     before = cfg.read_bytes()
-    capsys.readouterr()
-    assert main(["new-project", "p1", "--root", str(tmp_path), "--lms-height", "5"]) == 2
+    assert main(args) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert cfg.read_bytes() == before
 
 
-def test_new_project_from_reference_prebuilt(tmp_path: Path) -> None:
-    src = tmp_path / "prebuilt" / "ref"
-    src.mkdir(parents=True)
-    (src / "u-boot.bin").write_bytes(b"UBOOT")
-    assert (
-        main(["new-project", "p2", "--root", str(tmp_path), "--from", "ref", "--lms-height", "5"])
-        == 0
+def _tree(tmp_path: Path, **kw: Any) -> Any:
+    from oem import vendor_tree
+
+    return vendor_tree(tmp_path / "tree", **kw)
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("key_folder", ["key", "keys"])
+def test_new_project_uses_the_trees_key_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key_folder: str
+) -> None:
+    t = _tree(tmp_path, key_folder=key_folder)
+    capsys.readouterr()
+    root = str(t.root)
+    assert main(["new-project", "oem", "--from", "vendorref", "--root", root]) == 0
+    keys = t.root / key_folder / "oem"
+    assert sorted(p.name for p in keys.glob("own-*-pubk.pem")) == [
+        "own-fw-ecc-pubk.pem", "own-fw-lms-pubk.pem", "own-man-ecc-pubk.pem", "own-man-lms-pubk.pem"
+    ]  # fmt: skip
+    other = "keys" if key_folder == "key" else "key"
+    assert not (t.root / other).exists()
+    out = capsys.readouterr().out
+    assert f"keys:     {key_folder}/oem" in out
+    # the builds find them there (config.default_key_dir), without --key-dir
+    import contextlib
+
+    with contextlib.chdir(t.root):
+        c = load_config("config/oem.toml")
+    assert c.key_dir == Path(key_folder) / "oem"
+
+
+def test_new_project_progress_one_line_per_key_without_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t = _tree(tmp_path)
+    capsys.readouterr()  # the tree's own signing warnings
+    assert main(["new-project", "oem", "--from", "vendorref", "--root", str(t.root)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"1/4 own-fw-ecc ECC P-384 key pair: done in \d+\.\d s", lines[0])
+    assert re.fullmatch(
+        r"2/4 own-fw-lms LMS H15/W4 tree: 32768/32768 leaves in \d+\.\d s", lines[1]
     )
-    assert (tmp_path / "prebuilt" / "p2" / "u-boot.bin").read_bytes() == b"UBOOT"
+    assert lines[2].startswith("3/4 own-man-ecc ECC P-384 key pair: done in ")
+    assert lines[3].startswith("4/4 own-man-lms LMS H15/W4 tree: 32768/32768 leaves in ")
+    assert lines[4].startswith("caliptra-fw.bin: owner-signed") and len(lines) == 5
+
+
+def test_new_project_ecc_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    t = _tree(tmp_path)
+    capsys.readouterr()  # the tree's own signing warnings
+    root = str(t.root)
+    assert main(["new-project", "e", "--from", "vendorref", "--ecc-only", "--root", root]) == 0
+    cap = capsys.readouterr()
+    assert "ast" not in cap.out and "vendorref-ecc-manifest.toml" in cap.out
+    assert "--no-lms-verify" in cap.out
+    assert [ln.split(" ")[1] for ln in cap.err.splitlines()[:2]] == ["own-fw-ecc", "own-man-ecc"]
+    assert not list((t.root / "key" / "e").glob("own-*-lms-*"))
+    # --ecc-only with a config file that names owner LMS keys: refused
+    cfg = str(t.config())
+    assert main(["new-project", "f", "--from", cfg, "--ecc-only", "--root", root]) == 2
+    assert "--ecc-only" in capsys.readouterr().err and not (t.root / "key" / "f").exists()
+
+
+def test_new_project_other_heights_need_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t = _tree(tmp_path)
+    capsys.readouterr()  # the tree's own signing warnings
+    before = _snapshot(t.root)
+    args = ["new-project", "h5", "--from", "vendorref", "--root", str(t.root), "--lms-height", "5"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force" in err[0]
+    assert _snapshot(t.root) == before
+    assert main([*args, "--force"]) == 0
+    out = capsys.readouterr().out
+    pub = lms.load_public(t.root / "key" / "h5" / "own-fw-lms-pubk.pem")
+    assert pub.lms_type == lms.LMS_SHA256_M24_H5
+    assert "--no-lms-verify" in out  # its bundle boots only where LMS is not verified
+
+
+def test_new_project_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    t = _tree(tmp_path)
+    capsys.readouterr()  # the tree's own signing warnings
+    root = t.root
+    for existing in ("config/oem.toml", "key/oem", "keys/oem", "prebuilt/oem"):
+        p = root / existing
+        if existing.endswith(".toml"):
+            p.write_text("# mine\n")
+        else:
+            p.mkdir(parents=True)
+            (p / "mine.txt").write_text("mine")
+        before = _snapshot(root)
+        assert main(["new-project", "oem", "--from", "vendorref", "--root", str(root)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{existing}: already exists, refusing to overwrite" in err[0]
+        assert _snapshot(root) == before, existing
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    # an existing dodo.py is kept
+    (root / "dodo.py").write_text("# my dodo\n")
+    assert main(["new-project", "oem", "--from", "vendorref", "--root", str(root)]) == 0
+    assert (root / "dodo.py").read_text() == "# my dodo\n"
+
+
+def test_new_project_failure_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Interrupted while the keys are made (Ctrl-C), or failing at the bundle: no partial
+    project, and a second try works."""
+    t = _tree(tmp_path)
+    capsys.readouterr()  # the tree's own signing warnings
+    before = _snapshot(t.root)
+    calls = []
+
+    def interrupted(*a: Any, **kw: Any) -> Any:
+        calls.append(a)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_keys, "make_lms_key", interrupted)
+    assert main(["new-project", "oem", "--from", "vendorref", "--root", str(t.root)]) == 130
+    assert calls and _snapshot(t.root) == before
+    monkeypatch.undo()
+    t.bundle.write_bytes(t.bundle.read_bytes()[:-1] + b"\x00")  # the runtime digest breaks
+    before = _snapshot(t.root)
+    assert main(["new-project", "oem", "--from", "vendorref", "--root", str(t.root)]) == 2
+    err = capsys.readouterr().err
+    assert "not a vendor-signed Caliptra 1.x bundle" in err and "bundle.runtime.digest" in err
+    assert _snapshot(t.root) == before
+
+
+def test_new_project_reference_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    t = _tree(tmp_path)
+    capsys.readouterr()  # the tree's own signing warnings
+    root = str(t.root)
+
+    def err(*args: str) -> str:
+        capsys.readouterr()
+        assert main(["new-project", "x", "--root", root, *args]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    # a reference name with no matching config: names what there is
+    e = err("--from", "ast2700-irot")
+    assert "no reference config" in e and "ast2700-irot-ecc-lms-manifest.toml" in e
+    assert "vendorref-ecc-lms-manifest.toml" in e
+    assert "no such config file" in err("--from", "nowhere/x.toml")
+    # owner keys signed by helpers; a key name that is not a plain file name; no owner keys
+    text = t.config().read_text()
+    helper = t.root / "config" / "helper.toml"
+    helper.write_text(text + '\n[sign_helper]\nowner_ecc_fw_key_sign_helper = "x --key fw"\n')
+    assert "[sign_helper]" in err("--from", str(helper))
+    evil = t.root / "config" / "evil.toml"
+    evil.write_text(text.replace('"own-fw-ecc-prvk.pem"', '"../../../evil-prvk.pem"', 1))
+    assert "not a plain file name" in err("--from", str(evil))
+    none = t.root / "config" / "none.toml"
+    none.write_text(
+        text.replace("own-", "gone-").replace("[owner_fw_key_config]", "[owner_fw_key_config]\n")
+    )
+    nokeys = "\n".join(ln for ln in text.splitlines() if "own-" not in ln)
+    none.write_text(nokeys)
+    assert "not named" in err("--from", str(none))
+    assert not (t.root / "key" / "x").exists() and not (t.root / "config" / "x.toml").exists()
 
 
 def test_adopt_a_full_tree_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,16 +348,18 @@ def test_keygen_without_a_terminal_says_what_it_made(
     assert re.fullmatch(r"ak LMS H10/W4 tree: 1024/1024 leaves in \d+\.\d s\n", err), err
 
 
-def test_new_project_shows_one_bar_per_key_with_its_name(
+def test_new_project_shows_one_line_per_key_with_its_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["new-project", "p3", "--root", str(tmp_path), "--lms-height", "5"]) == 0
-    lines = capsys.readouterr().err.splitlines()
-    names = ("vnd-fw", "vnd-man", "own-fw", "own-man")
-    assert [ln.split(":")[0] for ln in lines] == [
-        f"{n}/4 {name}-lms LMS H5/W4 tree" for n, name in enumerate(names, 1)
+    args = ["new-project", "p3", "--root", str(tmp_path), "--lms-height", "5", "--force"]
+    assert main(args) == 0
+    lines = capsys.readouterr().err.splitlines()[1:]  # after the lab-project note
+    names = [f"{p}-{a}" for p in ("vnd-fw", "vnd-man", "own-fw", "own-man") for a in ("ecc", "lms")]
+    assert [" ".join(ln.split(" ")[:2]) for ln in lines] == [
+        f"{n}/8 {name}" for n, name in enumerate(names, 1)
     ]
-    assert all(" 32/32 leaves in " in ln for ln in lines)
+    assert all(" 32/32 leaves in " in ln for ln in lines if "LMS" in ln)
+    assert all(" key pair: done in " in ln for ln in lines if "ECC" in ln)
 
 
 def test_keygen_progress_reports_real_leaf_counts(tmp_path: Path) -> None:

@@ -34,11 +34,21 @@ __all__ = [
 graph.setup_logging()
 if os.path.basename(DoitMain.BIN_NAME) in ("-m", "__main__.py"):  # `python -m doit`
     DoitMain.BIN_NAME = "doit"  # doit's hints then read "doit list", not "-m list"
-try:
-    from .loader import doit_command
 
+
+def _command(argv: list[str]) -> str:
+    """The doit command of this run (doit accepts its options before the command, e.g.
+    `doit -f dodo.py -d DIR list`): the first plain argument naming a doit command, else run."""
+    cmds = DoitMain().get_cmds()
+    for arg in argv:
+        if not arg.startswith("-") and "=" not in arg and arg in cmds:
+            return arg
+    return "run"
+
+
+try:
     _SETTINGS = graph.Settings.from_vars(get_var)
-    DOIT_CONFIG = graph.doit_config(_SETTINGS, doit_command(sys.argv[1:])[0])
+    DOIT_CONFIG = graph.doit_config(_SETTINGS, _command(sys.argv[1:]))
     _TASKS = list(graph.generate(_SETTINGS))
 except ImgtoolError as exc:  # a config error: one line, like the CLI, not a doit traceback
     print(f"cptra-imgtool: error: {exc}", file=sys.stderr)

@@ -48,8 +48,9 @@ class Outcome:
         else:
             self.codes.append(3)  # an exception escaped an action
 
-    def exit_code(self, doit_rc: int, command: str = "run") -> int:
-        if doit_rc == 0 or (command == "info" and doit_rc == 1):
+    def exit_code(self, doit_rc: int | None, command: str = "run") -> int:
+        # `clean` (and other commands) return None from DoitMain.run when they succeed
+        if not doit_rc or (command == "info" and doit_rc == 1):
             return 0  # `info` exits 1 for "not up to date": a status, not a failure
         if self.codes:
             for code in (3, 2, 1):
