@@ -254,6 +254,7 @@ def check_free(root: Path, name: str) -> None:
 @contextlib.contextmanager
 def staging(final: Path) -> Iterator[Path]:
     """A fresh folder beside ``final``, removed unless the caller renamed it into place."""
+    made = not final.parent.exists()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
     try:
@@ -261,6 +262,9 @@ def staging(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if made and not final.exists():
+            with contextlib.suppress(OSError):
+                final.parent.rmdir()  # the folder this made, if still empty
 
 
 def place(tmp: Path, final: Path) -> None:
@@ -301,6 +305,8 @@ def _sig_files(ref: Reference, root: Path) -> list[tuple[Path, Path]]:
     with contextlib.chdir(root):
         d, _, _ = choose_vendor_sig_dir(configured)
     target = _abs(root, d)
+    if not target.resolve().is_relative_to(root.resolve()):
+        return []  # a configured folder outside the tree: new-project writes nothing there
     out = []
     for n in VND_SIG_FILES:
         src = ref.vnd_sig_dir / n

@@ -417,3 +417,41 @@ def test_interrupted_keygen_stops_at_once_and_writes_nothing(
     if backend == "c":
         assert 1 <= len(started) < 16, started
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_new_project_into_an_empty_tree_leaves_nothing_when_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t = _tree(tmp_path)
+    root = tmp_path / "fw"
+    root.mkdir()
+
+    def interrupted(*a: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_keys, "make_lms_key", interrupted)
+    args = ["new-project", "oem", "--from", str(t.config()), "--root", str(root)]
+    assert main(args) == 130
+    assert list(root.iterdir()) == []
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert {p.name for p in root.iterdir()} == {"config", "keys", "prebuilt", "vnd_sig", "dodo.py"}
+
+
+def test_new_project_writes_nothing_outside_the_tree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reference config whose vendor_sig_dir is an absolute folder elsewhere: the prebuilt
+    vendor signatures are not copied there."""
+    t = _tree(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    cfg = t.config()
+    cfg.write_text(
+        cfg.read_text().replace(
+            "[manifest_config]\n", f'[manifest_config]\nvendor_sig_dir = "{elsewhere}"\n'
+        )
+    )
+    root = tmp_path / "fw"
+    root.mkdir()
+    assert main(["new-project", "oem", "--from", str(cfg), "--root", str(root)]) == 0
+    assert not elsewhere.exists() and not (root / "vnd_sig").exists()
