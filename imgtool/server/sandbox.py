@@ -362,6 +362,9 @@ class CstRunner:
         """Run cst on ``csf`` (the checked CSF text) and ``artifact``, with ``ro_in_job`` (names
         in the job dir -> the unpacked key archive's top-level entries) visible read-only;
         returns the binary CSF. Raises ImxError."""
+        name = artifact.name
+        if name in (CSF_INPUT, CSF_OUTPUT, "", ".", "..") or "/" in name or name in ro_in_job:
+            raise ImxError(400, "artifact file name not allowed", f"artifact name {name!r}")
         if not self.sandbox:
             return self._run_unsandboxed(cst, csf, artifact, ro_in_job, timeout)
         _, prefix = self._root(cst)
@@ -393,9 +396,7 @@ class CstRunner:
                 os.close(out_fd)
             if out_path is not None:
                 os.unlink(out_path)
-        if rc != 0 or not data:
-            raise ImxError(500, "Signing error", f"cst exited with {rc}: {_tail(text)}")
-        return data
+        return _result(rc, text, data)
 
     def _run_unsandboxed(
         self,
@@ -429,9 +430,7 @@ class CstRunner:
                     data = fh.read(MAX_OUTPUT)
         finally:
             _rmtree(job)
-        if rc != 0 or not data:
-            raise ImxError(500, "Signing error", f"cst exited with {rc}: {_tail(text)}")
-        return data
+        return _result(rc, text, data)
 
     @staticmethod
     def _exec(
@@ -462,8 +461,13 @@ class CstRunner:
         return proc.returncode, out
 
 
-def _tail(text: bytes) -> str:
-    return (text.decode("utf-8", "replace").strip().splitlines()[-1:] or [""])[0][:200]
+def _result(rc: int, text: bytes, data: bytes) -> bytes:
+    if rc != 0:
+        tail = (text.decode("utf-8", "replace").strip().splitlines()[-1:] or [""])[0][:200]
+        raise ImxError(500, "Signing error", f"cst exited with {rc}: {tail}")
+    if not data:
+        raise ImxError(500, "Signing error", "cst exited with 0 but wrote no output")
+    return data
 
 
 def _copy_private(src: Path, dst: Path) -> None:

@@ -192,3 +192,139 @@ def test_without_namespaces_imx_is_refused_unless_allowed(tmp_path: Path, allow:
     finally:
         s.proc.terminate()
         s.proc.wait(timeout=10)
+
+
+def _fake(tmp: Path, body: str) -> Path:
+    fake = tmp / "fakebin" / "cst"
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_text("#!/bin/sh\n" + body)
+    fake.chmod(0o755)
+    return fake
+
+
+@needs_bwrap
+def test_a_large_artifact_is_bound_read_only(tmp_path: Path) -> None:
+    """Above the in-memory limit the artifact is a 0600 work-dir file bound read-only: cst sees
+    its exact bytes, cannot change it, and the file is gone once the job is released."""
+    import hashlib
+    import io
+    import stat
+
+    work = tmp_path / "work"
+    work.mkdir()
+    data = os.urandom(3 << 20)
+    art = Artifact.from_stream("big.bin", io.BytesIO(data), work)
+    assert art.path is not None and art.fd < 0 and art.size == len(data)
+    assert art.sha256 == hashlib.sha256(data).hexdigest()
+    assert stat.S_IMODE(art.path.stat().st_mode) == 0o600
+    fake = _fake(
+        tmp_path,
+        'out="$4"\nprintf "\\324\\n" > "$out"\n'
+        'echo >> "$out" "sum $(/usr/bin/sha256sum big.bin)"\n'
+        'if echo x >> big.bin 2>>err; then echo >> "$out" "artifact writable"; fi\n',
+    )
+    runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt", work_dir=work)
+    try:
+        out = asyncio.run(runner.run(fake, b"csf", art, {}, 30)).decode("latin-1")
+    finally:
+        runner.close()
+    assert f"sum {hashlib.sha256(data).hexdigest()}  big.bin" in out, out
+    assert "artifact writable" not in out
+    assert art.path.read_bytes() == data
+    path = art.path
+    art.close()
+    art.close()  # idempotent
+    assert not path.exists() and not any(work.iterdir())
+
+
+@needs_bwrap
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ("exit 0\n", "exited with 0 but wrote no output"),
+        ('echo "cst: Error: something broke"\nexit 3\n', "exited with 3: cst: Error: something"),
+    ],
+)
+def test_a_failing_cst_is_an_error_with_its_last_line(
+    tmp_path: Path, body: str, detail: str
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt", work_dir=work)
+    art = Artifact.from_bytes("flash.bin", b"x", work)
+    try:
+        with pytest.raises(ImxError) as err:
+            runner.run_sync(_fake(tmp_path, body), b"csf", art, {}, 30)
+    finally:
+        art.close()
+        runner.close()
+    assert err.value.status == 500 and detail in err.value.detail
+    assert not any(work.iterdir())
+
+
+@needs_bwrap
+def test_a_hanging_cst_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt", work_dir=work)
+    art = Artifact.from_bytes("flash.bin", b"x", work)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ImxError) as err:
+            runner.run_sync(_fake(tmp_path, "exec /bin/sleep 30\n"), b"csf", art, {}, 1)
+    finally:
+        art.close()
+        runner.close()
+    assert "timed out after 1 s" in err.value.detail
+    assert time.monotonic() - start < 10
+    assert not any(work.iterdir())
+
+
+@needs_bwrap
+def test_a_cancelled_job_still_finishes_and_cleans_up(tmp_path: Path) -> None:
+    """Cancelling the awaiting request does not abandon a running cst: the cancellation is
+    delivered once the job is over (its slot stays taken until then), and nothing is left."""
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    fake = _fake(tmp_path, '/bin/sleep 1\nprintf "\\324" > "$4"\n')
+    runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt", work_dir=work)
+    art = Artifact.from_bytes("flash.bin", b"x", work)
+
+    async def main() -> float:
+        task = asyncio.ensure_future(runner.run(fake, b"csf", art, {}, 30))
+        await asyncio.sleep(0.3)
+        start = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - start
+
+    try:
+        waited = asyncio.run(main())
+    finally:
+        art.close()
+        runner.close()
+    assert waited > 0.4  # it waited for the job rather than returning at once
+    assert not any(work.iterdir())
+
+
+@pytest.mark.parametrize("name", ["csf-input.txt", "csf-output.bin", "crts", "a/b", "..", ""])
+def test_the_runner_refuses_artifact_names_that_would_shadow_the_job(
+    tmp_path: Path, name: str
+) -> None:
+    """Defence in depth behind the form checks: an artifact name that is a job file, a bound
+    key-tree entry or a path never reaches bwrap (both runners)."""
+    for sandbox in (True, False):
+        runner = CstRunner(sandbox=sandbox, cache_dir=tmp_path / f"rt{sandbox}", work_dir=tmp_path)
+        art = Artifact.from_bytes(name, b"x", tmp_path)
+        try:
+            with pytest.raises(ImxError) as err:
+                runner.run_sync(Path("/bin/false"), b"csf", art, {"crts": tmp_path}, 5)
+        finally:
+            art.close()
+            runner.close()
+        assert err.value.status == 400
