@@ -421,7 +421,8 @@ def cmd_new_project(args: argparse.Namespace) -> int:
         )
         print(f"prebuilt: {_rel(root, info['prebuilt'])}")
         if info["dodo"] is not None:
-            print(f"dodo.py:  {_rel(root, info['dodo'])} (doit flash cfg={info['config']})")
+            cfg = _rel(root, info["config"])
+            print(f"dodo.py:  {_rel(root, info['dodo'])} (doit flash cfg={cfg})")
         return 0
     from . import new_project
 
