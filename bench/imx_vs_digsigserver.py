@@ -1,11 +1,13 @@
 """/sign/imx side by side with digsigserver: the same NXP cst (Debian's, through the test shim),
 the same HAB4 test PKI and key archive, the same CSF and 32 KiB artifact, the same box, run
 interleaved (rounds alternate which server goes first). Both servers run with their default
-settings (ours: one job per CPU, queueing; digsigserver: one Sanic worker). Clients do not retry.
+settings (ours: 4 jobs per CPU, queueing; digsigserver: one Sanic worker). Clients do not retry.
 
-Measured per server: median latency of sequential requests, throughput with 8 and 32 concurrent
-clients (successful responses per second; 429s and errors counted), files left behind in the
-work/temp dirs; plus a bare `cst` run on a prepared dir (no server) and inside our sandbox.
+Measured per server: latency of sequential requests (min/median/p90/max), throughput with 8 and
+32 concurrent clients (successful responses per second, per round; 429s and errors counted),
+CPU per request over each server's process tree (the server processes' own, and their reaped
+children's), files left behind in the work/temp dirs; plus a bare `cst` run on a prepared dir
+(no server) and a run through our sandbox runner (no server); the load average at start and end.
 
 digsigserver is not on PyPI: install it from a checkout into a scratch venv outside this
 repository and pass its executable, e.g.
