@@ -78,7 +78,7 @@ class Settings:
     tar_max_bytes: int = 16 * 1024 * 1024
     tar_max_files: int = 256
     insecure_no_auth: bool = False
-    work_dir: Path | None = None  # where per-request work dirs go (default: the system temp)
+    work_dir: Path | None = None  # cst output files, large artifacts, unsandboxed job dirs
     lms_state: str | None = None  # LMS leaf-state store (None: CPTRA_IMGTOOL_STATE / default)
     lms_quota: Quota = Quota(256, 86400)  # per token, unless the token has its own
     quota_db: Path | None = None  # default: beside the tokens file
