@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from doit.tools import config_changed
 from imgtool import build, manifest, padding
 from imgtool.config import Config, load_config
 from imgtool.errors import ConfigError, ImgtoolError
-from imgtool.fileio import atomic_write, write_if_changed
+from imgtool.fileio import atomic_write
 
 from . import checker
 
@@ -283,7 +284,27 @@ def act_digest(settings: Vars, index: int, target: str) -> None:
     # the padded SHA-384 of build.image_digest, shared with the file_dep checker's cache (a
     # padded copy is a multiple of its alignment: its digest is the plain padded-to-4 one)
     digest = build.image_digest(img) if img.path is None else checker.digest_file(img.path)[0]
-    write_if_changed(target, digest.hex().encode() + b"\n")
+    _replace_if_changed(Path(target), digest.hex().encode() + b"\n")
+
+
+def _replace_if_changed(path: Path, data: bytes) -> None:
+    """Write a digest target atomically (temp + rename) unless it already holds ``data``; not
+    fsynced, unlike the outputs: one fsync per image was a third of a cold build of 125 images.
+    A digest file lost in a crash reads back missing or empty (another size, inode or mtime
+    than doit recorded), so targets_intact re-runs its task; the manifest and flash image
+    built from it are fsynced."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @_clean_errors
@@ -329,48 +350,54 @@ def act_manifest(settings: Vars, imc_file: str, sig_files: dict[str, str], targe
 
 @_clean_errors
 def act_flash(settings: Vars, man_file: str, target: str) -> None:
-    """build.create_auth_flash, minus a second SHA-384 pass over images whose digest is known.
+    """build.create_auth_flash, without reading again an image the digest pass already read.
 
-    The flash writer re-hashes every SoC image to make sure it still has the digest the
-    manifest holds; on a large project that pass is the bottleneck of the copy. For an image
-    whose padded SHA-384, taken for its current stat, is in the fingerprint cache (settled, see
-    checker.py) and equals the manifest's, that pass is skipped and replaced by a stat check
-    after the copy: the image is written to a staged file that replaces the target only if none
-    of those images changed meanwhile. Other images are checked by the writer as usual.
+    For every image file whose fingerprint (padded SHA-384 and CRC-32, taken for its current
+    stat and settled, see checker.py) is cached, the writer gets it as ``FlashItem.known``: if
+    the digest is the manifest's (or the image has no manifest digest), the image is copied in
+    the kernel and its CRC combined into the payload checksum, instead of being read, CRC'd and
+    hashed again. Such an image must keep that stat during its copy (checked by the writer) and
+    until the finished file is about to replace the target (checked here); else the task fails
+    and the previous flash image stays. Other images are read, hashed and checked as they are
+    copied.
     """
-    from imgtool.fileio import fsync_dir
-    from imgtool.flash import DigestMismatch, write_flash_file
+    from imgtool.flash import DigestMismatch, FlashItem, ImageChanged, Known, write_flash_file
 
     cfg = load(settings)
     man = build.read_manifest(Path(man_file))
-    out = Path(target)
-    items, out_bundle = build.flash_items(cfg, man)
-    known: dict[Path, os.stat_result] = {}
-    for it in items:
-        if it.path is not None and it.expect_digest is not None and it.path not in known:
-            st = os.stat(it.path)
-            if checker.lookup(it.path, st, settled=True) == it.expect_digest:
-                known[it.path] = st
-    if not known or man.format is not cfg.format:
-        build.create_auth_flash(cfg, out, man, man_file)
+    if man.format is not cfg.format:
+        build.create_auth_flash(cfg, Path(target), man, man_file)  # raises the format error
         return
-    items = [replace(it, expect_digest=None) if it.path in known else it for it in items]
-    staged = out.with_name(f".{out.name}.staged")
+    items, out_bundle = build.flash_items(cfg, man)
+
+    def with_known(it: FlashItem) -> FlashItem:
+        if it.path is None or it.data is not None:
+            return it
+        fp = checker.fingerprint_of(it.path, os.stat(it.path), settled=True)
+        return it if fp is None else replace(it, known=Known(fp.digest, fp.crc, fp.ident))
+
+    items = [with_known(it) for it in items]
+    if out_bundle is not None:
+        out_bundle = (with_known(out_bundle[0]), with_known(out_bundle[1]))
+    trusted = [it for it in [*items, *(out_bundle or ())] if it.trusted()]
+
+    def unchanged_since_hashed() -> None:
+        for it in trusted:
+            assert it.path is not None and it.known is not None
+            if checker.ident(os.stat(it.path)) != it.known.ident:
+                raise ImageChanged(it)
+
     try:
-        try:
-            write_flash_file(staged, items, out_bundle=out_bundle)
-        except DigestMismatch as exc:
-            raise build.mismatch_error(exc, man_file) from None
-        for path, st in known.items():
-            if not checker.same_file(os.stat(path), st):
-                raise ImgtoolError(
-                    f"{path}: image changed while the flash image was written "
-                    f"(its digest no longer matches {man_file}); rebuild"
-                )
-        os.replace(staged, out)
-    finally:
-        staged.unlink(missing_ok=True)
-    fsync_dir(out.parent)
+        write_flash_file(
+            Path(target), items, out_bundle=out_bundle, before_commit=unchanged_since_hashed
+        )
+    except ImageChanged as exc:
+        raise ImgtoolError(
+            f"{exc.item.path}: image changed while the flash image was written (after its "
+            f"digest was taken for {man_file}); rebuild"
+        ) from None
+    except DigestMismatch as exc:
+        raise build.mismatch_error(exc, man_file) from None
 
 
 def act_verify(settings: Vars, flash_file: str) -> bool | TaskFailed:
