@@ -31,6 +31,7 @@ import atexit
 import hashlib
 import json
 import os
+import threading
 import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,6 +50,7 @@ _store: Path | None = None
 _loaded = False
 _dirty = False
 _journal_pos = 0
+_lock = threading.RLock()  # `doit -P thread` runs actions in threads of one process
 _run = f"{os.getpid()}-{time.time_ns()}"  # set again by configure(); workers inherit it
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 
@@ -122,6 +124,11 @@ def _load() -> None:
 
 def _read_journal() -> bool:
     """Take the journal lines appended since the last read; True if there were any."""
+    with _lock:
+        return _read_journal_locked()
+
+
+def _read_journal_locked() -> bool:
     global _journal_pos, _dirty
     j = _journal()
     if j is None:
@@ -234,9 +241,10 @@ def record(
         _load()
     key = os.path.abspath(path)
     v = [*ident(st), digest.hex(), crc]
-    _cache.pop(key, None)  # re-insert: most recently used last
-    _cache[key] = [*v, keep]
-    _dirty = _dirty or keep
+    with _lock:
+        _cache.pop(key, None)  # re-insert: most recently used last
+        _cache[key] = [*v, keep]
+        _dirty = _dirty or keep
     j = _journal()
     if j is None:
         return
