@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from . import ecc, lms, lms_scan, lms_state, lms_tree
 from . import store as store_mod
 from .errors import KeyFileError, LmsStateError
 from .fileio import atomic_write
+
+log = logging.getLogger("imgtool")
 
 # What Caliptra's ROM and runtime accept; anything else needs --force.
 CALIPTRA_LMS = (lms.LMS_SHA256_M24_H15, lms.LMOTS_SHA256_N24_W4)
@@ -130,13 +133,19 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _time(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (an old import)
+        return f"time {t:.6g}"
 
 
 def _lms_init(
-    args: argparse.Namespace, priv: Path, key: lms.LmsPrivateKey, pub: lms.LmsPublicKey
+    args: argparse.Namespace,
+    priv: Path,
+    key: lms.LmsPrivateKey,
+    pub: lms.LmsPublicKey,
+    st: store_mod.StateStore,
 ) -> None:
-    st = store_mod.open_store(args.state)
     if lms.sparse_root(key) == pub.root:
         raise KeyFileError(
             f"{priv}: a sparse demo key (only leaf {lms.SPARSE_Q} is real): nothing to adopt"
@@ -164,19 +173,54 @@ def _lms_init(
                     f"--next-q {args.next_q}: {top.where} holds this key's signature at leaf "
                     f"{top.q}; use --next-q {scan_next} or higher"
                 )
+        elif args.next_q is None:
+            raise LmsStateError(
+                f"--scan: no signature by this key in {len(args.scan)} file(s) (the wrong "
+                "files?): refusing to adopt it at leaf 0 on no evidence; give --next-q N (the "
+                "first leaf never used) as well if you know it"
+            )
         else:
             print(f"--scan: no signature by this key in {len(args.scan)} file(s)")
+        log.warning(
+            "--scan sees only the files given: a signature by this key in any other image "
+            "(shipped releases, CI, other machines) at or above the adopted leaf will be reused"
+        )
+    before = lms_state.witnesses(priv, pub, st)
     if args.next_q is not None:
         next_q = args.next_q
     else:
-        next_q = max(scan_next, lms_state.witnesses(priv, pub, st).next_q)
-    before = lms_state.init(priv, pub, st, next_q)
+        next_q = max(scan_next, before.next_q)
+    _adoption_warnings(priv, st, before, next_q)
+    before = lms_state.init(priv, pub, st, next_q, confirm=args.confirm_adopt)
     was = (
         f" (was: file {before.file}, store {before.store})"
         if before.known
         else " (no state before)"
     )
     print(f"{priv}: full-tree key adopted; next leaf {next_q} of {1 << h}{was}")
+
+
+def _adoption_warnings(
+    priv: Path, st: store_mod.StateStore, before: lms_state.Witnesses, next_q: int
+) -> None:
+    """What adopting a key into this store (--init / --import) risks, on stderr."""
+    sp = lms_state.state_path(priv).name
+    if before.file_store is not None and before.file_store != st.store_id:
+        log.warning(
+            "%s was last used with another LMS state store (id %s): if that store, or a copy "
+            "of this key folder signing through it, still signs with this key, both hand out "
+            "the same leaves: retire it (`lms-status KEY --state OLD --export F`)",
+            sp,
+            before.file_store[:8],
+        )
+    if before.store is None or before.status != store_mod.LIVE:
+        log.warning(
+            "first use of this key on the %s: a signature by it that this store does not know "
+            "(another store, a copied key folder, images not scanned) at leaf %d or above "
+            "will be reused",
+            st.description,
+            next_q,
+        )
 
 
 def _status_doc(
@@ -195,8 +239,8 @@ def _status_doc(
         "leaves": ident.leaves,
     }
     w = lms_state.witnesses(priv, ident, st)
-    if not w.known and w.max_logged_q is None:
-        if lms.sparse_root(key) == pub.root:
+    if w.file is None and w.store is None and w.max_logged_q is None:
+        if lms.sparse_root(key) == pub.root and not lms_tree.cache_path(priv).exists():
             return {**doc, "sparse": True, "sparse_q": lms.SPARSE_Q}
         raise LmsStateError(
             f"{priv}: full-tree key with no leaf state: no {lms_state.state_path(priv).name} "
@@ -206,10 +250,16 @@ def _status_doc(
     return {
         **doc,
         "sparse": False,
-        "file": {"path": str(lms_state.state_path(priv)), "next_q": w.file},
+        "file": {
+            "path": str(lms_state.state_path(priv)),
+            "next_q": w.file,
+            "store_id": w.file_store,
+        },
         "store": {
             "location": store_mod.redact(st.location),
             "kind": st.kind,
+            "id": st.store_id,
+            "status": w.status,
             "next_q": w.store,
             "log_size": w.log_size,
             "max_logged_q": w.max_logged_q,
@@ -222,7 +272,7 @@ def _status_doc(
     }
 
 
-def _print_status(doc: dict[str, Any], st: store_mod.StateStore) -> None:
+def _print_status(doc: dict[str, Any], st: store_mod.StateStore | None) -> None:
     kind = f"H{doc['height']}/W{doc['w']}"
     if doc["sparse"]:
         print(
@@ -230,12 +280,24 @@ def _print_status(doc: dict[str, Any], st: store_mod.StateStore) -> None:
             "every signature reuses it"
         )
         return
+    assert st is not None
     f, s = doc["file"], doc["store"]
     print(f"{doc['key']}: full-tree key {kind}, key id {doc['key_id'][:16]}, I={doc['I']}")
     ftxt = "missing" if f["next_q"] is None else f"next_q {f['next_q']}"
     stxt = "no record" if s["next_q"] is None else f"next_q {s['next_q']}"
+    if s["status"] == store_mod.MOVED:
+        stxt += " (handed off with --export: refuses to sign)"
+    elif s["status"] == store_mod.HELPER:
+        stxt += " (only sign-helper signatures logged: not adopted for local signing)"
     print(f"state file: {f['path']}: {ftxt}")
-    print(f"store:      {st.description}: {stxt}, {s['log_size']} signature(s) logged")
+    print(f"store:      {st.description} (id {s['id'][:8]}): {stxt}, {s['log_size']} "
+          "signature(s) logged")  # fmt: skip
+    if f["store_id"] is not None and f["store_id"] != s["id"]:
+        print(
+            f"WARNING: the state file was last used with another store (id {f['store_id'][:8]}): "
+            "signing refuses until the key is moved here (--export there, --import here) or "
+            "adopted (--init)"
+        )
     if not doc["in_sync"]:
         print(
             f"WARNING: the witnesses disagree (file {f['next_q']}, store {s['next_q']}); the "
@@ -259,32 +321,106 @@ def cmd_lms_status(args: argparse.Namespace) -> int:
         raise LmsStateError("--next-q goes with --init")
     if args.scan and not args.init:
         raise LmsStateError("--scan goes with --init")
+    if args.keep_live and not args.export:
+        raise LmsStateError("--keep-live goes with --export")
+    if args.confirm_adopt and not (args.init or args.import_):
+        raise LmsStateError("--confirm-adopt goes with --init or --import")
     if args.last < 0:
         raise LmsStateError(f"--last {args.last}: must be 0 or more")
-    st = store_mod.open_store(args.state)
-    if args.init:
-        _lms_init(args, priv, key, pub)
-    elif args.export:
-        data = lms_state.export_state(priv, pub, st)
-        atomic_write(Path(args.export), data, mode=0o600)
-        print(f"{priv}: state exported to {args.export}")
-    elif args.import_:
-        src = Path(args.import_)
-        try:
-            data = src.read_bytes()
-        except OSError as exc:
-            raise LmsStateError(f"{src}: cannot read ({exc.strerror})") from None
-        before, next_q = lms_state.import_state(priv, pub, st, data, str(src))
-        print(
-            f"{priv}: imported next_q {next_q} into the {st.description} "
-            f"(was: file {before.file}, store {before.store})"
-        )
-    doc = _status_doc(priv, key, pub, st, args.last)
+    # only the explicit acts make a store; showing or exporting never does
+    adopting = bool(args.init or args.import_)
+    try:
+        st = store_mod.open_store(args.state, create=adopting)
+    except store_mod.StoreMissingError:
+        if lms.sparse_root(key) == pub.root and not lms_tree.cache_path(priv).exists():
+            st = None
+        else:
+            raise
+    if st is None:  # a sparse demo key and no store: nothing to show but what it is
+        doc = _sparse_doc(priv, key, pub)
+    else:
+        if args.init:
+            _lms_init(args, priv, key, pub, st)
+        elif args.export:
+            exp = lms_state.export_state(priv, pub, st, keep_live=args.keep_live)
+            atomic_write(Path(args.export), exp.data, mode=0o600)
+            print(f"{priv}: state exported to {args.export} (next_q {exp.next_q})")
+            if exp.handoff:
+                print(
+                    f"the {st.description} handed the key off: it refuses to sign with it from "
+                    f"now on; `lms-status KEY --state NEW --import {args.export}` moves it there"
+                )
+            else:
+                log.warning(
+                    "--keep-live: the %s still signs with this key; importing this export into "
+                    "another store that signs too hands out the same leaves twice",
+                    st.description,
+                )
+        elif args.import_:
+            _lms_import(args, priv, key, pub, st)
+        doc = _status_doc(priv, key, pub, st, args.last)
     if args.json:
         print(json.dumps(doc, indent=1))
+    elif st is None:
+        _print_status(doc, None)
     else:
         _print_status(doc, st)
     return 0
+
+
+def _sparse_doc(priv: Path, key: lms.LmsPrivateKey, pub: lms.LmsPublicKey) -> dict[str, Any]:
+    ident = store_mod.KeyIdentity.of(pub)
+    return {
+        "key": str(priv),
+        "key_id": ident.key_id,
+        "lms_type": pub.lms_type,
+        "ots_type": pub.ots_type,
+        "height": key.height,
+        "w": lms.LMOTS_PARAMS[key.ots_type][0],
+        "I": pub.I.hex(),
+        "leaves": ident.leaves,
+        "sparse": True,
+        "sparse_q": lms.SPARSE_Q,
+    }
+
+
+def _lms_import(
+    args: argparse.Namespace,
+    priv: Path,
+    key: lms.LmsPrivateKey,
+    pub: lms.LmsPublicKey,
+    st: store_mod.StateStore,
+) -> None:
+    if lms.sparse_root(key) == pub.root:
+        raise KeyFileError(
+            f"{priv}: a sparse demo key (only leaf {lms.SPARSE_Q} is real): nothing to import"
+        )
+    src = Path(args.import_)
+    try:
+        data = src.read_bytes()
+    except OSError as exc:
+        raise LmsStateError(f"{src}: cannot read ({exc.strerror})") from None
+    ident = store_mod.KeyIdentity.of(pub)
+    doc = lms_state.parse_export_doc(data, str(src), ident)  # checked before any warning
+    _adoption_warnings(priv, st, lms_state.witnesses(priv, ident, st), doc.next_q)
+    res = lms_state.import_state(priv, pub, st, data, str(src), confirm=args.confirm_adopt)
+    print(
+        f"{priv}: imported next_q {res.next_q} into the {st.description} "
+        f"(was: file {res.before.file}, store {res.before.store})"
+    )
+    if res.handoff:
+        print(
+            f"the export was a handoff: the store it came from (id {str(res.source_store)[:8]}) "
+            "refuses to sign with this key"
+        )
+    else:
+        kind = "made with --keep-live" if res.handoff is False else "of the first format"
+        log.warning(
+            "the export was %s: the store it came from was NOT retired; if it still signs with "
+            "this key, both stores hand out the same leaves: retire it (`lms-status KEY "
+            "--state OLD --export F`)",
+            kind,
+        )
 
 
 def _config_text(name: str, lms_on: bool) -> str:
@@ -527,12 +663,30 @@ def register(sub: Any) -> None:
         help="adopt a full-tree key made elsewhere, or recover lost state: needs --next-q "
         "and/or --scan; never goes below what the file, the store or its log knows",
     )
-    act.add_argument("--export", metavar="FILE", help="write the key's state and log as JSON")
+    act.add_argument(
+        "--export",
+        metavar="FILE",
+        help="hand the key off: write its state and log as JSON, and this store stops signing "
+        "with it (unless --keep-live)",
+    )
     act.add_argument(
         "--import",
         dest="import_",
         metavar="FILE",
-        help="merge an --export file into this store (refuses to go backwards)",
+        help="take a key over: merge an --export file into this store (refuses to go "
+        "backwards); the state file then names this store",
+    )
+    p.add_argument(
+        "--keep-live",
+        action="store_true",
+        help="with --export: a copy only, this store keeps signing (never import it into a "
+        "store that signs too)",
+    )
+    p.add_argument(
+        "--confirm-adopt",
+        action="store_true",
+        help="with --init: adopt a key neither the state file nor this store knows, or one this "
+        "store handed off; with --import: an export whose store was not retired",
     )
     p.add_argument(
         "--next-q",

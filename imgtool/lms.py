@@ -327,3 +327,19 @@ def sparse_nodes(key: LmsPrivateKey) -> list[bytes]:
 
 def sparse_root(key: LmsPrivateKey) -> bytes:
     return sparse_nodes(key)[1]
+
+
+def is_sparse_signature(pub: LmsPublicKey, sig: bytes) -> bool:
+    """Whether a signature (exact or the 1620-byte slot) was made by a sparse demo key: at leaf
+    q = 5, with the first node of its authentication path (leaf 4) the leaf of an all-zero
+    LM-OTS public key, as only a sparse tree has. Public data only: no private key needed."""
+    try:
+        if len(sig) == SLOT_LEN and len(sig) != sig_len(pub.lms_type, pub.ots_type):
+            sig = slot_to_sig(sig)
+        if len(sig) != sig_len(pub.lms_type, pub.ots_type) or sig_q(sig) != SPARSE_Q:
+            return False
+    except (FormatError, KeyError):
+        return False
+    h = pub.height
+    first = sig[len(sig) - h * N : len(sig) - (h - 1) * N]
+    return first == leaf_node(pub.I, h, SPARSE_Q ^ 1, bytes(N))

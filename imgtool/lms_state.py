@@ -2,20 +2,30 @@
 
 1. **The state file** ``K.state`` beside a private key ``K`` (it travels with the key). JSON with
    exactly the fields ``format`` (:data:`STATE_FORMAT`), ``key`` (the key's identity, the hex
-   SHA-256 of its 48-byte public key), ``leaves`` (2^h) and ``next_q`` (the first leaf never
-   handed out, 0..leaves). Parsed strictly: a missing, unknown, mistyped (``true`` is not an
-   integer) or out-of-range field is an error naming the file and the field.
+   SHA-256 of its 48-byte public key), ``leaves`` (2^h), ``next_q`` (the first leaf never
+   handed out, 0..leaves) and ``store`` (the ``store_id`` of the state store it was last used
+   with). Parsed strictly: a missing, unknown, mistyped (``true`` is not an integer) or
+   out-of-range field is an error naming the file and the field. A file of the first format
+   (:data:`STATE_FORMAT_1`, no ``store``) is accepted where the store knows the key and is
+   rewritten in the current format at the next reservation; never the other way round.
 2. **The state store** (:mod:`imgtool.store`): one row per key identity with its ``next_q`` and
    a log of every signature.
 
-Reserving a leaf, under ``flock`` on ``K.lock`` (serialises the file witness across processes):
-read the file; in ONE store transaction take q = max(store next_q, file next_q), refuse if the
-key is exhausted or the log shows q used for a different message, log q and the message's
-SHA-256, advance the store to q + 1, commit; then write ``q + 1`` to the file (temporary file,
-fsync, rename, fsync the directory). Only then is the signature computed and released, so a
-crash at any point can skip a leaf but never reuse one. A witness found behind the other is a
-loud warning naming both values, and it is moved forward, never back. A key that neither
-witness knows is refused until ``lms-status KEY --init`` adopts it explicitly.
+Reserving a leaf, under ``flock`` on ``K.lock`` (serialises the file witness across processes;
+a holder that does not let go within :data:`LOCK_TIMEOUT` seconds is an error naming the lock):
+read the file; refuse if it names another store; in ONE store transaction take q = max(store
+next_q, file next_q) (or the leaf this store already logged for the same message), refuse if the
+store has no live row for the key, if it is exhausted or if the log shows q used for a different
+message, log q and the message's SHA-256, advance the store to q + 1, commit; then write
+``q + 1`` and the store's id to the file (temporary file, fsync, rename, fsync the directory).
+Only then is the signature computed and released, so a crash at any point can skip a leaf but
+never reuse one. A witness found behind the other is a loud warning naming both values, and it
+is moved forward, never back.
+
+A first use of a key on a store is always an explicit act: keygen (:func:`imgtool.lms_tree.
+generate`), :func:`init` (``lms-status KEY --init``) or :func:`import_state` (``--import``).
+Signing never adopts a key from the state file alone: a key folder copied to another machine,
+a fresh CI container or a store path with a typo would otherwise hand out the same leaves again.
 
 This module never imports :mod:`imgtool.lms`; the signer composes the two.
 """
@@ -23,11 +33,15 @@ This module never imports :mod:`imgtool.lms`; the signer composes the two.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
+import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,8 +52,13 @@ from .errors import LmsStateError
 from .fileio import atomic_write
 from .store import (
     EXPORT_FORMAT,
+    EXPORT_FORMATS,
+    HELPER,
+    LIVE,
+    MOVED,
     SIGNERS,
     KeyIdentity,
+    KeyMovedError,
     PublicKeyLike,
     SignatureRecord,
     StateStore,
@@ -48,10 +67,15 @@ from .store import (
 
 log = logging.getLogger("imgtool")
 
-STATE_FORMAT = "cptra-imgtool-lms-state-1"
-STATE_FIELDS = ("format", "key", "leaves", "next_q")
+STATE_FORMAT_1 = "cptra-imgtool-lms-state-1"
+STATE_FORMAT = "cptra-imgtool-lms-state-2"
+STATE_FIELDS_1 = ("format", "key", "leaves", "next_q")
+STATE_FIELDS = ("format", "key", "leaves", "next_q", "store")
 MAX_STATE_BYTES = 4096
 MAX_EXPORT_BYTES = 256 << 20
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: any later "time" is not one
+LOCK_TIMEOUT = 30.0  # seconds a signer waits for another holder of K.lock
+_STORE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def state_path(priv: str | Path) -> Path:
@@ -77,22 +101,64 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# ---------------------------------------------------------------------------- the state file
+def _is_time(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= MAX_TIME
+    )
+
+
+# ---------------------------------------------------------------------------- the lock
 @contextlib.contextmanager
 def locked(priv: str | Path) -> Iterator[None]:
+    """``flock`` on K.lock (a regular file, never followed through a symlink), waiting at most
+    :data:`LOCK_TIMEOUT` seconds for another holder."""
+    lp = lock_path(priv)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(lock_path(priv), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(lp, flags, 0o600)
     except OSError as exc:
-        raise LmsStateError(
-            f"{lock_path(priv)}: cannot open the lock file ({exc.strerror})"
-        ) from None
+        why = "a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise LmsStateError(f"{lp}: cannot open the lock file ({why})") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LmsStateError(f"{lp}: the lock file is not a regular file")
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LmsStateError(
+                        f"{lp}: another process has held this LMS key's lock for more than "
+                        f"{LOCK_TIMEOUT:g} s (a stopped or hung signer?); refusing to wait longer"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.005)
         yield
     finally:
         os.close(fd)  # closing releases the lock
 
 
+def _clean_tmp(priv: Path) -> None:
+    """Remove temporary state files a killed writer left (``.K.state.*.tmp``). Only under the
+    lock: every state file write but keygen's happens under it."""
+    prefix = f".{state_path(priv).name}."
+    try:
+        with os.scandir(priv.parent) as it:
+            stale = [e.path for e in it if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    for p in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(p)
+
+
+# ---------------------------------------------------------------------------- the state file
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
@@ -123,20 +189,31 @@ def _load_json(data: bytes, source: Path | str, limit: int) -> Any:
         raise LmsStateError(f"{source}: not a valid state file ({exc})") from None
 
 
-def parse_state(data: bytes, source: Path | str, ident: KeyIdentity) -> int:
-    """next_q of a state file's bytes; every field checked. Raises LmsStateError."""
+@dataclass(frozen=True)
+class StateFile:
+    next_q: int
+    store_id: str | None  # the store it was last used with (None: a first-format file)
+    format: str
+
+
+def parse_state_file(data: bytes, source: Path | str, ident: KeyIdentity) -> StateFile:
+    """A state file's contents; every field checked. Raises LmsStateError."""
     doc = _load_json(data, source, MAX_STATE_BYTES)
     if not isinstance(doc, dict):
         raise LmsStateError(f"{source}: not a JSON object (an LMS state file is one)")
-    for name in STATE_FIELDS:
+    if "format" not in doc:
+        raise LmsStateError(f"{source}: missing field format")
+    fmt = doc["format"]
+    if fmt not in (STATE_FORMAT, STATE_FORMAT_1):
+        raise LmsStateError(f"{source}: field format: {_show(fmt)} is not {STATE_FORMAT!r}")
+    fields = STATE_FIELDS if fmt == STATE_FORMAT else STATE_FIELDS_1
+    for name in fields:
         if name not in doc:
             raise LmsStateError(f"{source}: missing field {name}")
     for name in doc:
-        if name not in STATE_FIELDS:
+        if name not in fields:
             raise LmsStateError(f"{source}: unknown field {_show(name)}")
-    fmt, key, leaves, next_q = (doc[n] for n in STATE_FIELDS)
-    if fmt != STATE_FORMAT:
-        raise LmsStateError(f"{source}: field format: {_show(fmt)} is not {STATE_FORMAT!r}")
+    key, leaves, next_q = doc["key"], doc["leaves"], doc["next_q"]
     if not isinstance(key, str):
         raise LmsStateError(f"{source}: field key: {_show(key)} is not a hex string")
     if key != ident.key_id:
@@ -154,21 +231,44 @@ def parse_state(data: bytes, source: Path | str, ident: KeyIdentity) -> int:
         raise LmsStateError(f"{source}: field next_q: {_show(next_q)} is not an integer")
     if not 0 <= next_q <= leaves:
         raise LmsStateError(f"{source}: field next_q: {next_q} outside 0..{leaves}")
-    return int(next_q)
+    store_id = doc.get("store")
+    if fmt == STATE_FORMAT and not (isinstance(store_id, str) and _STORE_ID.fullmatch(store_id)):
+        raise LmsStateError(f"{source}: field store: {_show(store_id)} is not a store id")
+    return StateFile(int(next_q), store_id, fmt)
+
+
+def parse_state(data: bytes, source: Path | str, ident: KeyIdentity) -> int:
+    """next_q of a state file's bytes; every field checked. Raises LmsStateError."""
+    return parse_state_file(data, source, ident).next_q
+
+
+def read_state_file(priv: str | Path, key: KeyIdentity | PublicKeyLike) -> StateFile | None:
+    """The state file, or None when there is none. Raises LmsStateError if it is unreadable,
+    not a regular file (a FIFO never blocks us) or malformed."""
+    sp = state_path(priv)
+    try:
+        fd = os.open(sp, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LmsStateError(f"{sp}: unreadable LMS state file ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LmsStateError(f"{sp}: not a regular file (an LMS state file is one)")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_STATE_BYTES + 1)
+    except OSError as exc:
+        raise LmsStateError(f"{sp}: unreadable LMS state file ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    return parse_state_file(data, sp, _identity(key))
 
 
 def read_state_opt(priv: str | Path, key: KeyIdentity | PublicKeyLike) -> int | None:
     """next_q of the state file, or None when there is none. Raises LmsStateError if it is
     unreadable or malformed."""
-    sp = state_path(priv)
-    try:
-        with open(sp, "rb") as fh:
-            data = fh.read(MAX_STATE_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise LmsStateError(f"{sp}: unreadable LMS state file ({exc.strerror})") from None
-    return parse_state(data, sp, _identity(key))
+    sf = read_state_file(priv, key)
+    return None if sf is None else sf.next_q
 
 
 def read_state(priv: str | Path, key: KeyIdentity | PublicKeyLike) -> int:
@@ -179,9 +279,20 @@ def read_state(priv: str | Path, key: KeyIdentity | PublicKeyLike) -> int:
     return q
 
 
-def write_state(priv: str | Path, key: KeyIdentity | PublicKeyLike, next_q: int) -> None:
+def write_state(
+    priv: str | Path, key: KeyIdentity | PublicKeyLike, next_q: int, store_id: str
+) -> None:
+    """Write the state file (current format) atomically: next_q and the store it is used with."""
     ident = _identity(key)
-    doc = {"format": STATE_FORMAT, "key": ident.key_id, "leaves": ident.leaves, "next_q": next_q}
+    if not _STORE_ID.fullmatch(store_id):
+        raise LmsStateError(f"store id {_show(store_id)}: not 32 hex digits")
+    doc = {
+        "format": STATE_FORMAT,
+        "key": ident.key_id,
+        "leaves": ident.leaves,
+        "next_q": next_q,
+        "store": store_id,
+    }
     try:
         atomic_write(state_path(priv), (json.dumps(doc, indent=1) + "\n").encode(), mode=0o600)
     except OSError as exc:
@@ -195,10 +306,14 @@ class Witnesses:
     store: int | None  # the store row's next_q (None: no row)
     log_size: int
     max_logged_q: int | None
+    file_store: str | None = None  # the store id the file names (None: no file or format 1)
+    status: str | None = None  # the row's status (live, moved, helper; None: no row)
 
     @property
     def known(self) -> bool:
-        return self.file is not None or self.store is not None
+        """A witness knows the key: its state file, or a row this store signs with or
+        handed off (a helper-only row is not one)."""
+        return self.file is not None or (self.store is not None and self.status != HELPER)
 
     @property
     def next_q(self) -> int:
@@ -209,10 +324,60 @@ class Witnesses:
 
 def witnesses(priv: str | Path, key: KeyIdentity | PublicKeyLike, store: StateStore) -> Witnesses:
     ident = _identity(key)
-    f = read_state_opt(priv, ident)
+    sf = read_state_file(priv, ident)
     row = store.get(ident)
     n, mx = (row.log_size, row.max_logged_q) if row else store.log_stats(ident)
-    return Witnesses(f, row.next_q if row else None, n, mx)
+    return Witnesses(
+        None if sf is None else sf.next_q,
+        row.next_q if row else None,
+        n,
+        mx,
+        None if sf is None else sf.store_id,
+        row.status if row else None,
+    )
+
+
+def _adopt_hint() -> str:
+    return (
+        "to move the key here on purpose: `lms-status KEY --state OLD --export F` on the store "
+        "it signed with (that store then refuses it) and `lms-status KEY --import F` here; or "
+        "adopt it here with `lms-status KEY --init --next-q N` (N above every leaf used anywhere)"
+    )
+
+
+def _other_store(priv: Path, sf: StateFile, store: StateStore) -> LmsStateError:
+    return LmsStateError(
+        f"{priv}: {state_path(priv).name} was last used with another LMS state store (id "
+        f"{str(sf.store_id)[:8]}), not the {store.description} (id {store.store_id[:8]}): a "
+        "copied key folder signing through a second store would hand out the same leaves "
+        f"again; refusing ({_adopt_hint()})"
+    )
+
+
+def _unknown(priv: Path, sf: StateFile | None, store: StateStore, exc: Exception) -> LmsStateError:
+    sp = state_path(priv)
+    if sf is None:
+        if "sign-helper" in str(exc):
+            return LmsStateError(
+                f"{priv}: {exc}; refusing to guess a leaf (adopt it with `lms-status KEY --init "
+                "--next-q N` or `--init --scan out/*.bin`)"
+            )
+        return LmsStateError(
+            f"{priv}: no leaf state for this full-tree LMS key: neither {sp.name} nor the "
+            f"{store.description} knows it; refusing to guess a leaf (run `cptra-imgtool "
+            "lms-status KEY --init --next-q N` or `--init --scan out/*.bin`)"
+        )
+    if sf.store_id == store.store_id:
+        why = f"{sp.name} says this store signed with it, but the store has no row for it"
+    else:
+        why = (
+            f"the {store.description} has no record of this key ({sp.name} says next_q "
+            f"{sf.next_q}, from a store it does not name)"
+        )
+    return LmsStateError(
+        f"{priv}: {why}: signing never adopts a key from its state file (a copied key folder, "
+        f"another machine or a fresh store would fork the leaf counter); refusing ({_adopt_hint()})"
+    )
 
 
 def _report(
@@ -220,10 +385,8 @@ def _report(
 ) -> None:
     sp = state_path(priv)
     where = f"{store.description} (key {ident.short})"
-    if s is None and f is not None:
-        log.warning("%s had no record of LMS key %s; adopted next_q %d from %s", where, priv, f, sp)
-    elif f is None and s is not None:
-        log.warning("%s: missing; %s says next_q %d; recreated it at %d", sp, where, s, q + 1)
+    if f is None and s is not None:
+        log.warning("%s: missing; %s says next_q %d; recreated it", sp, where, s)
     elif f is not None and s is not None and s < f:
         log.warning(
             "%s is BEHIND the state file: store next_q %d, %s next_q %d (store restored from "
@@ -255,84 +418,141 @@ def reserve(
     ident = _identity(key)
     msg = hashlib.sha256(message).hexdigest()
     with locked(priv):
-        f = read_state_opt(priv, ident)
+        _clean_tmp(priv)
+        sf = read_state_file(priv, ident)
+        if sf is not None and sf.store_id is not None and sf.store_id != store.store_id:
+            raise _other_store(priv, sf, store)
+        f = None if sf is None else sf.next_q
         try:
-            res = store.reserve(
-                ident, f or 0, msg, signer=signer, actor=actor, create=f is not None
-            )
-        except UnknownKeyError:
-            raise LmsStateError(
-                f"{priv}: no leaf state for this full-tree LMS key: neither "
-                f"{state_path(priv).name} nor the {store.description} knows it; refusing to "
-                "guess a leaf (run `cptra-imgtool lms-status KEY --init --next-q N` or "
-                "`--init --scan out/*.bin`)"
-            ) from None
+            res = store.reserve(ident, f or 0, msg, signer=signer, actor=actor)
+        except KeyMovedError as exc:
+            raise LmsStateError(f"{priv}: {exc}") from None
+        except UnknownKeyError as exc:
+            raise _unknown(priv, sf, store, exc) from None
         _report(priv, ident, store, f, res.store_before, res.q)
-        write_state(priv, ident, res.q + 1)
+        new = max(f or 0, res.next_q)
+        if sf is None or sf.next_q != new or sf.store_id != store.store_id:
+            write_state(priv, ident, new, store.store_id)
     return res.q
 
 
 def init(
-    priv: str | Path, key: KeyIdentity | PublicKeyLike, store: StateStore, next_q: int
+    priv: str | Path,
+    key: KeyIdentity | PublicKeyLike,
+    store: StateStore,
+    next_q: int,
+    *,
+    confirm: bool = False,
 ) -> Witnesses:
-    """Explicit adoption/recovery: both witnesses set to ``next_q``, refusing any value below
-    what the file, the store or its log knows. Returns the witnesses as they were."""
+    """Explicit adoption/recovery: both witnesses set to ``next_q`` (the file then names this
+    store), refusing any value below what the file, the store or its log knows. A key neither
+    witness knows, or one this store handed off, needs ``confirm``. Returns the witnesses as
+    they were."""
     priv = Path(priv)
     ident = _identity(key)
     if not _is_int(next_q) or not 0 <= next_q <= ident.leaves:
         raise LmsStateError(f"--next-q {_show(next_q)}: outside 0..{ident.leaves}")
     with locked(priv):
+        _clean_tmp(priv)
         before = witnesses(priv, ident, store)
         if before.file is not None and next_q < before.file:
             raise LmsStateError(
                 f"--next-q {next_q}: {state_path(priv)} says leaves below {before.file} were "
                 f"handed out; refusing to go back (use --next-q {before.next_q} or higher)"
             )
+        if not confirm and before.status == MOVED:
+            raise LmsStateError(
+                f"{priv}: the {store.description} handed this key off with --export; signing "
+                "with it here again while the store it moved to signs reuses leaves: pass "
+                "--confirm-adopt if that store is retired"
+            )
+        if not confirm and not before.known:
+            raise LmsStateError(
+                f"{priv}: neither {state_path(priv).name} nor the {store.description} knows "
+                f"this key: adopting it at leaf {next_q} promises that no signature by it (in "
+                "any image, on any machine) used leaf "
+                f"{next_q} or above; a wrong promise reuses leaves: pass --confirm-adopt to make it"
+            )
         store.init(ident, next_q)
-        write_state(priv, ident, next_q)
+        write_state(priv, ident, next_q, store.store_id)
     return before
 
 
 # ---------------------------------------------------------------------------- export / import
-def export_state(priv: str | Path, key: KeyIdentity | PublicKeyLike, store: StateStore) -> bytes:
-    """The key's state (next_q = the maximum both witnesses and the log know, and the log)."""
+@dataclass(frozen=True)
+class Export:
+    data: bytes
+    next_q: int
+    handoff: bool  # the source store no longer signs with the key
+
+
+def export_state(
+    priv: str | Path,
+    key: KeyIdentity | PublicKeyLike,
+    store: StateStore,
+    *,
+    keep_live: bool = False,
+) -> Export:
+    """The key's state: next_q (the maximum both witnesses and the log know) and the log.
+    A handoff unless ``keep_live``: in the same store transaction that reads the log, the row
+    is marked moved, so this store never signs with the key again (a signature it made before
+    is in the export; none can come after)."""
+    priv = Path(priv)
     ident = _identity(key)
     with locked(priv):
-        w = witnesses(priv, ident, store)
-        if not w.known:
-            raise LmsStateError(f"{priv}: no leaf state to export (neither file nor store)")
-        records = store.signatures(ident) if w.store is not None else []
+        sf = read_state_file(priv, ident)
+        try:
+            row, records = store.export_key(ident, retire=not keep_live)
+        except UnknownKeyError as exc:
+            raise LmsStateError(f"{priv}: {exc}") from None
+    logged = 0 if row.max_logged_q is None else row.max_logged_q + 1
+    next_q = max(row.next_q, logged, 0 if sf is None else sf.next_q)
+    handoff = row.status == MOVED
     doc = {
         "format": EXPORT_FORMAT,
         "key_id": ident.key_id,
         "public_key": ident.public_bytes().hex(),
         "leaves": ident.leaves,
-        "next_q": w.next_q,
+        "next_q": next_q,
         "exported": time.time(),
-        "signatures": [r.as_dict() for r in reversed(records)],
+        "source_store": store.store_id,
+        "handoff": handoff,
+        "signatures": [r.as_dict() for r in records],
     }
-    return (json.dumps(doc, indent=1) + "\n").encode()
+    return Export((json.dumps(doc, indent=1) + "\n").encode(), next_q, handoff)
 
 
-_EXPORT_FIELDS = ("format", "key_id", "public_key", "leaves", "next_q", "exported", "signatures")
+_EXPORT_FIELDS_1 = ("format", "key_id", "public_key", "leaves", "next_q", "exported", "signatures")
+_EXPORT_FIELDS = (*_EXPORT_FIELDS_1, "source_store", "handoff")
 _RECORD_FIELDS = ("q", "msg_sha256", "time", "host", "signer", "actor")
 
 
-def parse_export(data: bytes, source: str, ident: KeyIdentity) -> tuple[int, list[SignatureRecord]]:
-    """(next_q, signature log) of an export file for this key; every field checked."""
+@dataclass(frozen=True)
+class ExportDoc:
+    next_q: int
+    records: list[SignatureRecord]
+    source_store: str | None  # None: a first-format export (the source store is unknown)
+    handoff: bool | None  # None: a first-format export (the source was never retired)
+
+
+def parse_export_doc(data: bytes, source: str, ident: KeyIdentity) -> ExportDoc:
+    """An export file for this key; every field checked."""
     doc = _load_json(data, source, MAX_EXPORT_BYTES)
     if not isinstance(doc, dict):
         raise LmsStateError(f"{source}: not a JSON object")
-    for name in _EXPORT_FIELDS:
-        if name not in doc:
-            raise LmsStateError(f"{source}: missing field {name}")
-    for name in doc:
-        if name not in _EXPORT_FIELDS:
-            raise LmsStateError(f"{source}: unknown field {_show(name)}")
-    if doc["format"] != EXPORT_FORMAT:
+    if "format" not in doc:
+        raise LmsStateError(f"{source}: missing field format")
+    if doc["format"] not in EXPORT_FORMATS:
         raise LmsStateError(
             f"{source}: field format: {_show(doc['format'])} is not {EXPORT_FORMAT!r}"
         )
+    fields = _EXPORT_FIELDS if doc["format"] == EXPORT_FORMAT else _EXPORT_FIELDS_1
+    for name in fields:
+        if name not in doc:
+            raise LmsStateError(f"{source}: missing field {name}")
+    for name in doc:
+        if name not in fields:
+            raise LmsStateError(f"{source}: unknown field {_show(name)}")
     if doc["key_id"] != ident.key_id or doc["public_key"] != ident.public_bytes().hex():
         raise LmsStateError(
             f"{source}: field key_id: the export is for another LMS key "
@@ -343,8 +563,16 @@ def parse_export(data: bytes, source: str, ident: KeyIdentity) -> tuple[int, lis
     next_q = doc["next_q"]
     if not _is_int(next_q) or not 0 <= next_q <= ident.leaves:
         raise LmsStateError(f"{source}: field next_q: {_show(next_q)} outside 0..{ident.leaves}")
-    if not isinstance(doc["exported"], int | float) or isinstance(doc["exported"], bool):
+    if not _is_time(doc["exported"]):
         raise LmsStateError(f"{source}: field exported: {_show(doc['exported'])} is not a time")
+    src_store, handoff = doc.get("source_store"), doc.get("handoff")
+    if "source_store" in fields:
+        if not (isinstance(src_store, str) and _STORE_ID.fullmatch(src_store)):
+            raise LmsStateError(
+                f"{source}: field source_store: {_show(src_store)} is not a store id"
+            )
+        if not isinstance(handoff, bool):
+            raise LmsStateError(f"{source}: field handoff: {_show(handoff)} is not true or false")
     sigs = doc["signatures"]
     if not isinstance(sigs, list):
         raise LmsStateError(f"{source}: field signatures: not a list")
@@ -372,8 +600,10 @@ def parse_export(data: bytes, source: str, ident: KeyIdentity) -> tuple[int, lis
             or any(c not in "0123456789abcdef" for c in msg)
         ):
             raise LmsStateError(f"{where}: field msg_sha256: {_show(msg)} is not a SHA-256 in hex")
-        if not isinstance(t, int | float) or isinstance(t, bool) or t < 0:
-            raise LmsStateError(f"{where}: field time: {_show(t)} is not a time")
+        if not _is_time(t):
+            raise LmsStateError(
+                f"{where}: field time: {_show(t)} is not a time (0..{MAX_TIME:.0f})"
+            )
         if not isinstance(host, str) or len(host) > 255 or not host.isprintable():
             raise LmsStateError(f"{where}: field host: {_show(host)} is not a host name")
         if signer not in SIGNERS:
@@ -385,24 +615,56 @@ def parse_export(data: bytes, source: str, ident: KeyIdentity) -> tuple[int, lis
         ):
             raise LmsStateError(f"{where}: field actor: {_show(actor)} is not short printable text")
         records.append(SignatureRecord(q, msg, float(t), host, signer, actor))
-    return int(next_q), records
+    return ExportDoc(int(next_q), records, src_store, handoff)
+
+
+def parse_export(data: bytes, source: str, ident: KeyIdentity) -> tuple[int, list[SignatureRecord]]:
+    """(next_q, signature log) of an export file for this key; every field checked."""
+    d = parse_export_doc(data, source, ident)
+    return d.next_q, d.records
+
+
+@dataclass(frozen=True)
+class Import:
+    before: Witnesses
+    next_q: int
+    source_store: str | None
+    handoff: bool | None
 
 
 def import_state(
-    priv: str | Path, key: KeyIdentity | PublicKeyLike, store: StateStore, data: bytes, source: str
-) -> tuple[Witnesses, int]:
-    """Merge an export into the store and the file, refusing to go backwards. Returns the
-    witnesses as they were and the imported next_q."""
+    priv: str | Path,
+    key: KeyIdentity | PublicKeyLike,
+    store: StateStore,
+    data: bytes,
+    source: str,
+    *,
+    confirm: bool = False,
+) -> Import:
+    """Merge an export into the store and the file (which then names this store), refusing to
+    go backwards. An export that did not retire its source store (``--keep-live``, or the first
+    export format) into a store that does not know the key needs ``confirm``: two live stores
+    would hand out the same leaves."""
     priv = Path(priv)
     ident = _identity(key)
-    next_q, records = parse_export(data, source, ident)
+    doc = parse_export_doc(data, source, ident)
     with locked(priv):
+        _clean_tmp(priv)
         before = witnesses(priv, ident, store)
-        if before.file is not None and next_q < before.file:
+        if before.file is not None and doc.next_q < before.file:
             raise LmsStateError(
-                f"import: {source} says next_q {next_q}, but {state_path(priv)} already says "
-                f"{before.file}; refusing to go backwards"
+                f"import: {source} says next_q {doc.next_q}, but {state_path(priv)} already "
+                f"says {before.file}; refusing to go backwards"
             )
-        store.import_key(ident, next_q, records)
-        write_state(priv, ident, next_q)
-    return before, next_q
+        live_here = before.store is not None and before.status == LIVE
+        if not confirm and not doc.handoff and not live_here:
+            kind = "made with --keep-live" if doc.handoff is False else "of the first format"
+            raise LmsStateError(
+                f"import: {source} is an export {kind}: the store it came from was not retired "
+                "and may still sign with this key, so two stores would hand out the same "
+                "leaves; retire it first (`lms-status KEY --state OLD --export F` without "
+                "--keep-live) or pass --confirm-adopt if it no longer signs"
+            )
+        store.import_key(ident, doc.next_q, doc.records)
+        write_state(priv, ident, doc.next_q, store.store_id)
+    return Import(before, doc.next_q, doc.source_store, doc.handoff)

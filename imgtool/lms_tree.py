@@ -6,8 +6,13 @@ the height) and ends with a SHA-256 over all of it. It is only a cache: a file w
 identity, length, checksum or root does not match is ignored (with a warning) and rebuilt from
 the private key, never used. In memory, trees are kept per identity too.
 
-Key generation writes the key pair, the cache, the state file beside the key (next_q 0) and the
-key's row in the state store (:mod:`imgtool.lms_state`, :mod:`imgtool.store`).
+Only the leaf level of a cache file is trusted (after the checks above): the inner nodes are
+recomputed from it on load, so a cache that lies about them is noticed and repaired.
+
+Key generation writes the key pair, the cache, the state file beside the key (next_q 0, naming
+the store) and the key's row in the state store (:mod:`imgtool.lms_state`,
+:mod:`imgtool.store`): the one implicit first use of a key on a store, as nobody else can hold
+it yet.
 
 The leaves are computed by the optional compiled module ``imgtool._lmsfast`` (SHA-NI, AVX2 or
 portable C, chosen at run time; threads, as it releases the GIL) or, where it was not built, in
@@ -39,6 +44,7 @@ from .lms import (
     LmsPrivateKey,
     LmsPublicKey,
     N,
+    build_levels,
     height,
     load_private,
     load_public,
@@ -211,8 +217,21 @@ def write_cache(priv: str | Path, pub: LmsPublicKey, nodes: list[bytes]) -> None
     atomic_write(cache_path(priv), _cache_bytes(pub, nodes), mode=0o600)
 
 
+def _tree_from_leaves(ident: bytes, h: int, leaves: bytes) -> bytes:
+    """Every node T[1..2^(h+1)-1] recomputed from the leaf level (node r at offset 24 r; the
+    first 24 bytes unused)."""
+    if _FAST is not None:
+        flat: bytes = _FAST.tree(ident, leaves)
+        return flat
+    nodes = build_levels(ident, h, [leaves[i : i + N] for i in range(0, len(leaves), N)])
+    return bytes(N) + b"".join(nodes[1:])
+
+
 def load_cache(priv: str | Path, pub: LmsPublicKey) -> list[bytes] | None:
-    """The cached nodes, or None (with a warning) when the cache is absent or not valid."""
+    """The cached nodes, or None (with a warning) when the cache is absent or not valid. Only
+    the leaf level is taken from the file: every inner node is recomputed from it, so a cache
+    whose inner nodes lie (checksum recomputed) can neither hide used leaves from ``--scan`` nor
+    make signatures that do not verify; one whose leaves lie does not give the root."""
     cp = cache_path(priv)
     h = pub.height
     count = (1 << (h + 1)) - 1
@@ -238,10 +257,19 @@ def load_cache(priv: str | Path, pub: LmsPublicKey) -> list[bytes] | None:
     elif struct.unpack_from("<I", data, len(CACHE_MAGIC) + 32)[0] != h:
         reason = "wrong height"
     if reason is None:
-        nodes = [b""] + [data[head + i * N : head + (i + 1) * N] for i in range(count)]
-        if nodes[1] == pub.root:
+        body = data[head : head + count * N]
+        flat = _tree_from_leaves(pub.I, h, body[((1 << h) - 1) * N :])
+        if flat[N : 2 * N] == pub.root:
+            nodes = [b""] + [flat[i : i + N] for i in range(N, len(flat), N)]
+            if flat[N:] != body:
+                log.warning(
+                    "%s: LMS tree cache: inner nodes do not match its leaves (tampered?); "
+                    "recomputed them from the leaves and rewrote the cache",
+                    cp,
+                )
+                write_cache(priv, pub, nodes)
             return nodes
-        reason = "root does not match the public key"
+        reason = "its leaves do not give the public key's root"
     log.warning("%s: LMS tree cache ignored (%s); rebuilding it", cp, reason)
     return None
 
@@ -259,11 +287,34 @@ def get_tree(
         return _TREES[tag]
     nodes = load_cache(priv, pub)
     if nodes is None:
-        nodes = compute_tree(key, progress=progress)
-        if nodes[1] != pub.root:
-            raise KeyFileError(f"{priv}: LMS private key does not produce the public key's root")
-        write_cache(priv, pub, nodes)
+        nodes = _compute_checked(priv, key, pub, progress)
     _TREES[tag] = nodes
+    return nodes
+
+
+def _compute_checked(
+    priv: str | Path, key: LmsPrivateKey, pub: LmsPublicKey, progress: Progress | None
+) -> list[bytes]:
+    nodes = compute_tree(key, progress=progress)
+    if nodes[1] != pub.root:
+        raise KeyFileError(f"{priv}: LMS private key does not produce the public key's root")
+    write_cache(priv, pub, nodes)
+    return nodes
+
+
+def rebuild_tree(
+    priv: str | Path, key: LmsPrivateKey, pub: LmsPublicKey, progress: Progress | None = None
+) -> list[bytes]:
+    """Drop the tree from memory and the cache file, and compute it from the private key."""
+    _TREES.pop(key_tag(pub), None)
+    try:
+        cache_path(priv).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise KeyFileError(f"{cache_path(priv)}: cannot remove ({exc.strerror})") from None
+    nodes = _compute_checked(priv, key, pub, progress)
+    _TREES[key_tag(pub)] = nodes
     return nodes
 
 
@@ -293,8 +344,8 @@ def generate(
     priv_path.parent.mkdir(parents=True, exist_ok=True)
     write_cache(priv_path, pub, nodes)
     ident = KeyIdentity.of(pub)
-    st.advance(ident, 0)
-    lms_state.write_state(priv_path, ident, 0)
+    st.register(ident)
+    lms_state.write_state(priv_path, ident, 0, st.store_id)
     atomic_write(pub_path, pub.to_bytes())
     atomic_write(priv_path, key.to_bytes(), mode=0o600)
     return priv_path, pub_path

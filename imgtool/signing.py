@@ -2,12 +2,15 @@
 
 Every signer returns the signature in the form the manifest stores: ECC r||s in hardware
 format (96 bytes), LMS the 1620-byte Caliptra slot. Helper output is always verified against
-the expected public key before it is returned.
+the expected public key before it is returned; an LMS helper signature's leaf is also logged in
+the LMS state store (signer "helper"), and refused when the log shows it for another message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import shlex
 import subprocess
@@ -18,10 +21,11 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import ecc, lms
-from .errors import SigningError
+from . import ecc, lms, store
+from .errors import LmsStateError, SigningError
 from .lms_signer import LmsSigner
 
+log = logging.getLogger("imgtool")
 DIGEST_LEN = 48
 
 
@@ -187,4 +191,26 @@ class HelperSigner:
                 f"{self.field}: sign helper's LMS signature does not verify with the expected "
                 "public key (wrong key or wrong digest)"
             )
+        self._log_lms(digest, raw, self.expect_pub)
         return raw
+
+    def _log_lms(self, digest: bytes, slot: bytes, pub: lms.LmsPublicKey) -> None:
+        """Log the helper's leaf in the state store under the helper key's identity (signer
+        "helper"); a leaf the log shows for another message is refused, so a helper that
+        reuses leaves never gets its signature into an image. Sparse demo keys (every
+        signature at q = 5 by design) are not logged."""
+        q = lms.sig_q(slot)
+        if lms.is_sparse_signature(pub, slot):
+            log.warning(
+                "%s: the sign helper signs with a sparse demo LMS key (every signature reuses "
+                "leaf %d; anyone can forge with it); never use it for a product",
+                self.field,
+                q,
+            )
+            return
+        try:
+            store.open_store().record_helper(
+                store.KeyIdentity.of(pub), q, hashlib.sha256(digest).hexdigest()
+            )
+        except LmsStateError as exc:
+            raise SigningError(f"{self.field}: {exc}") from None

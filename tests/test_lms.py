@@ -17,8 +17,8 @@ import pytest
 from hsslms import LMOTS_ALGORITHM_TYPE, LMS_ALGORITHM_TYPE, LMS_Priv, LMS_Pub
 from hsslms.utils import INVALID
 
-from imgtool import lms, lms_signer, lms_state, lms_tree
-from imgtool.errors import FormatError, ImgtoolError, KeyFileError
+from imgtool import lms, lms_signer, lms_state, lms_tree, store
+from imgtool.errors import FormatError, ImgtoolError, KeyFileError, LmsStateError
 from imgtool.lms_signer import LmsSigner
 
 N = 24
@@ -154,8 +154,19 @@ def test_full_key_without_state_is_refused(tmp_path: Path) -> None:
     priv, _ = lms_tree.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 7)
     lms_state.state_path(priv).unlink()
     LmsSigner.load(priv)  # the store still knows the key: fine
+    other = tmp_path / "other.sqlite3"
+    # the tree cache says full-tree: loaded as one, but the other store refuses to sign
+    s = LmsSigner.load(priv, store=str(other))
+    assert not s.is_sparse
+    with pytest.raises(LmsStateError, match="no LMS state store there"):
+        s.sign_digest(bytes(48))
+    assert not other.exists()  # never created by signing
+    lms_tree.cache_path(priv).unlink()
+    with pytest.raises(KeyFileError, match="without a state file.*unknown to the LMS state store"):
+        LmsSigner.load(priv, store=str(other))
+    store.open_store(str(other))
     with pytest.raises(KeyFileError, match="without a state file.*unknown to the sqlite store"):
-        LmsSigner.load(priv, store=str(tmp_path / "other.sqlite3"))
+        LmsSigner.load(priv, store=str(other))
 
 
 def test_bad_key_files(tmp_path: Path) -> None:

@@ -138,13 +138,35 @@ def test_signer_and_actor_are_logged_and_counted(h5: Path) -> None:
     assert _file_q(h5) == 4  # the refused actor spent no leaf
 
 
-def test_explicit_store_is_used(h5: Path, tmp_path: Path) -> None:
-    other = tmp_path / "elsewhere.sqlite3"
+def test_explicit_store_is_used(
+    h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """F1: the state file names the store it is used with; another store (a typo, another
+    machine's, a fresh CI one) refuses until the key is moved there on purpose."""
+    other = str(tmp_path / "elsewhere.sqlite3")
     LmsSigner.load(h5).sign_digest(bytes(48))  # default store: q 0
-    s = LmsSigner.load(h5, store=str(other))
-    assert lms.sig_q(s.sign_digest(bytes(48))) == 1  # the file witness carries it across
-    assert store.open_store(str(other)).get(_ident(h5)) == store.KeyRow(2, 32, 1, 1)
+    assert main(["lms-status", str(h5), "--state", other, "--init", "--next-q", "0"]) == 2
+    assert "refusing to go back" in capsys.readouterr().err  # the file still knows leaf 0
+    store.close_all()
+    Path(other).unlink()
+    s = LmsSigner.load(h5, store=other)
+    with pytest.raises(LmsStateError, match="no LMS state store there") as ei:
+        s.sign_digest(b"x" * 48)
+    assert str(h5) in str(ei.value)
+    store.open_store(other)  # the store exists now, but knows nothing of the key
+    with pytest.raises(LmsStateError, match="last used with another LMS state store") as ei:
+        s.sign_digest(b"x" * 48)
+    msg = str(ei.value)
+    assert "\n" not in msg and "--export" in msg and "--import" in msg and "--init" in msg
+    assert store.open_store(other).get(_ident(h5)) is None and _file_q(h5) == 1
+    exp = tmp_path / "move.json"
+    assert main(["lms-status", str(h5), "--export", str(exp)]) == 0
+    assert main(["lms-status", str(h5), "--state", other, "--import", str(exp)]) == 0
+    assert lms.sig_q(s.sign_digest(b"x" * 48)) == 1
+    assert store.open_store(other).get(_ident(h5)) == store.KeyRow(2, 32, 2, 1)
     assert s.leaves_left() == 30
+    with pytest.raises(LmsStateError, match="last used with another LMS state store"):
+        LmsSigner.load(h5).sign_digest(b"y" * 48)  # the old store, after the move
 
 
 def test_leaves_left_is_none_for_sparse_keys(ref: Path) -> None:
@@ -239,7 +261,9 @@ def test_copied_key_folder_parallel_builds(tmp_path: Path) -> None:
         "own_svn_sig_lms": ("own-fw", manifest.svn_tbs),
         "own_imc_sig_lms": ("own-man", manifest.imc_tbs),
     }
-    used: dict[str, list[int]] = {k: [] for k in ("vnd-fw", "vnd-man", "own-fw", "own-man")}
+    used: dict[str, list[tuple[int, bytes]]] = {
+        k: [] for k in ("vnd-fw", "vnd-man", "own-fw", "own-man")
+    }
     for p in (p1, p2):
         for i in range(4):
             m = manifest.Manifest.parse((p.out / f"m{i}.bin").read_bytes())
@@ -252,10 +276,18 @@ def test_copied_key_folder_parallel_builds(tmp_path: Path) -> None:
                     LMS_Pub(pub).verify(sha(tbs(m)).digest(), lms.slot_to_sig(slot))
                 except INVALID:
                     pytest.fail(f"{p.root.name} m{i} {name} does not verify with hsslms")
-                used[key].append(lms.sig_q(slot))
-    for key, qs in used.items():
-        assert len(qs) == len(set(qs)), f"{key}: a leaf was used twice: {sorted(qs)}"
+                used[key].append((lms.sig_q(slot), sha(tbs(m)).digest()))
+    for key, pairs in used.items():
+        # a leaf signs one message, ever (the vendor endorsement is the same message in both
+        # projects: the same signature at the same leaf)
+        by_q: dict[int, set[bytes]] = {}
+        for q, digest in pairs:
+            by_q.setdefault(q, set()).add(digest)
+        assert all(len(d) == 1 for d in by_q.values()), f"{key}: a leaf signed two messages"
+    # 16 owner FW signatures; a leaf may appear twice only for the same message (the two
+    # projects sign the same owner public keys: a retry of the last signature gets its leaf)
     assert len(used["own-fw"]) == 16
+    assert len({q for q, _ in used["own-fw"]}) == len(set(used["own-fw"]))
 
 
 def test_restored_state_file_is_moved_forward(h5: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -338,7 +370,11 @@ def test_deleted_state_refused_until_init_with_scan(
     err = capsys.readouterr().err
     assert top_slot in err and f"leaf {top};" in err and f"--next-q {top + 1}" in err
     assert not lms_state.state_path(own_fw).exists()
-    assert main(args) == 0
+    assert main(args) == 2  # neither witness knows the key: a promise the operator must make
+    err = capsys.readouterr().err
+    assert "neither" in err and "--confirm-adopt" in err and err.count("\n") <= 3, err
+    assert not lms_state.state_path(own_fw).exists()
+    assert main([*args, "--confirm-adopt"]) == 0
     out = capsys.readouterr().out
     assert f"highest leaf {top}" in out and f"next leaf {top + 1} of 32" in out
     assert _sign(own_fw, b"after recovery") == top + 1
@@ -381,7 +417,7 @@ def test_q_the_log_shows_used_is_refused(h5: Path) -> None:
     store.close_all()
     with sqlite3.connect(os.environ[store.ENV]) as c:  # both counters wound back
         c.execute("UPDATE lms_keys SET next_q = 2")
-    lms_state.write_state(h5, _ident(h5), 2)
+    lms_state.write_state(h5, _ident(h5), 2, store.open_store().store_id)
     with pytest.raises(LmsStateError, match="q=2 .* already used for a different message"):
         _sign(h5, b"new message")
     assert _file_q(h5) == 2  # nothing advanced, nothing signed
@@ -420,11 +456,15 @@ MALFORMED = [
     ({"key": 5}, "field key: 5 is not a hex string"),
     ({"key": "ab" * 32}, "field key: state file belongs to another LMS key"),
     ({"extra": 1}, "unknown field 'extra'"),
+    ({"store": "ab" * 15}, "field store: 'ababababab"),
+    ({"store": None}, "field store: None is not a store id"),
+    ({"format": lms_state.STATE_FORMAT_1}, "unknown field 'store'"),
 ]
 
 
 def _state_doc(priv: Path, change: dict[str, object], drop: str | None = None) -> bytes:
-    doc: dict[str, object] = {**GOOD, "key": _ident(priv).key_id, **change}
+    sid = store.open_store().store_id
+    doc: dict[str, object] = {**GOOD, "key": _ident(priv).key_id, "store": sid, **change}
     if drop:
         del doc[drop]
     return json.dumps(doc).encode()
@@ -501,7 +541,7 @@ def test_lms_status_shows_both_witnesses(h5: Path, capsys: pytest.CaptureFixture
         doc["last_signatures"][0]["msg_sha256"]
         == hashlib.sha256(hashlib.sha384(b"x").digest()).hexdigest()
     )
-    lms_state.write_state(h5, _ident(h5), 1)  # a witness behind
+    lms_state.write_state(h5, _ident(h5), 1, store.open_store().store_id)  # a witness behind
     assert main(["lms-status", str(h5)]) == 0
     out = capsys.readouterr().out
     assert "state file:" in out and "next_q 1" in out and "2 signature(s) logged" in out
@@ -562,7 +602,7 @@ def test_malformed_export_is_one_line(
 ) -> None:
     for i in range(4):
         _sign(h5, b"%d" % i)
-    doc = json.loads(lms_state.export_state(h5, _ident(h5), store.open_store()))
+    doc = json.loads(lms_state.export_state(h5, _ident(h5), store.open_store()).data)
     edit(doc)  # type: ignore[operator]
     exp = tmp_path / "bad.json"
     exp.write_text(json.dumps(doc))
@@ -624,7 +664,7 @@ def test_tree_cache_is_keyed_by_identity(h5: Path, tmp_path: Path) -> None:
     lms_tree._TREES.clear()
     LmsSigner.load(h5).sign_digest(bytes(48))
     lms_tree.cache_path(copy / h5.name).unlink()
-    assert lms.sig_q(LmsSigner.load(copy / h5.name).sign_digest(bytes(48))) == 1
+    assert lms.sig_q(LmsSigner.load(copy / h5.name).sign_digest(b"\1" * 48)) == 1
     assert not lms_tree.cache_path(copy / h5.name).exists()  # served from memory, by identity
 
 

@@ -97,6 +97,7 @@ def test_reconnects_after_the_server_drops_the_connection(pg_url: str) -> None:
     import psycopg
 
     st = store.open_store(pg_url)
+    st.register(IDENT)
     assert st.reserve(IDENT, 0, "00" * 32, signer="server").q == 0
     db = pg_url.rsplit("/", 1)[1]
     with psycopg.connect(pg_url, autocommit=True) as c:  # a restart / failover / idle kill
@@ -108,6 +109,25 @@ def test_reconnects_after_the_server_drops_the_connection(pg_url: str) -> None:
     time.sleep(1.2)  # idle long enough that the next transaction checks the connection
     assert st.reserve(IDENT, 0, "01" * 32, signer="server").q == 1
     assert st.get(IDENT).next_q == 2  # type: ignore[union-attr]
+
+
+def test_first_reservation_after_a_server_restart(pg: pgserver.PgServer, pg_url: str) -> None:
+    """F13: the first reservation after a restart used to fail (the dead connection was only
+    noticed by the idle ping after 1 s): now it is run once more on a new connection, as it
+    failed before COMMIT was sent (nothing committed)."""
+    st = store.open_store(pg_url)
+    st.register(IDENT)
+    assert st.reserve(IDENT, 0, "00" * 32, signer="server").q == 0
+    pg.restart()
+    assert st.reserve(IDENT, 0, "01" * 32, signer="server").q == 1  # at once, no idle ping
+    assert st.reserve(IDENT, 0, "02" * 32, signer="server").q == 2
+    assert st.get(IDENT) == store.KeyRow(3, 32, 3, 2)
+
+
+def test_pg_store_id_is_shared_by_every_connection(pg_url: str) -> None:
+    a = store.open_store(pg_url).store_id
+    store.close_all()
+    assert store.PostgresStore(pg_url).store_id == a
 
 
 SIGNER = """

@@ -25,18 +25,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def key_root(base: Path, lms_type: int, ots_type: int, name: str = "own-man") -> Path:
-    """DIGSIGSERVER_KEYFILE_URI layout with one full-tree LMS key: ROOT/bmc-a/caliptra/."""
+def key_root(
+    base: Path, lms_type: int, ots_type: int, name: str = "own-man", store: str | None = None
+) -> Path:
+    """DIGSIGSERVER_KEYFILE_URI layout with one full-tree LMS key: ROOT/bmc-a/caliptra/, made
+    (and registered) in the store the servers will use (``store``: None for the configured
+    one): a key is never adopted by a store implicitly."""
     from imgtool import lms_tree
 
     d = base / MACHINE / "caliptra"
     d.mkdir(parents=True)
-    lms_tree.generate(d / f"{name}-lms", lms_type, ots_type)
+    lms_tree.generate(d / f"{name}-lms", lms_type, ots_type, store=store)
     return base
 
 
 def copy_key_root(src: Path, dst: Path) -> Path:
-    """Another machine's copy of the same key folder (its own state file and tree cache)."""
+    """Another machine's copy of the same key folder (its own state file and tree cache): it
+    signs through the same (shared) store; with any other store it is refused."""
     shutil.copytree(src, dst)
     return dst
 
