@@ -7,7 +7,7 @@ SRC    := imgtool tasks tests bench dodo.py
 
 .PHONY: setup system-deps lint test run clean
 
-$(STAMP): pyproject.toml setup.py imgtool/_lmsfast.c
+$(STAMP): pyproject.toml setup.py imgtool/keys/_lmsfast.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

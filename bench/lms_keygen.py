@@ -97,7 +97,7 @@ def child(kind: str, height: int, workers: int) -> None:
                 secs = time.perf_counter() - t
             backend = "hsslms"
         else:
-            from imgtool import lms, lms_tree
+            from imgtool.keys import lms, lms_tree
 
             lt = {5: lms.LMS_SHA256_M24_H5, 10: lms.LMS_SHA256_M24_H10}.get(
                 height, lms.LMS_SHA256_M24_H15
@@ -304,7 +304,7 @@ def options() -> None:
     rows.append(
         ("numpy, 1 lane per chain (256 leaves at once)", _per_core(np_run, 3) if np_run else None)
     )
-    from imgtool import lms_tree
+    from imgtool.keys import lms_tree
 
     fast = lms_tree._FAST
     have = fast.impls() if fast is not None else []
@@ -332,8 +332,8 @@ def options() -> None:
 
 # ---------------------------------------------------------------------------- main
 def sign_figures(height: int) -> None:
-    from imgtool import lms, lms_tree
-    from imgtool.lms_signer import LmsSigner
+    from imgtool.keys import lms, lms_tree
+    from imgtool.keys.lms_signer import LmsSigner
 
     lt = {5: lms.LMS_SHA256_M24_H5, 10: lms.LMS_SHA256_M24_H10}.get(height, lms.LMS_SHA256_M24_H15)
     with tempfile.TemporaryDirectory() as d:

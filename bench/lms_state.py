@@ -35,8 +35,9 @@ import httpx  # noqa: E402
 import lmsserve  # noqa: E402
 import pgserver  # noqa: E402
 
-from imgtool import lms, lms_state, lms_tree, store  # noqa: E402
-from imgtool.lms_signer import LmsSigner  # noqa: E402
+from imgtool.keys import lms, lms_state, lms_tree  # noqa: E402
+from imgtool.keys import lms_store as store  # noqa: E402
+from imgtool.keys.lms_signer import LmsSigner  # noqa: E402
 
 TYPES = {5: lms.LMS_SHA256_M24_H5, 10: lms.LMS_SHA256_M24_H10, 15: lms.LMS_SHA256_M24_H15}
 

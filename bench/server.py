@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "tests" / "server"))
 import imx_pki  # noqa: E402
 from srvfixtures import MACHINE, Server, start_server  # noqa: E402
 
-from imgtool import lms, lms_tree  # noqa: E402
+from imgtool.keys import lms, lms_tree  # noqa: E402
 
 
 def load(

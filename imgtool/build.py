@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import manifest, padding
 from .config import MCU_FW_ID, Config, Format, ImageEntry, KeySet, VendorSignature
 from .errors import ConfigError, FormatError, ImgtoolError, OutputError, SigningError
 from .fileio import atomic_write
-from .flash import (
+from .formats import manifest1 as manifest
+from .formats import padding
+from .formats.flash1 import (
     ENTRY_LEN,
     HEADER_LEN,
     ID_CALIPTRA,
@@ -31,10 +32,10 @@ from .flash import (
     FlashItem,
     write_flash_file,
 )
-from .manifest import ImcEntry, Manifest
+from .formats.manifest1 import ImcEntry, Manifest
 
 if TYPE_CHECKING:  # the crypto modules load only when something is signed or checked
-    from . import bundle
+    from .formats import bundle1 as bundle
     from .signing import Signer
 
 log = logging.getLogger("imgtool")
@@ -119,13 +120,13 @@ def key_selection(cfg: Config, warn: bool = False) -> dict[tuple[str, str], Part
 
 # ---------------------------------------------------------------------------- public keys
 def _ecc_pub_hw(path: Path) -> bytes:
-    from . import ecc
+    from .keys import ecc
 
     return ecc.public_to_hw(ecc.load_public(path))
 
 
 def _lms_pub(path: Path) -> bytes:
-    from . import lms
+    from .keys import lms
 
     return bytes(lms.load_public(path).to_bytes())
 
@@ -133,7 +134,7 @@ def _lms_pub(path: Path) -> bytes:
 def _bundle(cfg: Config, strict: bool) -> bundle.Bundle | None:
     """The configured Caliptra firmware bundle, parsed; None when there is none (or, unless
     ``strict``, when it cannot be parsed)."""
-    from . import bundle
+    from .formats import bundle1 as bundle
 
     if cfg.caliptra_file is None:
         return None
@@ -147,7 +148,7 @@ def _bundle(cfg: Config, strict: bool) -> bundle.Bundle | None:
 
 def owner_fw_public(cfg: Config, sel: PartyAlgo) -> object:
     """The owner FW public key a helper's signature must verify with."""
-    from . import ecc, lms
+    from .keys import ecc, lms
 
     if sel.fw_pub is not None:
         return ecc.load_public(sel.fw_pub) if sel.algo == "ecc" else lms.load_public(sel.fw_pub)
@@ -269,7 +270,7 @@ def _owner_slot(sel: PartyAlgo, slot: str, tbs: str, role: str) -> SlotPlan:
 def lms_budget(slots: Iterable[SlotPlan]) -> None:
     """Refuse, before the first leaf is spent, LMS keys that have fewer one-time signatures left
     than these slots need (sparse demo keys are not counted: they reuse one leaf)."""
-    from .lms_signer import LmsSigner
+    from .keys.lms_signer import LmsSigner
 
     by_key: dict[str, list[SlotPlan]] = {}
     for sp in slots:
@@ -344,7 +345,7 @@ def tbs_bytes(m: Manifest, kind: str) -> bytes:
 
 
 def make_signer(cfg: Config, sp: SlotPlan) -> Signer:
-    from . import ecc, lms
+    from .keys import ecc, lms
     from .signing import HelperSigner, LocalEccSigner, LocalLmsSigner
 
     if sp.kind == "helper":
@@ -366,10 +367,11 @@ def make_signer(cfg: Config, sp: SlotPlan) -> Signer:
 
 def prebuilt_signature(cfg: Config, sp: SlotPlan) -> bytes:
     """Read ASPEED's prebuilt vendor signature, in manifest form. Whether it verifies with the
-    vendor key that caliptra_file selects is checked before the build (:mod:`imgtool.key_match`:
+    vendor key that caliptra_file selects is checked before the build
+    (:mod:`imgtool.keys.key_match`:
     an error, or a warning with --allow-key-mismatch); without a bundle, an ECC signature that
     does not verify with the configured vendor FW key is a warning here."""
-    from . import ecc, lms
+    from .keys import ecc, lms
 
     assert sp.prebuilt is not None
     path = sp.prebuilt

@@ -38,7 +38,7 @@ class Format(StrEnum):
     CALIPTRA1 = "caliptra-1"
 
 
-# file length of each manifest layout (imgtool.manifest.file_length; checked by a test)
+# file length of each manifest layout (imgtool.formats.manifest1.file_length; checked by a test)
 MANIFEST_LEN = {Format.ASPEED: 16004, Format.CALIPTRA1: 14284}
 
 
@@ -521,7 +521,7 @@ def load_config(
         _check_sizes(cfg, warn)
         _check_bundle(cfg)
         if cfg.padding_out_folder is not None:
-            from .padding import plan_copies
+            from .formats.padding import plan_copies
 
             plan_copies(
                 cfg.input_files(),
@@ -680,7 +680,7 @@ def _padded4(n: int) -> int:
 def _check_sizes(cfg: Config, warn: Any) -> None:
     """Refuse, before anything is hashed, inputs that cannot fit a FLSH image (32-bit sizes and
     offsets) or the A1 out-bundle slots; warn about images the iRoT app hashes unpadded."""
-    from .padding import padded_len
+    from .formats.padding import padded_len
 
     sizes: dict[str, int] = {}
     for fld, p in cfg.input_files():
@@ -755,7 +755,7 @@ def _check_bundle(cfg: Config) -> None:
     """caliptra_file must be a Caliptra 1.x firmware bundle (a 0-byte or random file is not)."""
     if cfg.caliptra_file is None:
         return
-    from . import bundle
+    from .formats import bundle1 as bundle
 
     fld = "image_runtime_list.caliptra_file"
     size = cfg.caliptra_file.stat().st_size

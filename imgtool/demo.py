@@ -20,8 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import bundle, ecc, lms
-from .lms_signer import LmsSigner
+from .formats import bundle1 as bundle
+from .keys import ecc, lms
+from .keys.lms_signer import LmsSigner
 
 DEMO = "demo"
 # sizes like the reference AST2700 prebuilt binaries (bytes)
@@ -138,7 +139,7 @@ def _doit(cfg: str, *args: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import main as cli_main
+    from .cli.main import main as cli_main
 
     p = argparse.ArgumentParser(prog="python -m imgtool.demo", description=__doc__)
     p.add_argument("--root", type=Path, default=Path("."), help="project root (default .)")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle
 from .errors import ConfigError
+from .formats.bundle1 import Bundle
 
 HASH_LEN = 48
 _HEX96 = re.compile(r"[0-9a-fA-F]{96}")

@@ -8,12 +8,15 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from . import bundle as bundle_mod
-from . import flash, fuses, lms, manifest
+from . import fuses
 from .config import SVN_MAX, SVN_SHIFT, Config, Format, VendorSignature
 from .errors import FormatError
-from .key_match import fingerprint
-from .manifest import Manifest
+from .formats import bundle1 as bundle_mod
+from .formats import flash1 as flash
+from .formats import manifest1 as manifest
+from .formats.manifest1 import Manifest
+from .keys import lms
+from .keys.key_match import fingerprint
 from .verify import KIND_A1, KIND_BUNDLE, KIND_FLASH, KIND_MAN_1X, KIND_MAN_ASPEED, detect
 
 SCHEMA = 1

@@ -30,16 +30,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import key_match
-from .config import (
-    _PRJ_RE,
-    KEY_FIELDS,
-    Config,
-    VendorSignature,
-    choose_vendor_sig_dir,
-    load_config,
-)
+from .config import _PRJ_RE, KEY_FIELDS, Config, VendorSignature, choose_vendor_sig_dir, load_config
 from .errors import ConfigError, OutputError
+from .keys import key_match
 
 OWNER_SECTIONS = ("owner_fw_key_config", "owner_man_key_config")
 VENDOR_SECTIONS = ("vendor_fw_key_config", "vendor_man_key_config")
@@ -376,7 +369,7 @@ def create(
         for a in ("ecc", "lms")
     ]
     if lms_on:
-        from .cli_keys import lms_types
+        from .cli.keys import lms_types
 
         lms_types(lms_height, 4, force)
     prebuilt_vendor = not vendor_keys and ref.cfg.vendor_signature is VendorSignature.PREBUILT
@@ -529,7 +522,8 @@ def _abs_keys(ref: Reference, ks: Any) -> Any:
 
 
 def _lab_vendor_sign(cfg: Config, data: bytes, source: str) -> bytes:
-    from . import ecc, lms, owner_sign
+    from . import owner_sign
+    from .keys import ecc, lms
     from .signing import LocalEccSigner, LocalLmsSigner
 
     v = cfg.vendor_fw

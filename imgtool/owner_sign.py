@@ -6,7 +6,7 @@ signatures cover the whole header. So an owner replaces the owner ECC and LMS pu
 ``owner_data`` (not_before, not_after, epoch) and signs the header with its owner FW keys, and
 the vendor signatures stay valid.
 
-What is refused: anything :func:`imgtool.bundle.parse_bundle` refuses, and a bundle whose
+What is refused: anything :func:`imgtool.formats.bundle1.parse_bundle` refuses, and a bundle whose
 vendor part would not boot as it is (checked by :mod:`imgtool.verify` against the bundle's own
 vendor key block, with the LMS verify fuse on: the structure, the digests, both vendor
 signatures; only the old owner signatures may fail). After signing, the vendor part must be
@@ -25,11 +25,11 @@ import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import bundle as bundle_mod
-from . import ecc, lms
 from .config import MAX_BUNDLE_LEN, Config
 from .errors import ConfigError, FormatError, KeyFileError, OutputError, SigningError
-from .key_match import fingerprint
+from .formats import bundle1 as bundle_mod
+from .keys import ecc, lms
+from .keys.key_match import fingerprint
 from .signing import HelperSigner, LocalEccSigner, LocalLmsSigner, Signer
 from .verify import Anchors, Report, verify_bytes
 

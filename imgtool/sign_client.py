@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from . import ecc, lms
 from .errors import ServerError
+from .keys import ecc, lms
 
 DIGEST_LEN = 48
 

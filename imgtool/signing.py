@@ -21,9 +21,10 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import ecc, lms, store
 from .errors import LmsStateError, SigningError
-from .lms_signer import LmsSigner
+from .keys import ecc, lms
+from .keys import lms_store as store
+from .keys.lms_signer import LmsSigner
 
 log = logging.getLogger("imgtool")
 DIGEST_LEN = 48

@@ -39,7 +39,7 @@ def _isolated_lms_state(
     monkeypatch.setenv("XDG_STATE_HOME", str(d))
     monkeypatch.setenv("CPTRA_IMGTOOL_STATE", str(d / "lms-state.sqlite3"))
     yield d
-    from imgtool import store
+    from imgtool.keys import lms_store as store
 
     store.close_all()  # this test's store connections
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from independent import ecc_verify, lms_verify
 
-from imgtool import bundle, fuses
+from imgtool import fuses
 from imgtool.errors import FormatError
+from imgtool.formats import bundle1 as bundle
 from imgtool.verify import Anchors, verify_bytes
 
 

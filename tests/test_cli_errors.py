@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from projects import Project, make_project
 
-from imgtool.cli import main
+from imgtool.cli.main import main
 
 PREVIOUS = b"previous good image"
 
@@ -74,7 +74,7 @@ _EDITS: dict[str, Callable[[Project], None]] = {
 
 
 WRONG_KEY_SIGNER = (
-    "from imgtool import ecc\n"
+    "from imgtool.keys import ecc\n"
     "d = bytes.fromhex(sys.stdin.readline().strip())\n"
     "k = ecc.load_private(sys.argv[0].replace('helper.py', 'keys/own-fw-ecc-prvk.pem'))\n"
     "print(ecc.sign_digest_der(k, d).hex())"
@@ -339,7 +339,7 @@ def test_huge_image_is_refused_before_anything_is_hashed(
 ) -> None:
     """A 5 GiB (sparse) image cannot fit the FLSH 32-bit size fields: refused by the config
     check, before a byte of it is read (create-auth-man included)."""
-    import imgtool.padding
+    import imgtool.formats.padding
 
     prj = make_project(tmp_path)
     big = prj.prebuilt / "img2.bin"
@@ -349,7 +349,7 @@ def test_huge_image_is_refused_before_anything_is_hashed(
     def no_hashing(*a: object, **k: object) -> bytes:
         raise AssertionError("an image was hashed")
 
-    monkeypatch.setattr(imgtool.padding, "image_digest", no_hashing)
+    monkeypatch.setattr(imgtool.formats.padding, "image_digest", no_hashing)
     for extra in ([], ["--flash", str(prj.flash)]):
         cmd = "create-auth-flash" if extra else "create-auth-man"
         rc = main([cmd, *prj.args("--man", str(prj.man), *extra)])
@@ -435,7 +435,7 @@ def test_not_enough_lms_leaves_is_refused_before_the_first_is_spent(
     left, create-auth-man refuses before any key signs (no leaf of any key is spent)."""
     import hashlib
 
-    from imgtool.lms_signer import LmsSigner
+    from imgtool.keys.lms_signer import LmsSigner
 
     prj = make_project(tmp_path, lms=True, lms_kind="h5")
     key = prj.keys / "own-fw-lms-prvk.pem"
@@ -458,7 +458,7 @@ def test_not_enough_lms_leaves_is_refused_before_the_first_is_spent(
 
 # ---------------------------------------------------------------------------- key mismatches
 def _fp(stored: bytes, algo: str) -> str:
-    """The fingerprint as documented (imgtool/key_match.py), computed here independently."""
+    """The fingerprint as documented (imgtool/keys/key_match.py), computed here independently."""
     import hashlib
 
     return f"{algo}:{hashlib.sha256(stored).hexdigest()[:16]}"
@@ -483,8 +483,8 @@ def _prebuilt_sigs(p: Project, lms_by: str = "vnd-fw") -> Path:
     from independent import PREBUILT_TBS
     from projects import lms_keys
 
-    from imgtool import ecc
-    from imgtool.lms_signer import LmsSigner
+    from imgtool.keys import ecc
+    from imgtool.keys.lms_signer import LmsSigner
 
     d = p.root / "vnd_sig"
     d.mkdir()

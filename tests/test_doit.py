@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from projects import Project, make_project
 
-from imgtool.cli import main
+from imgtool.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 SLOTS_ENDORSE = {"sign:vnd_pub_sig_ecc", "sign:own_pub_sig_ecc", "sign:own_svn_sig_ecc"}
@@ -117,7 +117,7 @@ def test_security_version_change(prj: Project) -> None:
 def _helper_cmd(prj: Project) -> str:
     helper = prj.root / "helper.py"
     helper.write_text(
-        "import sys\nfrom imgtool import ecc\n"
+        "import sys\nfrom imgtool.keys import ecc\n"
         f"k = ecc.load_private({str(prj.keys / 'own-man-ecc-prvk.pem')!r})\n"
         "d = bytes.fromhex(sys.stdin.readline().strip())\n"
         "print(ecc.sign_digest_der(k, d).hex())\n"
@@ -178,7 +178,7 @@ def test_config_value_change(
 
 
 def test_key_file_change(prj: Project) -> None:
-    from imgtool import ecc
+    from imgtool.keys import ecc
 
     doit(prj, "flash")
     for suffix in ("prvk", "pubk"):
@@ -210,7 +210,7 @@ def test_key_dir_change_same_keys(prj: Project) -> None:
 def test_lms_leaves_spent_only_by_rerun_signatures(tmp_path: Path) -> None:
     """Full-tree LMS keys: an image change re-signs only the IMC (manifest keys); the FW keys
     (endorsements, SVN) spend no leaf."""
-    from imgtool import lms, lms_state
+    from imgtool.keys import lms, lms_state
 
     prj = make_project(tmp_path, lms=True, flags=1, lms_kind="h5")
 
@@ -374,7 +374,7 @@ def test_fingerprint_cache_sees_restored_mtime(
     """The checker's cache is keyed by the full stat (ctime included): rewriting a file and
     restoring its mtime does not return the old digest."""
     from imgtool.doit_tasks import checker
-    from imgtool.manifest import image_digest_file
+    from imgtool.formats.manifest1 import image_digest_file
 
     checker.configure(tmp_path / "fp.json")
     f = tmp_path / "a.bin"
@@ -402,16 +402,16 @@ def test_flash_skips_rehash_of_known_images_but_not_changes(
     """Images whose settled fingerprint equals the manifest digest are not hashed again by the
     flash writer; an image that changes while the flash image is written still fails the
     task and leaves the previous flash image in place."""
-    import imgtool.flash
+    import imgtool.formats.flash1
     from imgtool.doit_tasks import checker
 
     monkeypatch.chdir(prj.root)
     monkeypatch.setattr(checker, "RACY_NS", 0)  # the fresh test images count as settled
-    real = imgtool.flash.write_flash_file
-    seen: list[list[imgtool.flash.FlashItem]] = []
+    real = imgtool.formats.flash1.write_flash_file
+    seen: list[list[imgtool.formats.flash1.FlashItem]] = []
     tamper: list[Path] = []
 
-    def spy(path: Path, items: list[imgtool.flash.FlashItem], **kw: Any) -> int:
+    def spy(path: Path, items: list[imgtool.formats.flash1.FlashItem], **kw: Any) -> int:
         seen.append(items)
         check = kw.get("before_commit")
 
@@ -423,9 +423,9 @@ def test_flash_skips_rehash_of_known_images_but_not_changes(
 
         return real(path, items, **{**kw, "before_commit": tamper_then_check})
 
-    monkeypatch.setattr(imgtool.flash, "write_flash_file", spy)
+    monkeypatch.setattr(imgtool.formats.flash1, "write_flash_file", spy)
     assert main(["build", *prj.args("flash")]) == 0
-    soc = [it for it in seen[-1] if it.identifier >= imgtool.flash.SOC_ID_BASE]
+    soc = [it for it in seen[-1] if it.identifier >= imgtool.formats.flash1.SOC_ID_BASE]
     assert len(soc) == 5 and all(it.trusted() for it in soc)  # copied, not read again
     _, flash = _outputs(prj)
     before = flash.read_bytes()
@@ -600,7 +600,7 @@ def test_lms_leaves_checked_before_the_first_is_spent(
     refuses before signing anything with it."""
     import hashlib
 
-    from imgtool.lms_signer import LmsSigner
+    from imgtool.keys.lms_signer import LmsSigner
 
     prj = make_project(tmp_path, lms=True, lms_kind="h5")
     key = prj.keys / "own-fw-lms-prvk.pem"

@@ -18,8 +18,8 @@ import pytest
 from independent import check_flash, imc_entries, padded_sha384
 from projects import Project, make_project
 
-import imgtool.flash
-from imgtool.cli import main
+import imgtool.formats.flash1
+from imgtool.cli.main import main
 from imgtool.doit_tasks import checker
 
 
@@ -45,7 +45,7 @@ class Reads:
     def __init__(self, log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.log = log
         real_hash = checker.hash_file
-        real_copy = imgtool.flash._copy_file
+        real_copy = imgtool.formats.flash1._copy_file
 
         def hash_file(path: Any) -> tuple[bytes, int]:
             self._add("hash", path)
@@ -56,7 +56,7 @@ class Reads:
             return real_copy(path, out, crc, h)
 
         monkeypatch.setattr(checker, "hash_file", hash_file)
-        monkeypatch.setattr(imgtool.flash, "_copy_file", copy_file)
+        monkeypatch.setattr(imgtool.formats.flash1, "_copy_file", copy_file)
 
     def _add(self, what: str, path: Any) -> None:
         line = json.dumps([what, os.path.realpath(path), os.getpid()]) + "\n"
@@ -92,8 +92,8 @@ def assert_manifest_matches_flash(p: Project) -> None:
     man = by_id[2]
     digests = {fw_id: d for fw_id, _, d in imc_entries(man)}
     for ident, blob in by_id.items():
-        if ident >= imgtool.flash.SOC_ID_BASE:
-            assert padded_sha384(blob) == digests[ident - imgtool.flash.SOC_ID_BASE + 2]
+        if ident >= imgtool.formats.flash1.SOC_ID_BASE:
+            assert padded_sha384(blob) == digests[ident - imgtool.formats.flash1.SOC_ID_BASE + 2]
     assert padded_sha384(by_id[3]) == digests[1]
 
 
@@ -253,7 +253,7 @@ def test_journal_lines_of_other_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_fingerprint_is_one_read_of_digest_and_crc(tmp_path: Path) -> None:
     import zlib
 
-    from imgtool.manifest import image_digest_file
+    from imgtool.formats.manifest1 import image_digest_file
 
     for n in (0, 1, 5, (1 << 20) - 1, 1 << 20, (5 << 20) + 3):
         f = tmp_path / f"{n}.bin"

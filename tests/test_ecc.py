@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from imgtool import ecc
 from imgtool.errors import KeyFileError
+from imgtool.keys import ecc
 
 
 def _write(path: Path, key: ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat) -> Path:
@@ -100,7 +100,7 @@ def test_generate_keypair_modes_and_no_overwrite(tmp_path: Path) -> None:
 def test_prebuilt_vendor_signature_verifies(ref: Path) -> None:
     der = (ref / "vnd_sig" / "vnd_ecc_sig.der").read_bytes()
     pub = ecc.load_public(ref / "key" / "ast2700-default" / "vnd-fw-ecc-pubk.pem")
-    from imgtool.manifest import PREBUILT_VENDOR_TBS_DIGEST
+    from imgtool.formats.manifest1 import PREBUILT_VENDOR_TBS_DIGEST
 
     assert ecc.verify_digest(pub, PREBUILT_VENDOR_TBS_DIGEST, der)
     assert ecc.hw_to_der(ecc.der_to_hw(der)) == der

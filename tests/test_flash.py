@@ -11,10 +11,10 @@ import pytest
 from independent import check_flash, padded_sha384
 from projects import make_project, payload
 
-from imgtool import flash
-from imgtool.cli import main
+from imgtool.cli.main import main
 from imgtool.errors import ImgtoolError
-from imgtool.flash import FlashItem
+from imgtool.formats import flash1 as flash
+from imgtool.formats.flash1 import FlashItem
 
 
 def test_crc_check_value() -> None:
@@ -159,7 +159,7 @@ def test_stale_manifest_for_the_mcu_runtime(tmp_path: Path, capsys) -> None:  # 
 def test_image_changed_while_writing(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """An image rewritten during the copy (here: right after its first chunk is read) is told
     apart from a stale manifest."""
-    from imgtool import flash as flash_mod
+    from imgtool.formats import flash1 as flash_mod
 
     prj = make_project(tmp_path)
     real = flash_mod._copy_file

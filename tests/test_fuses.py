@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imgtool import fuses
-from imgtool.cli import main
+from imgtool.cli.main import main
 from imgtool.errors import ConfigError
 
 # spec/flash.md: preamble at 8: 4 x 96 vendor ECC keys, 32 x 48 vendor LMS keys, 2 indexes,

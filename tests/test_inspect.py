@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from projects import make_project
 
-from imgtool.cli import main
+from imgtool.cli.main import main
 
 
 def _json(capsys: pytest.CaptureFixture[str], path: Path) -> dict:  # type: ignore[type-arg]

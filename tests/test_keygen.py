@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from imgtool import cli_keys, lms, lms_tree
-from imgtool.cli import main
+from imgtool.cli import keys as cli_keys
+from imgtool.cli.main import main
 from imgtool.config import load_config
-from imgtool.lms_signer import LmsSigner
+from imgtool.keys import lms, lms_tree
+from imgtool.keys.lms_signer import LmsSigner
 
 
 def test_keygen_ecc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -249,7 +250,7 @@ def test_new_project_reference_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_adopt_a_full_tree_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from imgtool import lms_state, lms_tree
+    from imgtool.keys import lms_state, lms_tree
 
     priv, _ = lms_tree.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4)
     lms_state.state_path(priv).unlink()

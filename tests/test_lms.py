@@ -17,9 +17,10 @@ import pytest
 from hsslms import LMOTS_ALGORITHM_TYPE, LMS_ALGORITHM_TYPE, LMS_Priv, LMS_Pub
 from hsslms.utils import INVALID
 
-from imgtool import lms, lms_signer, lms_state, lms_tree, store
 from imgtool.errors import FormatError, ImgtoolError, KeyFileError, LmsStateError
-from imgtool.lms_signer import LmsSigner
+from imgtool.keys import lms, lms_signer, lms_state, lms_tree
+from imgtool.keys import lms_store as store
+from imgtool.keys.lms_signer import LmsSigner
 
 N = 24
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +35,7 @@ def need(backend: str) -> None:
     if backend in lms_tree.backends():
         return
     if lms_tree._FAST is None:
-        pytest.skip(f"LMS backend {backend}: imgtool._lmsfast was not built (no C compiler?)")
+        pytest.skip(f"LMS backend {backend}: imgtool.keys._lmsfast was not built (no C compiler?)")
     pytest.skip(f"LMS backend {backend}: this CPU cannot run it (no SHA extensions or AVX2)")
 
 
@@ -230,11 +231,11 @@ def test_unknown_backend_is_a_typed_error() -> None:
 
 
 def test_compiled_part_is_built_where_a_compiler_exists() -> None:
-    """`pip install -e .` builds imgtool/_lmsfast.c when gcc and Python.h are there; a silent
+    """`pip install -e .` builds imgtool/keys/_lmsfast.c when gcc and Python.h are there; a silent
     build failure would otherwise leave every key generation 30x slower."""
     if not HAVE_CC:
         pytest.skip("no gcc or Python headers: the pure-Python fallback is expected here")
-    assert lms_tree._FAST is not None, "imgtool._lmsfast missing: run `pip install -e .` again"
+    assert lms_tree._FAST is not None, "imgtool.keys._lmsfast missing: run `pip install -e .` again"
     assert "c" in lms_tree.backends()
 
 
@@ -282,12 +283,12 @@ def test_compiled_part_refuses_hostile_arguments() -> None:
 
 
 def test_fallback_when_the_compiled_part_cannot_be_imported(tmp_path: Path) -> None:
-    """A fresh interpreter in which `import imgtool._lmsfast` fails (as when it was never
+    """A fresh interpreter in which `import imgtool.keys._lmsfast` fails (as when it was never
     built) computes keys in pure Python, with the same roots."""
     code = (
         "import sys, os\n"
-        "sys.modules['imgtool._lmsfast'] = None  # import now raises ImportError\n"
-        "from imgtool import lms, lms_tree\n"
+        "sys.modules['imgtool.keys._lmsfast'] = None  # import now raises ImportError\n"
+        "from imgtool.keys import lms, lms_tree\n"
         "assert lms_tree._FAST is None and lms_tree.backends() == ['python'], lms_tree.backends()\n"
         f"priv, pub = lms_tree.generate({str(tmp_path / 'k')!r}, lms.LMS_SHA256_M24_H5, 7)\n"
         "sys.stdout.write(priv.read_bytes().hex() + ' ' + pub.read_bytes().hex())\n"
@@ -305,11 +306,13 @@ def test_fallback_when_the_compiled_part_cannot_be_imported(tmp_path: Path) -> N
 )
 def test_setup_py_builds_the_extension_and_survives_a_failed_build(tmp_path: Path) -> None:
     """setup.py's extension is optional: with a compiler that fails the build exits 0 and
-    leaves no module (imgtool.lms_tree then uses pure Python); with gcc the module it builds
+    leaves no module (imgtool.keys.lms_tree then uses pure Python); with gcc the module it builds
     computes the same leaves as pure Python. (Run on a copy, never in the checkout.)"""
-    (tmp_path / "imgtool").mkdir()
+    (tmp_path / "imgtool" / "keys").mkdir(parents=True)
     shutil.copy(REPO / "setup.py", tmp_path / "setup.py")
-    shutil.copy(REPO / "imgtool" / "_lmsfast.c", tmp_path / "imgtool" / "_lmsfast.c")
+    shutil.copy(
+        REPO / "imgtool" / "keys" / "_lmsfast.c", tmp_path / "imgtool" / "keys" / "_lmsfast.c"
+    )
 
     def build(cc: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "setup.py", "build_ext", "--build-lib", "lib", "-t", "tmp"]
@@ -318,7 +321,7 @@ def test_setup_py_builds_the_extension_and_survives_a_failed_build(tmp_path: Pat
 
     r = build("false")
     assert r.returncode == 0, r.stderr
-    assert 'building extension "imgtool._lmsfast" failed' in r.stdout + r.stderr
+    assert 'building extension "imgtool.keys._lmsfast" failed' in r.stdout + r.stderr
     assert not list(tmp_path.rglob("*.so"))
     r = build("gcc")
     assert r.returncode == 0, r.stderr

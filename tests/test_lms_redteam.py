@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import lms, lms_scan, lms_signer, lms_state, lms_tree, store
-from imgtool.cli import main
+from imgtool.cli.main import main
 from imgtool.errors import KeyFileError, LmsStateError, SigningError
-from imgtool.lms_signer import LmsSigner
+from imgtool.keys import lms, lms_scan, lms_signer, lms_state, lms_tree
+from imgtool.keys import lms_store as store
+from imgtool.keys.lms_signer import LmsSigner
 
 REPO = Path(__file__).resolve().parent.parent
 H5, W4 = lms.LMS_SHA256_M24_H5, lms.LMOTS_SHA256_N24_W4
@@ -335,7 +336,7 @@ def test_init_says_what_it_risks(
 HELPER = """
 import os, sys
 from pathlib import Path
-from imgtool import lms, lms_tree
+from imgtool.keys import lms, lms_tree
 priv = Path(os.environ["BROKEN_HELPER_KEY"])
 key, pub = lms_tree.load_pair(priv)
 nodes = lms_tree.compute_tree(key, workers=1)

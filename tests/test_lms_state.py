@@ -19,17 +19,19 @@ from pathlib import Path
 import pytest
 from hsslms import INVALID, LMS_Pub
 
-from imgtool import lms, lms_state, lms_tree, manifest, store
-from imgtool.cli import main
+from imgtool.cli.main import main
 from imgtool.errors import LmsStateError
-from imgtool.lms_signer import LmsSigner
+from imgtool.formats import manifest1 as manifest
+from imgtool.keys import lms, lms_state, lms_tree
+from imgtool.keys import lms_store as store
+from imgtool.keys.lms_signer import LmsSigner
 
 REPO = Path(__file__).resolve().parent.parent
 SIGNER = """
 import sys, hashlib, time
 from pathlib import Path
-from imgtool import lms
-from imgtool.lms_signer import LmsSigner
+from imgtool.keys import lms
+from imgtool.keys.lms_signer import LmsSigner
 priv, out, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 pace = float(sys.argv[4])
 signer = LmsSigner.load(priv)
@@ -235,7 +237,7 @@ def test_copied_key_folder_parallel_builds(tmp_path: Path) -> None:
     shutil.copytree(p1.keys, tmp_path / "p2" / "keys")
     p2 = make_project(tmp_path / "p2", lms=True, flags=1, sample_bundle=True, lms_kind="h5")
     script = (
-        "import sys\nfrom pathlib import Path\nfrom imgtool.cli import main\n"
+        "import sys\nfrom pathlib import Path\nfrom imgtool.cli.main import main\n"
         "args, pre, out = sys.argv[1:-2], Path(sys.argv[-2]), Path(sys.argv[-1])\n"
         "for i in range(4):\n"
         "    (pre / 'img0.bin').write_bytes(f'{out}:{i}'.encode())\n"
@@ -383,7 +385,7 @@ def test_deleted_state_refused_until_init_with_scan(
 def test_scan_finds_leaves_in_flash_and_bundles(tmp_path: Path) -> None:
     from projects import make_project
 
-    from imgtool import lms_scan
+    from imgtool.keys import lms_scan
 
     p = make_project(tmp_path / "p", lms=True, sample_bundle=True, lms_kind="h5")
     assert main(["create-auth-flash", *p.args(), "--man", str(p.man), "--flash", str(p.flash)]) == 0
@@ -673,7 +675,7 @@ def test_math_and_state_do_not_import_each_other() -> None:
     import ast
 
     def imports(mod: str) -> set[str]:
-        tree = ast.parse((REPO / "imgtool" / f"{mod}.py").read_text())
+        tree = ast.parse((REPO / "imgtool" / "keys" / f"{mod}.py").read_text())
         out = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
@@ -682,6 +684,6 @@ def test_math_and_state_do_not_import_each_other() -> None:
                 out |= {a.name.removeprefix("imgtool.") for a in node.names}
         return out
 
-    assert not imports("lms") & {"store", "lms_state", "lms_tree", "lms_signer"}
-    assert not imports("store") & {"lms", "lms_state", "lms_tree", "lms_signer"}
+    assert not imports("lms") & {"lms_store", "lms_state", "lms_tree", "lms_signer"}
+    assert not imports("lms_store") & {"lms", "lms_state", "lms_tree", "lms_signer"}
     assert not imports("lms_state") & {"lms", "lms_tree", "lms_signer"}

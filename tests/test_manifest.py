@@ -10,10 +10,10 @@ import pytest
 from independent import ecc_pub_hw, ecc_verify, get, imc_entries, padded_sha384, u32
 from projects import make_project, payload
 
-from imgtool import manifest
-from imgtool.cli import main
+from imgtool.cli.main import main
 from imgtool.config import Format
-from imgtool.manifest import Manifest
+from imgtool.formats import manifest1 as manifest
+from imgtool.formats.manifest1 import Manifest
 
 
 def test_prebuilt_vendor_tbs_digest_golden() -> None:

@@ -14,11 +14,12 @@ import craft
 import pytest
 from projects import Project, make_project
 
-from imgtool import bundle, fuses
-from imgtool.cli import main
+from imgtool import fuses
+from imgtool.cli.main import main
 from imgtool.config import Format
 from imgtool.demo import sample_bundle
-from imgtool.manifest import offsets
+from imgtool.formats import bundle1 as bundle
+from imgtool.formats.manifest1 import offsets
 from imgtool.verify import Anchors, verify_bytes
 
 # Caliptra 1.x verifies only H15/W4 LMS: sparse H15 test keys (fast; leaf 5 only, test use)

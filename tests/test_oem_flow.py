@@ -14,7 +14,7 @@ import pytest
 from independent import ecc_pub_hw, ecc_verify, get, lms_verify
 from oem import Tree, owner_sigs_ok, parse, sha384, vendor_sigs_ok, vendor_tree
 
-from imgtool.cli import main
+from imgtool.cli.main import main
 
 
 def _copy_reference(ref: Path, root: Path) -> Path:

@@ -29,9 +29,9 @@ from oem import (
 )
 from projects import ecc_keys, lms_keys
 
-from imgtool import lms, lms_tree
-from imgtool.cli import main
-from imgtool.lms_signer import LmsSigner
+from imgtool.cli.main import main
+from imgtool.keys import lms, lms_tree
+from imgtool.keys.lms_signer import LmsSigner
 
 PY = sys.executable
 

@@ -24,7 +24,7 @@ from independent import (
 )
 from refstyle import ALL_KEYS, OWNER_ECC_KEYS, Image, RefProject, default_images, write
 
-from imgtool.cli import main
+from imgtool.cli.main import main
 
 EMPTY = hashlib.sha384(b"").digest()
 
@@ -207,8 +207,8 @@ def test_prebuilt_vendor_signatures_from_src_vnd_sig(
     """The reference repository keeps vnd_ecc_sig.der / vnd_lms_sig.der in src/vnd_sig/: found
     there when vnd_sig/ has none, and the chosen folder is named by --debug and inspect --cfg.
     (The signatures here are made with this project's vendor FW keys over the prebuilt TBS.)"""
-    from imgtool import ecc
-    from imgtool.lms_signer import LmsSigner
+    from imgtool.keys import ecc
+    from imgtool.keys.lms_signer import LmsSigner
 
     p = write(tmp_path, default_images(), keys=ALL_KEYS, lms=True)
     digest = hashlib.sha384(PREBUILT_TBS).digest()

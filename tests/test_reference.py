@@ -22,7 +22,7 @@ from independent import (
     u32,
 )
 
-from imgtool.cli import main
+from imgtool.cli.main import main
 
 CONFIGS = [
     "ast2700-default-manifest",
@@ -71,7 +71,7 @@ def test_reference_config_round_trip(
     args = ["create-auth-flash", "--cfg", str(cfg)]
     if "helper" in name:
         # these name the A1 bundle, whose selected vendor LMS key did not make ASPEED's prebuilt
-        # vendor LMS signature: refused unless allowed (imgtool/key_match.py)
+        # vendor LMS signature: refused unless allowed (imgtool/keys/key_match.py)
         assert main(args) == 2
         args.append("--allow-key-mismatch")
     assert main(args) == 0

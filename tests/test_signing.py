@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from projects import Project, make_project
 
-from imgtool import ecc
-from imgtool.cli import main
+from imgtool.cli.main import main
 from imgtool.errors import SigningError
+from imgtool.keys import ecc
 from imgtool.signing import HelperSigner
 
 HELPER = Path(__file__).parent / "helpers" / "demo_sign_helper.py"
@@ -74,7 +74,7 @@ def _signer(tmp_path: Path, body: str, algo: str = "ecc", by_file: bool = False)
     key = tmp_path / "k-pubk.pem"
     if not key.exists():
         ecc.generate_keypair(tmp_path / "k")
-    from imgtool import lms
+    from imgtool.keys import lms
 
     pub: object = ecc.load_public(key)
     if algo == "lms":
@@ -100,7 +100,7 @@ def test_by_file_protocol_details(tmp_path: Path) -> None:
     log = tmp_path / "seen.txt"
     body = (
         "from pathlib import Path\n"
-        "from imgtool import ecc\n"
+        "from imgtool.keys import ecc\n"
         f"k = ecc.load_private({str(tmp_path / 'k-prvk.pem')!r})\n"
         "assert sys.argv[-2] == '--input'\n"
         "p = Path(sys.argv[-1])\n"

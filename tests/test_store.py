@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import store
-from imgtool.cli import main
+from imgtool.cli.main import main
 from imgtool.errors import LmsStateError
+from imgtool.keys import lms_store as store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 from storecases import IDENT, OTHER, run_store_contract  # noqa: E402
@@ -93,7 +93,7 @@ def test_postgres_errors_never_show_the_password(
         store.open_store(url)
     msg = str(ei.value)
     assert "s3cr3t" not in msg and "cannot connect" in msg and "\n" not in msg
-    from imgtool import lms, lms_tree
+    from imgtool.keys import lms, lms_tree
 
     priv, _ = lms_tree.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 7)
     capsys.readouterr()
@@ -112,7 +112,7 @@ def test_postgres_errors_never_show_the_password(
 def test_garbage_store_file_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expect: str
 ) -> None:
-    from imgtool import lms, lms_tree
+    from imgtool.keys import lms, lms_tree
 
     bad = tmp_path / "bad.sqlite3"
     bad.write_bytes(content)
@@ -230,7 +230,11 @@ def test_tests_never_see_the_real_store(tmp_path: Path) -> None:
 
     real = Path.home() / ".local" / "state" / "cptra-imgtool" / store.DB_NAME
     out = subprocess.run(
-        [sys.executable, "-c", "from imgtool import store; print(store.resolve_location())"],
+        [
+            sys.executable,
+            "-c",
+            "from imgtool.keys import lms_store as store; print(store.resolve_location())",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -270,7 +274,7 @@ def test_store_location_must_be_absolute_or_a_url(
     """F2/F1: a mistyped PostgreSQL URL or a relative path is refused, never taken for a new
     SQLite store in the current directory (splitting a fleet, and writing the password into
     file names); the message names where the value came from and never shows a secret."""
-    from imgtool import lms, lms_tree
+    from imgtool.keys import lms, lms_tree
 
     priv, _ = lms_tree.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 7)
     run = tmp_path / "run"
@@ -288,7 +292,7 @@ def test_store_location_must_be_absolute_or_a_url(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and SECRET not in err and expect in err, err
     with pytest.raises(LmsStateError, match=re.escape(expect)):
-        from imgtool.lms_signer import LmsSigner
+        from imgtool.keys.lms_signer import LmsSigner
 
         LmsSigner.load(priv).sign_digest(bytes(48))
     assert list(run.iterdir()) == []  # nothing created where the command ran
@@ -369,7 +373,7 @@ def test_tampered_schema_version_names_it(
             c.execute("UPDATE cptra_meta SET v = ? WHERE k = 'schema_version'", (version,))
     with pytest.raises(LmsStateError, match=f"schema_version says {version}, but the tables"):
         store.open_store(str(db))
-    from imgtool import lms, lms_tree
+    from imgtool.keys import lms, lms_tree
 
     priv, _ = lms_tree.generate(tmp_path / "k", lms.LMS_SHA256_M24_H5, 7)
     capsys.readouterr()

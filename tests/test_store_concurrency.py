@@ -16,8 +16,9 @@ import httpx
 import pytest
 from hsslms import LMS_Pub
 
-from imgtool import lms, lms_state, store
-from imgtool.lms_signer import LmsSigner
+from imgtool.keys import lms, lms_state
+from imgtool.keys import lms_store as store
+from imgtool.keys.lms_signer import LmsSigner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 from lmsserve import MACHINE, Serve, key_root, sign_lms  # noqa: E402
@@ -26,8 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 LOCAL = """
 import sys, hashlib, os, time
 from pathlib import Path
-from imgtool import lms
-from imgtool.lms_signer import LmsSigner
+from imgtool.keys import lms
+from imgtool.keys.lms_signer import LmsSigner
 priv, out, pace = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 signer = LmsSigner.load(priv)
 with open(out, "a") as fh:
@@ -161,7 +162,8 @@ def test_parallel_reservations_without_kills_are_dense(tmp_path: Path, n: int) -
     root = key_root(tmp_path / "keys", lms.LMS_SHA256_M24_H10, lms.LMOTS_SHA256_N24_W4)
     priv = root / MACHINE / "caliptra" / "own-man-lms-prvk.pem"
     code = (
-        "import sys, os\nfrom imgtool.lms_signer import LmsSigner\nfrom imgtool import lms\n"
+        "import sys, os\nfrom imgtool.keys.lms_signer import LmsSigner\n"
+        "from imgtool.keys import lms\n"
         "s = LmsSigner.load(sys.argv[1])\n"
         "print(' '.join(str(lms.sig_q(s.sign_digest(os.urandom(48)))) for _ in range(40)))\n"
     )

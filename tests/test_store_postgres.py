@@ -20,9 +20,10 @@ import httpx
 import pytest
 from hsslms import LMS_Pub
 
-from imgtool import lms, lms_state, store
-from imgtool.cli import main
-from imgtool.lms_signer import LmsSigner
+from imgtool.cli.main import main
+from imgtool.keys import lms, lms_state
+from imgtool.keys import lms_store as store
+from imgtool.keys.lms_signer import LmsSigner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 import pgserver  # noqa: E402
@@ -133,8 +134,8 @@ def test_pg_store_id_is_shared_by_every_connection(pg_url: str) -> None:
 SIGNER = """
 import sys, os, time
 from pathlib import Path
-from imgtool import lms
-from imgtool.lms_signer import LmsSigner
+from imgtool.keys import lms
+from imgtool.keys.lms_signer import LmsSigner
 priv, out = Path(sys.argv[1]), sys.argv[2]
 s = LmsSigner.load(priv)
 with open(out, "a") as fh:

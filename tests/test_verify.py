@@ -13,7 +13,7 @@ import craft
 import pytest
 from projects import Project, make_project
 
-from imgtool.cli import main
+from imgtool.cli.main import main
 
 # Caliptra 1.x verifies only H15/W4 LMS: sparse H15 test keys (fast; leaf 5 only, test use)
 H15 = "h15-sparse"
@@ -492,7 +492,7 @@ def test_key_files_are_read_again_after_a_change(
 
 # ---------------------------------------------------------------------------- red-team findings
 def _repack_manifest(data: bytes, edit: object) -> bytes:
-    from imgtool.manifest import Manifest
+    from imgtool.formats.manifest1 import Manifest
 
     images = craft.unpack(data)
     m = Manifest.parse(dict(images)[2])

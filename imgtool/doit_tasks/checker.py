@@ -7,9 +7,10 @@ second full pass over the images on a cold build, and a full pass on every no-op
 `git checkout`.
 
 This checker stores (mtime, size, fingerprint) like the MD5 checker, but the fingerprint is the
-padded SHA-384 the manifest needs anyway (that of :func:`imgtool.manifest.image_digest_file`).
+padded SHA-384 the manifest needs anyway (that of
+:func:`imgtool.formats.manifest1.image_digest_file`).
 The same single read also yields the file's CRC-32, which the flash writer combines into the
-FLSH payload checksum instead of reading the image again (:mod:`imgtool.flash`). Both are
+FLSH payload checksum instead of reading the image again (:mod:`imgtool.formats.flash1`). Both are
 cached by the file's full stat identity (path, size, mtime_ns, ctime_ns, inode, device): in
 memory for the process, and in ``out/<prj>/fingerprints.json`` across runs. ctime cannot be set
 from user space, so a file whose bytes changed cannot keep its cache entry (not even with a

@@ -35,10 +35,12 @@ from doit.exceptions import TaskFailed
 from doit.task import clean_targets
 from doit.tools import config_changed
 
-from imgtool import build, manifest, padding
+from imgtool import build
 from imgtool.config import Config, load_config
 from imgtool.errors import ConfigError, ImgtoolError
 from imgtool.fileio import atomic_write
+from imgtool.formats import manifest1 as manifest
+from imgtool.formats import padding
 
 from . import checker
 
@@ -200,8 +202,8 @@ NO_BUILD_COMMANDS = ("clean", "list", "info", "forget", "ignore", "help", "dumpd
 def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
     """doit's DOIT_CONFIG for these settings, after the checks that come before any task runs:
     outputs that would overwrite inputs, and (unless ``command`` never builds) the config's
-    keys against caliptra_file (:mod:`imgtool.key_match`)."""
-    from imgtool import key_match
+    keys against caliptra_file (:mod:`imgtool.keys.key_match`)."""
+    from imgtool.keys import key_match
 
     for cached in (_load_raw, _copies, _load, _plan):
         cached.cache_clear()  # a new doit run (possibly in the same process): re-read the config
@@ -361,7 +363,13 @@ def act_flash(settings: Vars, man_file: str, target: str) -> None:
     and the previous flash image stays. Other images are read, hashed and checked as they are
     copied.
     """
-    from imgtool.flash import DigestMismatch, FlashItem, ImageChanged, Known, write_flash_file
+    from imgtool.formats.flash1 import (
+        DigestMismatch,
+        FlashItem,
+        ImageChanged,
+        Known,
+        write_flash_file,
+    )
 
     cfg = load(settings)
     man = build.read_manifest(Path(man_file))
@@ -403,9 +411,9 @@ def act_flash(settings: Vars, man_file: str, target: str) -> None:
 def act_verify(settings: Vars, flash_file: str) -> bool | TaskFailed:
     import importlib.util
 
-    from imgtool.cli import main
+    from imgtool.cli.main import main
 
-    if importlib.util.find_spec("imgtool.cli_verify") is None:
+    if importlib.util.find_spec("imgtool.cli.verify") is None:
         return ImgtoolFailed("cptra-imgtool: error: this cptra-imgtool has no verify command", 3)
 
     s = Settings(*settings)  # type: ignore[arg-type]

@@ -33,9 +33,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from .. import ecc, lms
 from ..errors import ImgtoolError, LmsStateError, ServerError
-from ..lms_signer import LmsSigner
+from ..keys import ecc, lms
+from ..keys.lms_signer import LmsSigner
 from . import csf as csfmod
 from . import validate
 from .audit import AuditError, AuditLog
@@ -566,7 +566,7 @@ def _remove_stale_caches() -> None:
 def _lms_public_from_private(priv: Path) -> bytes:
     """An LMS public key computed from the private key: the full tree's root when the key has
     a leaf-state file (computed once, single-process), else the sparse demo tree's root."""
-    from .. import lms_state, lms_tree
+    from ..keys import lms_state, lms_tree
 
     key = lms.load_private(priv)
     if lms_state.state_path(priv).exists():

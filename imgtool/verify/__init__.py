@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import struct
 
-from .. import bundle as bundle_mod
-from .. import flash, manifest
 from ..config import Config, Format
 from ..errors import FormatError
+from ..formats import bundle1 as bundle_mod
+from ..formats import flash1 as flash
+from ..formats import manifest1 as manifest
 from .anchors import AnchorError, Anchors, Key, Policy
 from .bundle_checks import BundleKeys, check_bundle
 from .config_checks import check_flash_vs_config, check_manifest_vs_config, planned_slots

@@ -12,10 +12,10 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import ecc, lms
 from ..config import Config
 from ..errors import ImgtoolError, KeyFileError
 from ..fuses import Fuses
+from ..keys import ecc, lms
 
 ALGOS = ("ecc", "lms")
 # the reference key file names per role

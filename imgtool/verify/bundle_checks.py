@@ -7,9 +7,9 @@ import hashlib
 import struct
 from dataclasses import dataclass, field
 
-from .. import bundle as bundle_mod
 from ..config import VendorSignature
 from ..errors import FormatError
+from ..formats import bundle1 as bundle_mod
 from ..fuses import owner_pk_hash, vendor_pk_hash
 from .anchors import Key
 from .context import Ctx, is_zero

@@ -12,8 +12,8 @@ from pathlib import Path
 from .. import build
 from ..config import Config, Format
 from ..errors import ImgtoolError
-from ..flash import FlashItem
-from ..manifest import SIG_SLOTS, Manifest
+from ..formats.flash1 import FlashItem
+from ..formats.manifest1 import SIG_SLOTS, Manifest
 from .context import Ctx, is_zero
 from .flash_checks import FlashView, padded_sha384
 

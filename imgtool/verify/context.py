@@ -1,5 +1,5 @@
 """What every part of a verification shares: the report, the policy, the anchors, the keys used,
-and the signature primitives (ECDSA with `cryptography`, LMS with :mod:`imgtool.lms`; never by
+and the signature primitives (ECDSA with `cryptography`, LMS with :mod:`imgtool.keys.lms`; never by
 re-signing and comparing). Results of the primitives are memoised: they are pure functions of
 (key, digest, signature), and a file is often checked against the same signatures many times.
 """
@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import ecc, lms
+from ..keys import ecc, lms
 from .anchors import Anchors, Key, Policy
 from .report import Report, Status
 

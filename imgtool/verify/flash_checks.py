@@ -9,8 +9,9 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from .. import flash, manifest
-from ..manifest import ImcEntry
+from ..formats import flash1 as flash
+from ..formats import manifest1 as manifest
+from ..formats.manifest1 import ImcEntry
 from .context import Ctx, is_zero
 
 KNOWN_IDS = {

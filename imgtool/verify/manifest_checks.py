@@ -8,10 +8,10 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from .. import manifest
 from ..config import Format
 from ..errors import FormatError
-from ..manifest import Manifest
+from ..formats import manifest1 as manifest
+from ..formats.manifest1 import Manifest
 from .anchors import Key
 from .context import Ctx
 

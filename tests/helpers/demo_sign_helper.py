@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgtool import ecc
+from imgtool.keys import ecc
 
 
 def main() -> int:
@@ -29,7 +29,7 @@ def main() -> int:
     if a.algo == "ecc":
         sig = ecc.sign_digest_der(ecc.load_private(priv), digest)
     else:
-        from imgtool.lms_signer import LmsSigner
+        from imgtool.keys.lms_signer import LmsSigner
 
         sig = LmsSigner.load(priv, signer="helper").sign_digest(digest)
     if a.by_file:

@@ -31,7 +31,7 @@ def key_root(
     """DIGSIGSERVER_KEYFILE_URI layout with one full-tree LMS key: ROOT/bmc-a/caliptra/, made
     (and registered) in the store the servers will use (``store``: None for the configured
     one): a key is never adopted by a store implicitly."""
-    from imgtool import lms_tree
+    from imgtool.keys import lms_tree
 
     d = base / MACHINE / "caliptra"
     d.mkdir(parents=True)

@@ -133,9 +133,9 @@ def vendor_tree(
     vendor_signature: str = "prebuilt",
     caliptra_in_config: bool = True,
 ) -> Tree:
-    from imgtool import ecc
     from imgtool.demo import sample_bundle
-    from imgtool.lms_signer import LmsSigner
+    from imgtool.keys import ecc
+    from imgtool.keys.lms_signer import LmsSigner
 
     keys, pre = root / key_folder / prj, root / "prebuilt" / prj
     ecc_keys(keys)

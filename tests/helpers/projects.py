@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgtool import ecc
+from imgtool.keys import ecc
 
 KEY_NAMES = ("vnd-fw", "vnd-man", "own-fw", "own-man")
 
@@ -104,7 +104,7 @@ def lms_keys(keys: Path, kind: str = "h15-sparse") -> None:
     the leaf state; Caliptra does not verify that type."""
     import os
 
-    from imgtool import lms, lms_tree
+    from imgtool.keys import lms, lms_tree
 
     for name in KEY_NAMES:
         if (keys / f"{name}-lms-prvk.pem").exists():

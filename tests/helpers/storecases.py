@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from imgtool import store
 from imgtool.errors import LmsStateError
+from imgtool.keys import lms_store as store
 
 IDENT = store.KeyIdentity(10, 7, bytes(range(16)), bytes(range(100, 124)), 32)
 OTHER = store.KeyIdentity(10, 7, bytes(range(1, 17)), bytes(range(50, 74)), 32)

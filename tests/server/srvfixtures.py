@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from imgtool import ecc, lms, lms_tree
-from imgtool.cli import main
+from imgtool.cli.main import main
+from imgtool.keys import ecc, lms, lms_tree
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from srvfixtures import MACHINE, Server, start_server
 
-from imgtool import lms
+from imgtool.keys import lms
 
 DIGEST = bytes(range(48))
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from srvfixtures import IMX_MACHINE, MACHINE, Server, _add_token
 
-from imgtool import ecc, lms
-from imgtool.cli import main
+from imgtool.cli.main import main
+from imgtool.keys import ecc, lms
 from imgtool.server.auth import load_tokens
 from imgtool.server.imx import ImxError
 from imgtool.server.keycache import KeyCache

@@ -19,7 +19,7 @@ import pytest
 from hsslms import LMS_Pub
 from srvfixtures import FAKE_CST_HANG, FAKE_CST_OK, IMX_MACHINE, MACHINE, Server, start_server
 
-from imgtool import ecc, lms
+from imgtool.keys import ecc, lms
 
 DIGEST = bytes(range(48))
 CSF_OK = imx_pki.csf_text("flash.bin")
@@ -222,7 +222,7 @@ def test_manifest_signed_through_the_server(server: Server, tmp_path: Path) -> N
     from projects import ecc_keys, lms_keys, make_project
     from srvfixtures import _add_token
 
-    from imgtool.cli import main
+    from imgtool.cli.main import main
 
     machine = "bmc-h15"
     keys = server.root / machine / "caliptra"

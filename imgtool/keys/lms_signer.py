@@ -1,6 +1,6 @@
-"""LMS signing with a private key file: composes the RFC 8554 math (:mod:`imgtool.lms`), the
-tree cache (:mod:`imgtool.lms_tree`) and the leaf state (:mod:`imgtool.lms_state` over
-:mod:`imgtool.store`). The math and the state never import each other.
+"""LMS signing with a private key file: composes the RFC 8554 math (:mod:`imgtool.keys.lms`), the
+tree cache (:mod:`imgtool.keys.lms_tree`) and the leaf state (:mod:`imgtool.keys.lms_state` over
+:mod:`imgtool.keys.lms_store`). The math and the state never import each other.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..errors import KeyFileError, LmsStateError, SigningError
 from . import lms_state, lms_tree
-from .errors import KeyFileError, LmsStateError, SigningError
 from .lms import (
     SLOT_LEN,
     SPARSE_Q,
@@ -21,7 +21,7 @@ from .lms import (
     sparse_nodes,
     sparse_root,
 )
-from .store import SIGNERS, KeyIdentity, StateStore, StoreMissingError, open_store
+from .lms_store import SIGNERS, KeyIdentity, StateStore, StoreMissingError, open_store
 
 log = logging.getLogger("imgtool")
 _WARNED: set[bytes] = set()

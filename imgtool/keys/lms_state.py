@@ -8,7 +8,8 @@
    out-of-range field is an error naming the file and the field. A file of the first format
    (:data:`STATE_FORMAT_1`, no ``store``) is accepted where the store knows the key and is
    rewritten in the current format at the next reservation; never the other way round.
-2. **The state store** (:mod:`imgtool.store`): one row per key identity with its ``next_q`` and
+2. **The state store** (:mod:`imgtool.keys.lms_store`): one row per key identity with its
+``next_q`` and
    a log of every signature.
 
 Reserving a leaf, under ``flock`` on ``K.lock`` (serialises the file witness across processes;
@@ -22,12 +23,12 @@ Only then is the signature computed and released, so a crash at any point can sk
 never reuse one. A witness found behind the other is a loud warning naming both values, and it
 is moved forward, never back.
 
-A first use of a key on a store is always an explicit act: keygen (:func:`imgtool.lms_tree.
+A first use of a key on a store is always an explicit act: keygen (:func:`imgtool.keys.lms_tree.
 generate`), :func:`init` (``lms-status KEY --init``) or :func:`import_state` (``--import``).
 Signing never adopts a key from the state file alone: a key folder copied to another machine,
 a fresh CI container or a store path with a typo would otherwise hand out the same leaves again.
 
-This module never imports :mod:`imgtool.lms`; the signer composes the two.
+This module never imports :mod:`imgtool.keys.lms`; the signer composes the two.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import LmsStateError
-from .fileio import atomic_write
-from .store import (
+from ..errors import LmsStateError
+from ..fileio import atomic_write
+from .lms_store import (
     EXPORT_FORMAT,
     EXPORT_FORMATS,
     HELPER,

@@ -17,9 +17,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bundle, flash, manifest
-from .config import Format
-from .errors import FormatError
+from ..config import Format
+from ..errors import FormatError
+from ..formats import bundle1 as bundle
+from ..formats import flash1 as flash
+from ..formats import manifest1 as manifest
 from .lms import LMOTS_PARAMS, LMS_HEIGHTS, SLOT_LEN, LmsPublicKey, auth_path, slot_to_sig
 
 MAX_SCAN_BYTES = 1 << 30

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import Config, load_config
-from .errors import ImgtoolError
+from .. import __version__
+from ..config import Config, load_config
+from ..errors import ImgtoolError
 
 PROG = "cptra-imgtool"
 # Modules that add their own subcommands through register(subparsers).
-COMMAND_MODULES = ("cli_keys", "cli_verify", "cli_server", "cli_build", "cli_owner")
+COMMAND_MODULES = ("keys", "verify", "server", "build", "owner")
 
 
 class _Formatter(logging.Formatter):
@@ -80,7 +80,7 @@ def add_project_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    from . import key_match
+    from ..keys import key_match
 
     cfg = load_config(
         args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, vnd_sig_dir=args.vnd_sig_dir
@@ -90,7 +90,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_create_auth_man(args: argparse.Namespace) -> int:
-    from .build import check_outputs, create_auth_man, with_padded_copies
+    from ..build import check_outputs, create_auth_man, with_padded_copies
 
     cfg = _load(args)
     out = args.man or cfg.default_manifest_path()
@@ -101,7 +101,7 @@ def cmd_create_auth_man(args: argparse.Namespace) -> int:
 
 
 def cmd_create_auth_flash(args: argparse.Namespace) -> int:
-    from .build import (
+    from ..build import (
         check_outputs,
         create_auth_flash,
         create_auth_man,
@@ -156,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         try:
-            mod = importlib.import_module(f"imgtool.{name}")
+            mod = importlib.import_module(f"imgtool.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"imgtool.{name}":
+            if exc.name != f"imgtool.cli.{name}":
                 raise
             continue
         mod.register(sub)

@@ -8,10 +8,10 @@ from typing import Any
 
 
 def cmd_owner_sign_bundle(args: argparse.Namespace) -> int:
-    from . import owner_sign
-    from .config import load_config
-    from .fileio import atomic_write
-    from .fuses import fuse_words, owner_pk_hash
+    from .. import owner_sign
+    from ..config import load_config
+    from ..fileio import atomic_write
+    from ..fuses import fuse_words, owner_pk_hash
 
     cfg = load_config(
         args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, check_files=False
@@ -61,7 +61,7 @@ def cmd_owner_sign_bundle(args: argparse.Namespace) -> int:
 
 def _epoch(text: str | None) -> int | None:
     """--epoch N: 0..65535 (a u16); checked here so that a bad value is one line, exit 2."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if text is None:
         return None

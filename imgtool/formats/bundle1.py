@@ -3,7 +3,8 @@
 Layout (spec/flash.md): marker, size, a 5512-byte preamble (4 vendor ECC keys, 32 vendor LMS
 keys, the selected indexes, vendor signatures, owner keys and signatures), a 156-byte header,
 the FMC and runtime TOC entries, then the images. Keys and signatures use Caliptra's hardware
-formats (see :mod:`imgtool.ecc`, :mod:`imgtool.lms`). The TOC and image digests are stored as
+formats (see :mod:`imgtool.keys.ecc`, :mod:`imgtool.keys.lms`). The TOC and image digests are
+stored as
 SHA-384 values with each 4-byte word byte-reversed.
 
 Signature coverage (Caliptra 1.x ROM): the vendor signatures cover the header without its
@@ -16,7 +17,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from .errors import FormatError
+from ..errors import FormatError
 
 MARKER = b"CMAN"
 MARKER_2X = b"CMN2"

@@ -11,8 +11,8 @@ import struct
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .config import Format
-from .errors import FormatError
+from ..config import Format
+from ..errors import FormatError
 
 MARKER = 0x41544D4E
 MARKER_2X = 0x324D5441

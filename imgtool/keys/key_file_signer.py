@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import KeyFileError, SigningError
 from . import ecc
-from .errors import KeyFileError, SigningError
 
 DIGEST_LEN = 48
 MAX_INPUT = 4096  # a by-file digest is 48 bytes; never read a large file whole

@@ -8,9 +8,10 @@
   - *sparse* demo keys (the reference keys): only leaf q = 5 has a real LM-OTS key, every other
     leaf's OTS public key is 24 zero bytes. They always sign at q = 5 and a warning says so.
   - *full-tree* keys (``keygen``): every leaf is real. Signing reserves the next leaf in the leaf
-    state (:mod:`imgtool.lms_state`: the state file beside the key and the state store,
-    :mod:`imgtool.store`) and reads the authentication path from the tree cache
-    (:mod:`imgtool.lms_tree`); :mod:`imgtool.lms_signer` composes them. This module is the math
+    state (:mod:`imgtool.keys.lms_state`: the state file beside the key and the state store,
+    :mod:`imgtool.keys.lms_store`) and reads the authentication path from the tree cache
+    (:mod:`imgtool.keys.lms_tree`); :mod:`imgtool.keys.lms_signer` composes them. This module is
+    the math
     only and imports neither.
 * The nonce C is derived deterministically:
   ``C = SHA-256("cptra-imgtool lms nonce" || SEED || I || u32(q) || message)[:24]``,
@@ -25,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FormatError, KeyFileError
+from ..errors import FormatError, KeyFileError
 
 log = logging.getLogger("imgtool")
 

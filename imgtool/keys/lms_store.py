@@ -7,7 +7,7 @@ same (LMS type, LM-OTS type, I) but different roots are refused: one of the two 
 is wrong (a private key's public key re-derived as the sparse demo root, say).
 
 Every store has a random ``store_id`` (``cptra_meta``), written into the state file beside each
-key (:mod:`imgtool.lms_state`), so that a key folder carried to another store is noticed.
+key (:mod:`imgtool.keys.lms_state`), so that a key folder carried to another store is noticed.
 
 Locations (:func:`resolve_location`, checked by :func:`check_location`): an explicit ``--state``
 value, else ``CPTRA_IMGTOOL_STATE``, else ``$XDG_STATE_HOME/cptra-imgtool/lms-state.sqlite3``
@@ -38,11 +38,12 @@ counter; it is committed (SQLite: WAL with ``synchronous=FULL``, i.e. fsynced) b
 so before any signature for that leaf exists. When a build asks for a leaf and the last leaf
 reserved was a build's for the same message (not imported, and nothing since: no other signature,
 no ``--init`` or import moved the counter), that leaf is handed out again: the signature is
-deterministic (:mod:`imgtool.lms`: the nonce is derived from the seed, q and the message), so it
+deterministic (:mod:`imgtool.keys.lms`: the nonce is derived from the seed, q and the message), so
+it
 is the same signature, and retrying a failed build does not burn a leaf each time. An older
 entry is never reused: after an adoption, a leaf below the counter may have been used elsewhere.
 
-This module knows nothing about LMS arithmetic and imports nothing from :mod:`imgtool.lms`.
+This module knows nothing about LMS arithmetic and imports nothing from :mod:`imgtool.keys.lms`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from .errors import LmsStateError
+from ..errors import LmsStateError
 
 log = logging.getLogger("imgtool")
 
@@ -87,7 +88,7 @@ T = TypeVar("T")
 
 
 class PublicKeyLike(Protocol):
-    """What an identity is made from (an :class:`imgtool.lms.LmsPublicKey` fits)."""
+    """What an identity is made from (an :class:`imgtool.keys.lms.LmsPublicKey` fits)."""
 
     @property
     def lms_type(self) -> int: ...

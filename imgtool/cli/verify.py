@@ -8,7 +8,7 @@ import mmap
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, FormatError
+from ..errors import ConfigError, FormatError
 
 
 def _read(path: Path) -> bytes:
@@ -38,9 +38,9 @@ def _map(path: Path) -> memoryview:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from . import fuses
-    from .config import load_config
-    from .verify import AnchorError, Anchors, Status, verify_bytes
+    from .. import fuses
+    from ..config import load_config
+    from ..verify import AnchorError, Anchors, Status, verify_bytes
 
     data = _map(args.file)
     anchors = Anchors()
@@ -87,12 +87,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import describe, render
+    from ..inspect import describe, render
 
     data = _read(args.file)
     cfg = None
     if args.cfg is not None:  # also show where that config's inputs resolve (vnd_sig, keys)
-        from .config import load_config
+        from ..config import load_config
 
         cfg = load_config(
             args.cfg,
@@ -110,8 +110,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_fuses(args: argparse.Namespace) -> int:
-    from . import bundle, fuses
-    from .fileio import atomic_write
+    from .. import fuses
+    from ..fileio import atomic_write
+    from ..formats import bundle1 as bundle
 
     data = _read(args.caliptra_fw)
     b = bundle.parse_bundle(data, str(args.caliptra_fw))

@@ -19,9 +19,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bundle as bundle_mod
-from .config import Config, VendorSignature
-from .errors import ConfigError, FormatError, ImgtoolError
+from ..config import Config, VendorSignature
+from ..errors import ConfigError, FormatError, ImgtoolError
+from ..formats import bundle1 as bundle_mod
 
 log = logging.getLogger("imgtool")
 
@@ -76,7 +76,8 @@ def _vendor_keys(b: bundle_mod.Bundle, algo: str) -> list[bytes]:
 
 def _prebuilt_signer(b: bundle_mod.Bundle, algo: str, raw: bytes) -> int | None:
     """Which of the bundle's vendor keys of ``algo`` made the prebuilt signature (None: none)."""
-    from . import ecc, lms, manifest
+    from ..formats import manifest1 as manifest
+    from . import ecc, lms
 
     digest = manifest.PREBUILT_VENDOR_TBS_DIGEST
     for i, k in enumerate(_vendor_keys(b, algo)):
@@ -96,8 +97,8 @@ def _prebuilt_signer(b: bundle_mod.Bundle, algo: str, raw: bytes) -> int | None:
 def _prebuilt_mismatch(
     cfg: Config, b: bundle_mod.Bundle, where: Path, algo: str
 ) -> Mismatch | None:
+    from ..build import PREBUILT_ECC_FILE, PREBUILT_LMS_FILE
     from . import ecc
-    from .build import PREBUILT_ECC_FILE, PREBUILT_LMS_FILE
 
     path = cfg.vendor_sig_dir / (PREBUILT_ECC_FILE if algo == "ecc" else PREBUILT_LMS_FILE)
     try:
@@ -132,7 +133,7 @@ def _prebuilt_mismatch(
 def mismatches(cfg: Config) -> list[Mismatch]:
     """Every disagreement between the keys the config signs with and the bundle's keys (an
     empty list without a caliptra_file: then nothing can be compared)."""
-    from .build import key_selection
+    from ..build import key_selection
 
     found = _bundle(cfg)
     if found is None:

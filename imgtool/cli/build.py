@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from .errors import ImgtoolError
+from ..errors import ImgtoolError
 
 # (option, dest, help) of the options `build` keeps for itself
 OPTIONS = (
@@ -117,9 +117,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from doit import cmd_run
     from doit.doit_cmd import DoitMain
 
-    from .doit_tasks import graph
-    from .doit_tasks.checker import save
-    from .doit_tasks.loader import (
+    from ..doit_tasks import graph
+    from ..doit_tasks.checker import save
+    from ..doit_tasks.loader import (
         REPORTERS,
         ImgtoolTaskLoader,
         LoadError,

@@ -10,11 +10,12 @@ Only the leaf level of a cache file is trusted (after the checks above): the inn
 recomputed from it on load, so a cache that lies about them is noticed and repaired.
 
 Key generation writes the key pair, the cache, the state file beside the key (next_q 0, naming
-the store) and the key's row in the state store (:mod:`imgtool.lms_state`,
-:mod:`imgtool.store`): the one implicit first use of a key on a store, as nobody else can hold
+the store) and the key's row in the state store (:mod:`imgtool.keys.lms_state`,
+:mod:`imgtool.keys.lms_store`): the one implicit first use of a key on a store, as nobody else can
+hold
 it yet.
 
-The leaves are computed by the optional compiled module ``imgtool._lmsfast`` (SHA-NI, AVX2 or
+The leaves are computed by the optional compiled module ``imgtool.keys._lmsfast`` (SHA-NI, AVX2 or
 portable C, chosen at run time; threads, as it releases the GIL) or, where it was not built, in
 pure Python with worker processes: the same values (tests/test_lms.py compares every backend with
 an independent RFC 8554 computation and with hsslms).
@@ -33,9 +34,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..errors import ImgtoolError, KeyFileError
+from ..fileio import atomic_write
 from . import lms_state
-from .errors import ImgtoolError, KeyFileError
-from .fileio import atomic_write
 from .lms import (
     D_INTR,
     D_LEAF,
@@ -49,7 +50,7 @@ from .lms import (
     load_private,
     load_public,
 )
-from .store import KeyIdentity, StateStore, open_store
+from .lms_store import KeyIdentity, StateStore, open_store
 
 log = logging.getLogger("imgtool")
 
@@ -69,10 +70,10 @@ def key_tag(pub: LmsPublicKey) -> bytes:
 
 # ---------------------------------------------------------------------------- tree
 def _load_fast() -> ModuleType | None:
-    """The compiled part (imgtool/_lmsfast.c, built by ``pip install``), or None: then every
+    """The compiled part (imgtool/keys/_lmsfast.c, built by ``pip install``), or None: then every
     node is computed in pure Python (same values, about 30x slower)."""
     try:
-        return importlib.import_module("imgtool._lmsfast")
+        return importlib.import_module("imgtool.keys._lmsfast")
     except ImportError as exc:
         log.debug("LMS: compiled tree computation unavailable (%s); using pure Python", exc)
         return None

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ServerError
+from ..errors import ServerError
 
 
 def _is_loopback(host: str) -> bool:
@@ -26,8 +26,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import Settings, create_app
-    from .server.asgi import ServeOptions, run
+    from ..server import Settings, create_app
+    from ..server.asgi import ServeOptions, run
 
     if args.insecure_no_auth and not _is_loopback(args.host):
         raise ServerError(
@@ -72,7 +72,7 @@ def _split(text: str) -> list[str]:
 
 
 def cmd_token_add(args: argparse.Namespace) -> int:
-    from .server.auth import add_token, parse_quota
+    from ..server.auth import add_token, parse_quota
 
     machines = _split(args.machines)
     if not machines:
@@ -89,7 +89,7 @@ def cmd_token_add(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    from .server.auth import load_tokens
+    from ..server.auth import load_tokens
 
     tokens = load_tokens(args.tokens)
     if args.json:
@@ -114,7 +114,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from .server.auth import revoke_token
+    from ..server.auth import revoke_token
 
     revoke_token(args.tokens, args.id)
     print(f"token {args.id!r} revoked in {args.tokens} (a running server sees it at once)")
@@ -128,7 +128,7 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
                               ("--key", args.key)) if not v]  # fmt: skip
     if missing:
         raise ServerError(f"sign-helper: {', '.join(missing)} needed (or --key-file K)")
-    from .sign_client import sign_remote
+    from ..sign_client import sign_remote
 
     if args.by_file:
         if not args.input:
@@ -155,7 +155,7 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
         expect_pub=args.pubkey,
     )
     if args.by_file:
-        from .fileio import atomic_write
+        from ..fileio import atomic_write
 
         atomic_write(Path(args.input), sig)
     else:
@@ -165,8 +165,8 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
 
 def _sign_with_key_file(args: argparse.Namespace) -> int:
     """The same protocols, signed with a local private key file (no server)."""
-    from . import key_file_signer
-    from .fileio import atomic_write
+    from ..fileio import atomic_write
+    from ..keys import key_file_signer
 
     if args.server or args.machine:
         raise ServerError("sign-helper: --key-file signs locally: no --server / --machine")

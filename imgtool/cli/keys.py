@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import ecc, lms, lms_scan, lms_state, lms_tree
-from . import store as store_mod
-from .errors import KeyFileError, LmsStateError
-from .fileio import atomic_write
+from ..errors import KeyFileError, LmsStateError
+from ..fileio import atomic_write
+from ..keys import ecc, lms, lms_scan, lms_state, lms_tree
+from ..keys import lms_store as store_mod
 
 log = logging.getLogger("imgtool")
 
@@ -496,7 +496,7 @@ def key_maker(
 def _lab_project(name: str, root: Path, lms_height: int, force: bool) -> dict[str, Any]:
     """No reference project (`new-project NAME` without --from): a lab project with its own
     vendor keys too, the vendor signature generated, and a README listing the binaries."""
-    from .new_project import check_free, layout
+    from ..new_project import check_free, layout
 
     root = root.resolve()
     check_free(root, name)
@@ -522,7 +522,7 @@ def _lab_project(name: str, root: Path, lms_height: int, force: bool) -> dict[st
     cfg.parent.mkdir(parents=True, exist_ok=True)
     with open(cfg, "x", encoding="utf-8") as fh:
         fh.write(_config_text(name, True))
-    from .doit_tasks import DODO_PY
+    from ..doit_tasks import DODO_PY
 
     dodo = root / "dodo.py"  # `doit flash cfg=config/NAME.toml`; an existing one is kept
     dodo_new = not dodo.exists()
@@ -560,7 +560,7 @@ def cmd_new_project(args: argparse.Namespace) -> int:
             cfg = _rel(root, info["config"])
             print(f"dodo.py:  {_rel(root, info['dodo'])} (doit flash cfg={cfg})")
         return 0
-    from . import new_project
+    from .. import new_project
 
     if args.vendor_keys:
         print(
@@ -591,7 +591,7 @@ def cmd_new_project(args: argparse.Namespace) -> int:
 
 
 def _print_project(root: Path, res: Any) -> None:
-    from .fuses import fuse_words
+    from ..fuses import fuse_words
 
     ref = res.reference
 

@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from .errors import KeyFileError, SigningError
+from ..errors import KeyFileError, SigningError
 
 COORD_LEN = 48
 HW_LEN = 96  # x||y or r||s
@@ -183,7 +183,7 @@ class EccSigner:
 
 def generate_keypair(prefix: str | Path) -> tuple[Path, Path]:
     """Write PREFIX-prvk.pem (SEC1, mode 0600) and PREFIX-pubk.pem (SPKI). Never overwrites."""
-    from .fileio import atomic_write
+    from ..fileio import atomic_write
 
     priv_path = Path(f"{prefix}-prvk.pem")
     pub_path = Path(f"{prefix}-pubk.pem")

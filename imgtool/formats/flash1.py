@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import FormatError, ImgtoolError
-from .fileio import atomic_writer
+from ..errors import FormatError, ImgtoolError
+from ..fileio import atomic_writer
 
 MAGIC = b"FLSH"
 VERSION = 1

@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .fileio import atomic_writer
+from ..errors import ConfigError
+from ..fileio import atomic_writer
 
 CHUNK = 1 << 20
 

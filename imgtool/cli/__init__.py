@@ -1,0 +1,1 @@
+"""The command line: argparse, printing and exit codes (the library raises typed errors)."""

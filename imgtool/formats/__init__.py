@@ -1,0 +1,1 @@
+"""Byte layouts: Caliptra 1.x/ASPEED manifests, FLSH flash images, firmware bundles, padding."""
