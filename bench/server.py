@@ -85,6 +85,10 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        # the LMS leaf-state store (and the server's state dir) of this run only: the
+        # benchmark's keys and thousands of signatures never touch the user's store
+        os.environ["CPTRA_IMGTOOL_STATE"] = str(tmp / "state" / "lms-state.sqlite3")
+        os.environ["XDG_STATE_HOME"] = str(tmp / "xdg")
         # a benchmark signs far more than a token's default LMS quota allows
         server = start_server(
             tmp,

@@ -25,6 +25,13 @@ def _is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host in ("", "*")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..server import Settings, create_app
     from ..server.asgi import ServeOptions, run
@@ -43,11 +50,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_jobs=args.max_jobs,
         insecure_no_auth=args.insecure_no_auth or None,
         allow_unsandboxed_cst=args.allow_unsandboxed_cst or None,
+        no_audit_log=args.no_audit_log or None,
     )
+    if args.no_audit_log and args.audit_log is not None:
+        raise ServerError("--audit-log and --no-audit-log exclude each other")
     app = create_app(settings)
     service = app.state.service
+    for info in service.startup_info():
+        print(f"cptra-imgtool: {info}", file=sys.stderr, flush=True)
     for note in service.startup_notes():
         print(f"cptra-imgtool: warning: {note}", file=sys.stderr, flush=True)
+    if _is_wildcard(args.host) and not args.tls_cert:
+        print(
+            f"cptra-imgtool: warning: listening on {args.host} (every interface) without TLS: "
+            "bearer tokens and signatures cross the network in clear text (give --tls-cert "
+            "and --tls-key, or bind to a loopback or private address behind a TLS proxy)",
+            file=sys.stderr,
+            flush=True,
+        )
     opts = ServeOptions(
         host=args.host,
         port=args.port,
@@ -59,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     try:
         run(app, opts)
@@ -213,7 +234,22 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--tokens", type=Path, help="tokens file (from `token add`)")
     p.add_argument(
-        "--audit-log", type=Path, help="JSON-lines audit log (env CPTRA_IMGTOOL_AUDIT_LOG)"
+        "--audit-log",
+        type=Path,
+        help="JSON-lines audit log (env CPTRA_IMGTOOL_AUDIT_LOG; default "
+        "server-audit.jsonl in the state directory: that of --state, else "
+        "$XDG_STATE_HOME/cptra-imgtool)",
+    )
+    p.add_argument(
+        "--no-audit-log",
+        action="store_true",
+        help="run without an audit log (not recommended: nothing is recorded)",
+    )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated proxy addresses whose X-Forwarded-For/-Proto is trusted "
+        "(default: none; the connection's own address is used)",
     )
     p.add_argument(
         "--state", help="LMS leaf-state store: path or postgresql://... (env CPTRA_IMGTOOL_STATE)"

@@ -37,10 +37,10 @@ from ..errors import ImgtoolError, LmsStateError, ServerError
 from ..keys import ecc, lms
 from ..keys.lms_signer import LmsSigner
 from . import csf as csfmod
-from . import validate
-from .audit import AuditError, AuditLog
+from . import csfpolicy, validate
+from .audit import AuditError, AuditLog, FailureSummary
 from .auth import Token, TokenStore, authenticate
-from .imx import ImxError
+from .imx import ImxError, check_csf_binary
 from .keycache import KeyCache
 from .quota import LmsQuota, QuotaExceeded
 from .sandbox import Artifact, CstRunner
@@ -135,10 +135,16 @@ class SigningService:
                 "(give --tokens FILE, or --insecure-no-auth on a loopback address)"
             )
         self.tokens = TokenStore(settings.tokens_file) if settings.tokens_file else None
+        if settings.audit_log is None and not settings.no_audit_log:
+            raise ServerError(
+                "no audit log: give --audit-log FILE (or CPTRA_IMGTOOL_AUDIT_LOG), or "
+                "--no-audit-log to run without one"
+            )
         try:
             self.audit = AuditLog(settings.audit_log)
         except AuditError as exc:
             raise ServerError(f"audit log: {exc}") from None
+        self.unauth = FailureSummary()  # unauthenticated 4xx: a burst in full, then counted
         self.quota: LmsQuota | None = None
         if settings.tokens_file is not None:
             qdb = settings.quota_db or settings.tokens_file.with_name(
@@ -175,6 +181,8 @@ class SigningService:
     def startup_notes(self) -> list[str]:
         """What the operator must know at start-up (printed by `serve`)."""
         notes = []
+        if self.s.audit_log is None:
+            notes.append("no audit log (--no-audit-log): requests and signatures are NOT recorded")
         if self.sandbox_problem is not None:
             if self.imx_refused:
                 notes.append(
@@ -188,8 +196,22 @@ class SigningService:
                 )
         return notes
 
+    def startup_info(self) -> list[str]:
+        """Facts printed at start-up (not warnings)."""
+        out = []
+        if self.s.audit_log is not None:
+            out.append(f"audit log: {self.s.audit_log}")
+        return out
+
     def close(self) -> None:
-        """Remove the unpacked key trees (called when the server stops)."""
+        """Remove the unpacked key trees (called when the server stops); write the last
+        summary of unauthenticated failures."""
+        summary = self.unauth.due(force=True)
+        if summary is not None:
+            try:
+                self.audit.record(**summary)
+            except AuditError as exc:
+                log.error("audit log unavailable: %s", exc)
         self.keys.close()
         self.cst.close()
         shutil.rmtree(self.cache_root, ignore_errors=True)
@@ -213,6 +235,16 @@ class SigningService:
         )
         if ctx.endpoint == "healthz" and status == 200:
             return  # health probes are recorded only when they fail
+        summary = self.unauth.due()
+        if summary is not None:
+            self.audit.record(**summary)
+        if (
+            ctx.token is None
+            and 400 <= status < 500
+            and not ctx.signing
+            and not self.unauth.admit(ctx.endpoint, status, ctx.client)
+        ):
+            return  # counted in the next "unauthenticated_failures" record
         rec: dict[str, Any] = {
             "event": "request",
             "token_id": tid,
@@ -259,6 +291,21 @@ class SigningService:
         ctx.token = authenticate(tokens, request.headers.get("authorization"))
         if ctx.token is None:
             raise Reject(401, "missing or invalid bearer token")
+
+    def _recheck(self, ctx: Ctx, endpoint: str) -> None:
+        """After a queue wait: the token must still be in the tokens file (not revoked), with
+        the same scope (re-read if the file changed meanwhile)."""
+        if self.tokens is None or ctx.token is None:
+            return
+        tokens = self.tokens.current()
+        if tokens is None:
+            raise Reject(503, "authentication unavailable")
+        now = next((t for t in tokens if t.sha256 == ctx.token.sha256), None)
+        if now is None:  # the audit record keeps the id of the token that was revoked
+            raise Reject(401, "missing or invalid bearer token")
+        ctx.token = now
+        if not now.allows(ctx.machine, endpoint):
+            raise Reject(403, FORBIDDEN.strip())
 
     def _allow(self, ctx: Ctx, machine: str, endpoint: str) -> None:
         """Authorize (token, machine, endpoint) -- before anything about the machine is looked
@@ -366,6 +413,7 @@ class SigningService:
                 raise Reject(400, str(exc)) from None
             archive = self.s.keyfile_root / machine / "imxsign" / "imx-cst-keys.tar.gz"
             async with self.jobs.slot():
+                self._recheck(ctx, "imx")  # revoked or narrowed while it waited?
                 tree = self.keys.acquire_cached(archive)
                 if tree is None:  # first use or a changed archive: unpack off the loop
                     tree = await asyncio.to_thread(self.keys.acquire, archive)
@@ -373,17 +421,23 @@ class SigningService:
                 try:
                     try:
                         csfmod.check_files(parsed, tree.files, art_name)
+                        csfpolicy.check_roles(parsed, tree.index)
                     except csfmod.CsfError as exc:
                         raise Reject(400, str(exc)) from None
                     if art_name in tree.tops:
                         raise Reject(400, "artifact file name not allowed")
                     staged = await self._stage(art_up, art_name)
+                    try:  # every block inside the artifact (cst reads past its end otherwise)
+                        csfmod.check_files(parsed, tree.files, art_name, None, staged.size)
+                    except csfmod.CsfError as exc:
+                        raise Reject(400, str(exc)) from None
                     ctx.inputs["artifact"] = staged.sha256
                     self.about_to_sign(ctx)
                     binds = {name: tree.root / name for name in tree.tops}
                     out = await self.cst.run(
                         cst, csfmod.render(parsed), staged, binds, self.s.subprocess_timeout
                     )
+                    check_csf_binary(out)  # never hand out what is not a HAB4 CSF
                 finally:
                     if staged is not None and staged.path is not None:
                         await asyncio.to_thread(staged.close)  # a large file: off the loop
@@ -438,6 +492,7 @@ class SigningService:
             sig = ecc.sign_digest_der(k, digest)
         else:
             async with self.lms_jobs.slot():
+                self._recheck(ctx, "caliptra")  # revoked while it waited? (quota: below)
                 if self.quota is not None and ctx.token is not None:
                     quota = ctx.token.lms_quota or self.s.lms_quota
                     try:
@@ -491,6 +546,12 @@ class SigningService:
             key, algo = q.get("key", ""), q.get("algo", "")
             priv = self._caliptra_key(ctx, q.get("machine", ""), key, algo)
             data = await asyncio.to_thread(self._public_key, priv, algo)
+            if data is None and priv.is_file():
+                raise Reject(
+                    404,
+                    f"no public key file for the {key} {algo} key of machine {ctx.machine!r}, "
+                    "and it is not a full-tree key known here (its public key is not derived)",
+                )
             if data is None:
                 raise Reject(404, f"no {key} {algo} key for machine {ctx.machine!r}")
             return Response(data, media_type="application/octet-stream")
@@ -519,7 +580,10 @@ class SigningService:
                     )
                 )
             else:
-                data = _lms_public_from_private(priv)
+                lms_pub = _lms_public_from_private(priv, self.s.lms_state)
+                if lms_pub is None:
+                    return None  # 404: no public key file, and not derived (see above)
+                data = lms_pub
         except ImgtoolError as exc:
             log.error("pubkey: %s", exc)
             raise Reject(500, "Signing error: cannot read the key") from None
@@ -563,16 +627,22 @@ def _remove_stale_caches() -> None:
         _rmtree(d)
 
 
-def _lms_public_from_private(priv: Path) -> bytes:
-    """An LMS public key computed from the private key: the full tree's root when the key has
-    a leaf-state file (computed once, single-process), else the sparse demo tree's root."""
-    from ..keys import lms_state, lms_tree
+def _lms_public_from_private(priv: Path, store: str | None) -> bytes | None:
+    """An LMS public key computed from the private key only when it is a full-tree key this
+    machine knows: the root the LMS state store recorded for it, else (its state file or tree
+    cache beside it) the full tree's root, computed once, single-process. Otherwise None:
+    without its ``-pubk.pem`` a key is never given the sparse demo tree's root, which would be
+    wrong for a full-tree key whose state lives elsewhere (a client would pin a public key
+    that no signature verifies against)."""
+    from ..keys import lms_signer, lms_tree
 
+    stored = lms_signer.stored_public_key(priv, store)
+    if stored is not None:
+        return stored.to_bytes()
+    if not lms_signer.is_full_tree_key(priv, store):
+        return None
     key = lms.load_private(priv)
-    if lms_state.state_path(priv).exists():
-        root = lms_tree.compute_tree(key, workers=1)[1]
-    else:
-        root = lms.sparse_root(key)
+    root = lms_tree.compute_tree(key, workers=1)[1]
     return lms.LmsPublicKey(key.lms_type, key.ots_type, key.I, root).to_bytes()
 
 
@@ -585,9 +655,17 @@ class AuditMiddleware:
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
             return
+        if scope["type"] != "http":  # websocket (the server offers none) or anything else
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        has_body = any(
+            (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding"
+            for k, v in scope.get("headers", ())
+        )
         path = scope.get("path", "")
         endpoint = ENDPOINTS.get(path) or ("healthz" if path == "/healthz" else "other")
         client = scope.get("client")
@@ -601,6 +679,10 @@ class AuditMiddleware:
             if blocked:
                 return
             if msg["type"] == "http.response.start":
+                if has_body and int(msg["status"]) >= 400:
+                    # an error answered before (all of) the body was read: this connection
+                    # closes after the response instead of waiting for the rest of the body
+                    msg = {**msg, "headers": [*msg.get("headers", []), (b"connection", b"close")]}
                 try:
                     self.service.finish(ctx, int(msg["status"]))
                 except AuditError as exc:

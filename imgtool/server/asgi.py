@@ -14,6 +14,15 @@ So the server keeps uvicorn (pure Python, already a dependency) and adds, per co
 * a connection limit per client address and one in total (kept below the process's file
   descriptor limit, which is raised to its hard maximum): connections beyond it are reset at once,
   so one client cannot take all descriptors and /healthz keeps answering other clients;
+* a send deadline: a client that stops reading (the response waits in a full socket buffer)
+  is dropped after ``send_timeout`` s, however the response was started;
+* after a response to a request whose body was not read (an error answered before the upload),
+  the connection is closed (``Connection: close``), not kept for the body's deadline;
+* keep-alive: at most ``keep_alive`` s idle and ``max_requests`` requests per connection;
+* no protocol switch: websocket upgrades are not offered (``ws="none"``, and an upgrade header is
+  answered as plain HTTP), so every connection is counted and released by this protocol;
+* ``X-Forwarded-For`` is ignored unless ``forwarded_allow_ips`` names the proxies to trust
+  (otherwise any client could choose the address its limits and audit records are kept under);
 * no log line per refused or timed-out connection: counts are logged at most once a minute, and
   uvicorn's own per-request warnings are rate-limited.
 """
@@ -44,6 +53,9 @@ class ServeOptions:
     max_connections: int = 4096
     max_per_client: int = 128
     keep_alive: float = 5.0
+    send_timeout: float = 30.0  # a response that cannot be written for this long: dropped
+    max_requests: int = 1000  # per connection (keep-alive)
+    forwarded_allow_ips: str | None = None  # proxies whose X-Forwarded-For is trusted
     max_body: int = 64 * 1024 * 1024
     log_level: str = "info"
     ssl_certfile: str | None = None
@@ -83,7 +95,10 @@ def guarded_protocol(opts: ServeOptions) -> type[H11Protocol]:
         _peer = ""
         _admitted = False
         _timer: asyncio.TimerHandle | None = None
+        _send_timer: asyncio.TimerHandle | None = None
         _phase = ""
+        _requests = 0
+        guard_stats = stats  # for tests
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             peer = transport.get_extra_info("peername")
@@ -108,7 +123,14 @@ def guarded_protocol(opts: ServeOptions) -> type[H11Protocol]:
             if stats.per_client[self._peer] <= 0:
                 del stats.per_client[self._peer]
             self._cancel()
+            self._cancel_send()
             super().connection_lost(exc)
+
+        def _should_upgrade(self) -> bool:
+            return False  # never hand the transport to another protocol (its slot would leak)
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:  # pragma: no cover
+            self.send_400_response("Upgrades are not supported.")
 
         def data_received(self, data: bytes) -> None:
             if not self._admitted:
@@ -117,8 +139,36 @@ def guarded_protocol(opts: ServeOptions) -> type[H11Protocol]:
             self._update()
 
         def on_response_complete(self) -> None:
+            self._requests += 1
+            if self.transport is not None and not self.transport.is_closing():
+                # a body the app did not read (an early error), or enough requests: close
+                # rather than wait for the rest of the body or the next request
+                if self.conn.their_state is not h11.DONE or self._requests >= opts.max_requests:
+                    self.transport.close()
             super().on_response_complete()
+            if self.transport is not None and self.transport.is_closing():
+                self._cancel()
+                if self.transport.get_write_buffer_size():
+                    self._arm_send()  # the response still has to drain: bounded
+                return
             self._update()
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._arm_send()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._cancel_send()
+
+        def _arm_send(self) -> None:
+            if self._send_timer is None:
+                self._send_timer = self.loop.call_later(opts.send_timeout, self._expired)
+
+        def _cancel_send(self) -> None:
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
 
         # -- deadlines
         def _cancel(self) -> None:
@@ -149,6 +199,7 @@ def guarded_protocol(opts: ServeOptions) -> type[H11Protocol]:
 
         def _expired(self) -> None:
             self._timer = None
+            self._send_timer = None
             if self.transport is None or self.transport.is_closing():
                 return
             stats.timed_out += 1
@@ -204,6 +255,9 @@ def run(app: Any, opts: ServeOptions) -> None:
         host=opts.host,
         port=opts.port,
         http=guarded_protocol(opts),
+        ws="none",
+        proxy_headers=opts.forwarded_allow_ips is not None,
+        forwarded_allow_ips=opts.forwarded_allow_ips or "",
         log_level=opts.log_level,
         ssl_certfile=opts.ssl_certfile,
         ssl_keyfile=opts.ssl_keyfile,

@@ -52,3 +52,65 @@ class AuditLog:
                 self.last_error = f"{self.path}: {exc.strerror or exc}"
                 raise AuditError(self.last_error) from None
             self.last_error = None
+
+
+class FailureSummary:
+    """Bounds what unauthenticated failures (4xx without a valid token) add to the audit log:
+    the first ``burst`` of each ``interval`` s are recorded in full, the rest only counted, and
+    one summary record per interval gives the counts (by endpoint and status, and the busiest
+    client addresses). A flood therefore adds at most ``burst + 1`` records per interval, while
+    every authenticated request is still recorded one by one."""
+
+    MAX_CLIENTS = 1024  # distinct addresses counted per interval (the rest: "other")
+
+    def __init__(self, burst: int = 20, interval: float = 60.0) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._reset(time.time())
+
+    def _reset(self, now: float) -> None:
+        self.start = now
+        self.recorded = 0
+        self.counted = 0
+        self.by_kind: dict[str, int] = {}
+        self.clients: dict[str, int] = {}
+
+    def admit(self, endpoint: str, status: int, client: str) -> bool:
+        """True: record this failure in full; False: it was counted for the summary."""
+        with self._lock:
+            if self.recorded < self.burst:
+                self.recorded += 1
+                return True
+            self.counted += 1
+            kind = f"{endpoint} {status}"
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+            key = (
+                client
+                if client in self.clients or len(self.clients) < self.MAX_CLIENTS
+                else "other"
+            )
+            self.clients[key] = self.clients.get(key, 0) + 1
+            return False
+
+    def due(self, now: float | None = None, force: bool = False) -> dict[str, Any] | None:
+        """The summary record of the interval that has ended (None if nothing was left out);
+        starts the next interval."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if not force and now - self.start < self.interval:
+                return None
+            rec: dict[str, Any] | None = None
+            if self.counted:
+                top = sorted(self.clients.items(), key=lambda kv: -kv[1])[:10]
+                rec = {
+                    "event": "unauthenticated_failures",
+                    "interval_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.start)),
+                    "interval_s": round(now - self.start, 1),
+                    "recorded": self.recorded,
+                    "not_recorded": self.counted,
+                    "by_endpoint_status": dict(sorted(self.by_kind.items())),
+                    "top_clients": [[c, n] for c, n in top],
+                }
+            self._reset(now)
+            return rec

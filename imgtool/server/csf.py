@@ -181,6 +181,40 @@ SECTIONS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
 }
 _ONCE = ("header", "install srk", "authenticate csf")
 
+# Caps beyond which NXP's cst crashes, hangs or writes a CSF that HAB cannot hold (cst 3.3.1
+# segfaults on ~300 Unlock sections and on Target Index 0x80000000; 245 Blocks entries or 40
+# Authenticate Data sections make it fail): far above what a signing CSF uses.
+MAX_SECTIONS = 32
+MAX_SECTION_COUNT = {
+    "install csfk": 1,
+    "install nocak": 1,
+    "install key": 3,  # HAB4 key slots 2..4
+    "authenticate data": 8,
+    "unlock": 8,
+    "init": 8,
+    "set engine": 8,
+    "nop": 8,
+}
+MAX_BLOCKS = 16  # per Blocks statement
+MAX_BLOCKS_TOTAL = 32
+MAX_LIST = 16  # Features / UID / Engine Configuration items
+U32 = 0xFFFFFFFF
+# numeric ranges (inclusive) of single-number keywords, by (section, keyword)
+RANGES: dict[tuple[str, str], tuple[int, int]] = {
+    ("install srk", "source index"): (0, 3),
+    ("install key", "verification index"): (0, 4),
+    ("install key", "target index"): (2, 4),
+    ("authenticate data", "verification index"): (0, 4),
+}
+MAX_VERSION_MINOR = 9
+MAX_ENGINE_CONFIGURATION = 0xFF
+
+
+def number(tok: Token) -> int:
+    """A NUMBER token's value (hex with 0x, else decimal), as cst reads it."""
+    t = tok.text
+    return int(t[2:], 16) if t[:2].lower() == "0x" else int(t, 10)
+
 
 @dataclass
 class Statement:
@@ -295,6 +329,8 @@ def _value(stmt: Statement, shape: str, allowed: tuple[str, ...]) -> None:
     elif shape == V_VERSION:
         if kinds != [NUMBER, DOT, NUMBER] or v[0].text != "4":
             raise CsfError(where, "Version must be 4.x (HAB4)")
+        if len(v[2].text) > 3 or number(v[2]) > MAX_VERSION_MINOR:
+            raise CsfError(where, f"Version must be 4.0 to 4.{MAX_VERSION_MINOR}")
     elif shape == V_WORD:
         if kinds != [WORD] or v[0].text.lower() not in allowed:
             raise CsfError(where, f"{kw!r} must be one of {', '.join(allowed)}")
@@ -311,13 +347,25 @@ def _value(stmt: Statement, shape: str, allowed: tuple[str, ...]) -> None:
             prev = t.kind
         if prev == sep:
             raise CsfError(where, f"{kw!r} ends with {sep!r}")
+        if sum(t.kind != sep for t in v) > MAX_LIST:
+            raise CsfError(where, f"{kw!r}: more than {MAX_LIST} items")
+        top = MAX_ENGINE_CONFIGURATION if kw == "engine configuration" else U32
+        for t in v:
+            if t.kind == NUMBER and number(t) > top:
+                raise CsfError(where, f"{kw!r}: {t.text} is out of range (0 to {top:#x})")
     elif shape == V_BLOCKS:
-        i = 0
+        i = n = 0
         while True:
             if kinds[i : i + 4] != [NUMBER, NUMBER, NUMBER, FILENAME]:
                 raise CsfError(where, 'Blocks must be: address offset length "file" [, ...]')
             check_name(v[i + 3])
+            addr, off, length = (number(t) for t in v[i : i + 3])
+            if addr > U32 or off > U32 or not 0 < length <= U32 or addr + length > U32 + 1:
+                raise CsfError(where, "Blocks: address, offset and length are 32-bit, length > 0")
             i += 4
+            n += 1
+            if n > MAX_BLOCKS:
+                raise CsfError(where, f"Blocks: more than {MAX_BLOCKS} blocks")
             if i == len(v):
                 break
             if kinds[i] != COMMA or i + 1 == len(v):
@@ -342,6 +390,11 @@ def parse(data: bytes) -> Csf:
                 raise CsfError(first.line, f"section [{name}] appears twice")
             if not sections and name != "header":
                 raise CsfError(first.line, "the first section must be [Header]")
+            if len(sections) >= MAX_SECTIONS:
+                raise CsfError(first.line, f"more than {MAX_SECTIONS} sections")
+            cap = MAX_SECTION_COUNT.get(name)
+            if cap is not None and sum(s.name == name for s in sections) >= cap:
+                raise CsfError(first.line, f"more than {cap} [{name}] section(s)")
             sections.append(Section(first.line, name))
             continue
         eq = next((k for k, t in enumerate(toks) if t.kind == EQUALS), -1)
@@ -358,26 +411,42 @@ def parse(data: bytes) -> Csf:
             raise CsfError(first.line, f"keyword {keyword!r} given twice in [{sec.name}]")
         stmt = Statement(first.line, keyword, toks[eq + 1 :])
         _value(stmt, *spec)
+        bounds = RANGES.get((sec.name, keyword))
+        if bounds is not None and not bounds[0] <= number(stmt.tokens[0]) <= bounds[1]:
+            raise CsfError(
+                first.line, f"{keyword!r} must be {bounds[0]} to {bounds[1]} in [{sec.name}]"
+            )
         sec.statements.append(stmt)
     if not sections:
         raise CsfError(0, "no sections")
     for need in _ONCE:
         if not any(s.name == need for s in sections):
             raise CsfError(0, f"no [{need}] section")
+    if "install csfk" in (x.name for x in sections) and "install nocak" in (
+        x.name for x in sections
+    ):
+        raise CsfError(0, "[Install CSFK] and [Install NOCAK] exclude each other")
     files: list[str] = []
     blocks: list[str] = []
     for sec in sections:
         for st in sec.statements:
             names = [check_name(t) for t in st.tokens if t.kind == FILENAME]
             (blocks if st.keyword == "blocks" else files).extend(names)
+    if len(blocks) > MAX_BLOCKS_TOTAL:
+        raise CsfError(0, f"more than {MAX_BLOCKS_TOTAL} Blocks entries in all")
     return Csf(sections, files, blocks)
 
 
 def check_files(
-    csf: Csf, archive_files: Collection[str], artifact: str, data: bytes | None = None
+    csf: Csf,
+    archive_files: Collection[str],
+    artifact: str,
+    data: bytes | None = None,
+    artifact_size: int | None = None,
 ) -> None:
     """File values must name regular files of the key archive (not under keys/), Blocks the
-    uploaded artifact. ``archive_files`` holds the archive's regular files' relative names."""
+    uploaded artifact (each block inside it when ``artifact_size`` is given). ``archive_files``
+    holds the archive's regular files' relative names."""
     for sec in csf.sections:
         for st in sec.statements:
             for t in st.tokens:
@@ -392,6 +461,15 @@ def check_files(
                     raise CsfError(st.line, f"{name!r}: private key material may not be named")
                 if name not in archive_files:
                     raise CsfError(st.line, f"{name!r} is not a file of this machine's key archive")
+            if st.keyword == "blocks" and artifact_size is not None:
+                nums = [number(t) for t in st.tokens if t.kind == NUMBER]
+                for off, length in zip(nums[1::3], nums[2::3], strict=True):
+                    if off + length > artifact_size:
+                        raise CsfError(
+                            st.line,
+                            f"Blocks: offset {off:#x} + length {length:#x} is past the end of "
+                            f"the {artifact_size}-byte artifact",
+                        )
 
 
 def render(csf: Csf) -> bytes:

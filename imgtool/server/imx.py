@@ -12,6 +12,7 @@ from typing import IO
 
 CSF_INPUT = "csf-input.txt"
 CSF_OUTPUT = "csf-output.bin"
+JOB_FILES = (CSF_INPUT, CSF_OUTPUT)  # names in /job no archive entry or artifact may take
 MIN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C"}
 
 
@@ -75,3 +76,26 @@ def unpack_keys(
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ImxError(500, "Signing error", f"{label}: {type(exc).__name__}") from None
     return files
+
+
+HAB_TAG_CSF = 0xD4
+
+
+def check_csf_binary(data: bytes) -> None:
+    """What cst wrote must be a HAB4 CSF before any of it is returned: tag 0xD4, version 4.x,
+    a header length within the file, and commands (tag, length, parameter) that fill that
+    length exactly (the certificates and signatures the commands point at follow it).
+    Raises ImxError (500: this is the server's tool misbehaving, not the client's input)."""
+    if len(data) < 8 or data[0] != HAB_TAG_CSF or data[3] >> 4 != 4:
+        raise ImxError(500, "Signing error", "cst output is not a HAB4 CSF (tag 0xD4, v4.x)")
+    length = int.from_bytes(data[1:3], "big")
+    if not 8 <= length <= len(data):
+        raise ImxError(
+            500, "Signing error", f"cst output: CSF length {length} does not fit {len(data)} B"
+        )
+    off = 4
+    while off < length:
+        cmd = int.from_bytes(data[off + 1 : off + 3], "big")
+        if cmd < 4 or off + cmd > length:
+            raise ImxError(500, "Signing error", f"cst output: bad command at offset {off}")
+        off += cmd

@@ -18,10 +18,12 @@ import shutil
 import stat
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .imx import ImxError, unpack_keys
+from .csfpolicy import FileInfo, index_tree
+from .imx import JOB_FILES, ImxError, unpack_keys
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class KeyTree:
     root: Path
     files: frozenset[str]  # relative names of the regular files
     tops: tuple[str, ...]  # top-level entries (bound into each job)
+    index: Mapping[str, FileInfo] = field(default_factory=dict)  # roles (csfpolicy)
 
 
 def _sig(st: os.stat_result) -> tuple[int, ...]:
@@ -144,6 +147,12 @@ class KeyCache:
                 io.BytesIO(data), tmp, self.max_bytes, self.max_files, name=str(archive)
             )
             tops = tuple(sorted(p.name for p in tmp.iterdir()))
+            bad = sorted(set(tops) & set(JOB_FILES))
+            if bad:  # bound into /job, it would replace the checked CSF or the output
+                raise ImxError(
+                    500, "Signing error", f"{archive}: reserved top-level name {bad[0]!r}"
+                )
+            index = index_tree(tmp, frozenset(files))  # each file's role, once per tree
             for d, dirs, names in os.walk(tmp, topdown=False):
                 for x in names:
                     os.chmod(os.path.join(d, x), 0o400)
@@ -158,6 +167,6 @@ class KeyCache:
             _rmtree(tmp)
             raise
         self.unpacks += 1
-        tree = KeyTree(digest, dest, frozenset(files), tops)
+        tree = KeyTree(digest, dest, frozenset(files), tops, index)
         self._trees[digest] = tree
         return _sig(st), tree

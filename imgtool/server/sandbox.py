@@ -40,6 +40,12 @@ JOB = "/job"
 SANDBOX_UID = 65534
 TMPFS_SPARE = 16 * 1024 * 1024  # room in /job for cst's own files, beyond its inputs
 MAX_OUTPUT = 16 * 1024 * 1024  # the most of cst's output that is read back
+# Resource limits of every cst run (prlimit(1) sets them on the process that execs bwrap or
+# cst, so every process of the job inherits them): address space, the largest file it may
+# write, CPU seconds (the run's timeout), no core dumps. A crafted CSF that makes cst loop or
+# allocate is stopped by these rather than by the machine.
+MEM_LIMIT = 512 * 1024 * 1024  # plus twice the artifact's size
+FSIZE_LIMIT = MAX_OUTPUT + 1024 * 1024  # plus the artifact's size
 _ABS_PATH = re.compile(r"(?<![A-Za-z0-9._-])(/[A-Za-z0-9._+/-]+)")
 _LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
 
@@ -258,6 +264,7 @@ class CstRunner:
         self.sandbox = sandbox
         self.protected = list(protected)
         self.bwrap = bwrap or shutil.which("bwrap") or "/usr/bin/bwrap"
+        self.prlimit = shutil.which("prlimit")  # util-linux; None: no resource limits
         self.work_dir = work_dir or Path(tempfile.gettempdir())
         self._cache_dir = cache_dir
         self._own_cache = cache_dir is None
@@ -306,6 +313,19 @@ class CstRunner:
             if self._own_cache and self._cache_dir is not None:
                 shutil.rmtree(self._cache_dir, ignore_errors=True)
                 self._cache_dir = None
+
+    def limits(self, artifact_size: int, timeout: float) -> list[str]:
+        """The ``prlimit`` command-line prefix for one job (empty without prlimit)."""
+        if self.prlimit is None:
+            return []
+        return [
+            self.prlimit,
+            f"--as={MEM_LIMIT + 2 * artifact_size}",
+            f"--fsize={FSIZE_LIMIT + artifact_size}",
+            f"--cpu={max(1, int(timeout + 0.999))}",
+            "--core=0",
+            "--",
+        ]
 
     def deps(self, cst: Path) -> list[Path]:
         return self._root(cst)[0]
@@ -365,6 +385,9 @@ class CstRunner:
         name = artifact.name
         if name in (CSF_INPUT, CSF_OUTPUT, "", ".", "..") or "/" in name or name in ro_in_job:
             raise ImxError(400, "artifact file name not allowed", f"artifact name {name!r}")
+        for top in ro_in_job:
+            if top in (CSF_INPUT, CSF_OUTPUT, "", ".", "..") or "/" in top:
+                raise ImxError(500, "Signing error", f"key tree entry {top!r} shadows a job file")
         if not self.sandbox:
             return self._run_unsandboxed(cst, csf, artifact, ro_in_job, timeout)
         _, prefix = self._root(cst)
@@ -385,11 +408,12 @@ class CstRunner:
             elif artifact.path is not None:
                 ro[artifact.name] = artifact.path
                 size += artifact.size  # room for cst's copies of the data
-            argv = prefix + job_args(size, files, ro, Path(out_path))
+            argv = self.limits(artifact.size, timeout) + prefix
+            argv += job_args(size, files, ro, Path(out_path))
             argv += [str(cst), "-i", CSF_INPUT, "-o", CSF_OUTPUT]
             rc, text = self._exec(argv, None, tuple(files.values()), timeout)
             st = os.fstat(out_fd)
-            data = os.pread(out_fd, MAX_OUTPUT, 0) if stat.S_ISREG(st.st_mode) else b""
+            data = os.pread(out_fd, MAX_OUTPUT + 1, 0) if stat.S_ISREG(st.st_mode) else b""
         finally:
             os.close(csf_fd)
             if out_fd >= 0:
@@ -421,13 +445,15 @@ class CstRunner:
                         shutil.copyfileobj(fh, out)
             for name, src in ro_in_job.items():
                 _copy_private(src, job / name)
-            rc, text = self._exec([str(cst), "-i", CSF_INPUT, "-o", CSF_OUTPUT], job, (), timeout)
+            argv = self.limits(artifact.size, timeout)
+            argv += [str(cst), "-i", CSF_INPUT, "-o", CSF_OUTPUT]
+            rc, text = self._exec(argv, job, (), timeout)
             result = job / CSF_OUTPUT
             data = b""
             if rc == 0 and result.is_file() and not result.is_symlink():
                 fd = os.open(result, os.O_RDONLY | os.O_NOFOLLOW)
                 with os.fdopen(fd, "rb") as fh:
-                    data = fh.read(MAX_OUTPUT)
+                    data = fh.read(MAX_OUTPUT + 1)
         finally:
             _rmtree(job)
         return _result(rc, text, data)
@@ -462,11 +488,16 @@ class CstRunner:
 
 
 def _result(rc: int, text: bytes, data: bytes) -> bytes:
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        raise ImxError(500, "Signing error", f"cst was killed by {name} (a crash or a limit)")
     if rc != 0:
         tail = (text.decode("utf-8", "replace").strip().splitlines()[-1:] or [""])[0][:200]
         raise ImxError(500, "Signing error", f"cst exited with {rc}: {tail}")
     if not data:
         raise ImxError(500, "Signing error", "cst exited with 0 but wrote no output")
+    if len(data) > MAX_OUTPUT:
+        raise ImxError(500, "Signing error", f"cst wrote more than {MAX_OUTPUT} bytes")
     return data
 
 

@@ -47,6 +47,26 @@ def keyfile_root(uri: str) -> Path:
     raise ServerError(f"DIGSIGSERVER_KEYFILE_URI: scheme {parsed.scheme!r} is not supported")
 
 
+AUDIT_NAME = "server-audit.jsonl"
+
+
+def state_dir(lms_state: str | None = None) -> Path:
+    """The server's state directory: that of the LMS leaf-state store when it is a file
+    (``--state`` / CPTRA_IMGTOOL_STATE), else ``$XDG_STATE_HOME/cptra-imgtool``
+    (``~/.local/state`` when XDG_STATE_HOME is unset or relative), as the store's default."""
+    loc = lms_state or os.environ.get("CPTRA_IMGTOOL_STATE", "")
+    if loc and "://" not in loc and os.path.isabs(loc):
+        return Path(loc).parent
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "cptra-imgtool"
+
+
+def default_audit_log(lms_state: str | None = None) -> Path:
+    """Where the audit log goes when none is given: ``<state dir>/server-audit.jsonl``."""
+    return state_dir(lms_state) / AUDIT_NAME
+
+
 def cpus() -> int:
     """CPUs this process may use."""
     try:
@@ -83,6 +103,7 @@ class Settings:
     lms_quota: Quota = Quota(256, 86400)  # per token, unless the token has its own
     quota_db: Path | None = None  # default: beside the tokens file
     allow_unsandboxed_cst: bool = False
+    no_audit_log: bool = False  # explicitly run without an audit log (a start-up warning)
 
     @property
     def jobs(self) -> int:
@@ -126,6 +147,8 @@ class Settings:
             else Quota(256, 86400),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("audit_log") is None and not values.get("no_audit_log"):
+            values["audit_log"] = default_audit_log(values.get("lms_state"))  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
     def check(self) -> None:

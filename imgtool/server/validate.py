@@ -3,6 +3,7 @@ match (``re.fullmatch``): a trailing newline or any other control character neve
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 MACHINE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -39,7 +40,22 @@ def printable(value: str) -> bool:
     return _UNSAFE.search(value) is None
 
 
+_ESCAPE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")  # not printable ASCII, or a backslash
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" if c < 0x10000 else f"\\U{c:08x}"
+
+
 def log_safe(value: str, limit: int = 200) -> str:
-    """``value`` fit for one log line: control and non-ASCII characters escaped, truncated."""
-    out = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else "?", value)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
+    """``value`` fit for one log line, injectively: control and non-ASCII characters and the
+    backslash itself are escaped (``\\xHH``, ``\\uHHHH``, ``\\UHHHHHHHH``), so two different
+    values never give the same text. A longer result is cut and marked with ``\\...`` (which
+    no escaped text contains) and a hash of the whole value."""
+    out = _ESCAPE.sub(_escape, value)
+    if len(out) <= limit:
+        return out
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    tail = f"\\...[{len(value)} chars, sha256 {digest}]"
+    return out[: max(0, limit - len(tail))] + tail

@@ -138,6 +138,35 @@ def make_pki(work: Path) -> Pki:
         k = new_key()
         save(name, k, _cert(k, name, srk1_key, SRK[0], False))
     (keys / "key_pass.txt").write_bytes(PASSPHRASE + b"\n" + PASSPHRASE + b"\n")
+    if shutil.which("srktool") is None:  # the same table, written here (tests without CST)
+        (crts / "SRK_1_2_3_4_table.bin").write_bytes(srk_table(srk_paths))
+    else:
+        _srktool(work)
+    tarball = work / "imx-cst-keys.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for sub in ("crts", "keys"):
+            tar.add(work / "pki" / sub, arcname=sub)
+    return Pki(work / "pki", ca_path, srk_paths, tarball)
+
+
+def srk_table(certs: list[Path]) -> bytes:
+    """A HAB4 SRK table of RSA certificates, as srktool writes it (CA flag 0x80)."""
+    entries = b""
+    for p in certs:
+        cert = x509.load_pem_x509_certificate(p.read_bytes())
+        pub = cert.public_key()
+        assert isinstance(pub, rsa.RSAPublicKey)
+        n = pub.public_numbers()
+        mod = n.n.to_bytes((n.n.bit_length() + 7) // 8, "big")
+        exp = n.e.to_bytes((n.e.bit_length() + 7) // 8, "big")
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        body = bytes([0x21, 0, 0, 0, 0x80 if ca else 0]) + len(mod).to_bytes(2, "big")
+        body += len(exp).to_bytes(2, "big") + mod + exp
+        entries += b"\xe1" + (len(body) + 3).to_bytes(2, "big") + body
+    return b"\xd7" + (len(entries) + 4).to_bytes(2, "big") + b"\x40" + entries
+
+
+def _srktool(work: Path) -> None:
     subprocess.run(
         [
             "srktool",
@@ -156,11 +185,6 @@ def make_pki(work: Path) -> Pki:
         check=True,
         capture_output=True,
     )
-    tarball = work / "imx-cst-keys.tar.gz"
-    with tarfile.open(tarball, "w:gz") as tar:
-        for sub in ("crts", "keys"):
-            tar.add(work / "pki" / sub, arcname=sub)
-    return Pki(work / "pki", ca_path, srk_paths, tarball)
 
 
 def csf_text(artifact_name: str, size: int = 0x8000) -> str:

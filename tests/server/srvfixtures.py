@@ -86,32 +86,21 @@ def start_server(
     if with_cst and imx_pki.cst_available() is None:
         imx_pki.install_cst(base)
         pki = imx_pki.make_pki(tmp / "imx")
-    else:
-        # no real CST here: the key archive is still needed for the path checks
-        (tmp / "imx").mkdir()
-        pki = None
     imx_dir = root / IMX_MACHINE / "imxsign"
     imx_dir.mkdir(parents=True)
     if pki is not None:
         (imx_dir / "imx-cst-keys.tar.gz").write_bytes(pki.tarball.read_bytes())
     else:
-        import tarfile
-
-        # the same names as the real PKI (the CSF checks want them to exist), dummy contents
-        (tmp / "imx" / "crts").mkdir()
-        (tmp / "imx" / "keys").mkdir()
-        for n in ("SRK_1_2_3_4_table.bin", f"{imx_pki.CSF}_crt.pem", f"{imx_pki.IMG}_crt.pem"):
-            (tmp / "imx" / "crts" / n).write_text("cert")
-        (tmp / "imx" / "keys" / "key_pass.txt").write_text("pass")
-        with tarfile.open(imx_dir / "imx-cst-keys.tar.gz", "w:gz") as tar:
-            tar.add(tmp / "imx" / "crts", arcname="crts")
-            tar.add(tmp / "imx" / "keys", arcname="keys")
+        # no real CST here: the same PKI (its SRK table written in Python), for the checks
+        (imx_dir / "imx-cst-keys.tar.gz").write_bytes(
+            imx_pki.make_pki(tmp / "imx").tarball.read_bytes()
+        )
     # The fakes run in the same sandbox as the real cst: they can write only into their job
     # dir, so the OK fake returns what it saw (argv, environment, visible files) in its output.
     fake_cst(
         base,
         FAKE_CST_OK,
-        'printf "\\324\\000\\000\\000fake\\n" > "$4"\n'
+        'printf "\\324\\000\\010\\103\\300\\000\\004\\000fake\\n" > "$4"\n'
         'echo "argv: $0 $*" >> "$4"\n/usr/bin/env >> "$4"\n',
     )
     fake_cst(base, FAKE_CST_HANG, "exec /bin/sleep 30\n")

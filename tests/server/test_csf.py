@@ -59,6 +59,9 @@ HOSTILE: dict[str, bytes] = {
     "names-the-artifact": srk('"flash.bin"'),  # uploaded by the client, not from the archive
     "names-the-output": srk('"csf-output.bin"'),
     "not-in-archive": srk('"crts/other_crt.pem"'),
+    # a symlink in a key archive is refused when it is unpacked (test_key_archive_is_unpacked_
+    # safely[symlink]), so a link's name is never among the archive's files
+    "symlinked-name": srk('"crts/SRK_table_link.bin"'),
     "trailing-space": srk('"crts/SRK_1_2_3_4_table.bin "'),
     "space-inside": srk('"crts/SRK 1.bin"'),
     "non-ascii-name": srk('"crts/\u00e9.pem"'),
