@@ -11,6 +11,12 @@ A fuses file (TOML) says what the device has burnt in::
     # optional, as the Caliptra ROM checks them: vendor_ecc_revocation (4-bit mask),
     # vendor_lms_revocation (32-bit mask), fmc_svn (0..32), runtime_svn (0..64)
 
+Caliptra 2.x parts add ``pqc_key_type`` (1 = ML-DSA-87, 3 = LMS: the fuse the 2.x ROM and runtime
+take the PQC type from; ``lms_verify`` is then not needed: 2.x always checks ECC and the PQC type)
+and ``vendor_mldsa_revocation`` (4-bit mask); their hashes are over the 2.x bundle's key
+descriptors and owner keys (:func:`vendor_pk_hash2`, :func:`owner_pk_hash2`), and ``min_svn`` is
+the SoC manifest SVN fuse.
+
 Fuse words: Caliptra reads each hash as 12 u32 registers into an ``Array4x12`` and compares it
 with the SHA-384 engine's digest word by word. caliptra-sw ``drivers/src/array.rs`` converts
 between that array and bytes with big-endian words (``u8_to_u32_be_impl``), so register i holds
@@ -29,6 +35,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .formats.bundle1 import Bundle
+from .formats.bundle2 import PQC_LMS, PQC_MLDSA, Bundle2
 
 HASH_LEN = 48
 _HEX96 = re.compile(r"[0-9a-fA-F]{96}")
@@ -42,6 +49,8 @@ FIELDS = (
     "vendor_lms_revocation",
     "fmc_svn",
     "runtime_svn",
+    "pqc_key_type",
+    "vendor_mldsa_revocation",
 )
 # optional integer fuses: name -> (maximum, what it is)
 RANGES = {
@@ -50,6 +59,7 @@ RANGES = {
     "vendor_lms_revocation": (0xFFFFFFFF, "bit i revokes vendor LMS key i (key 31 never)"),
     "fmc_svn": (32, "FMC firmware SVN fuse"),
     "runtime_svn": (64, "runtime firmware SVN fuse"),
+    "vendor_mldsa_revocation": (0xF, "2.x: bit i revokes vendor ML-DSA key i (key 3 never)"),
 }
 
 
@@ -68,6 +78,8 @@ class Fuses:
     vendor_lms_revocation: int | None = None
     fmc_svn: int | None = None
     runtime_svn: int | None = None
+    pqc_key_type: int | None = None  # Caliptra 2.x: 1 = ML-DSA-87, 3 = LMS
+    vendor_mldsa_revocation: int | None = None
 
 
 def vendor_pk_hash(b: Bundle) -> bytes:
@@ -76,6 +88,34 @@ def vendor_pk_hash(b: Bundle) -> bytes:
 
 def owner_pk_hash(b: Bundle) -> bytes:
     return hashlib.sha384(b.owner_key_block()).digest()
+
+
+def vendor_pk_hash2(b: Bundle2) -> bytes:
+    """Caliptra 2.x: SHA-384 of the ECC and PQC key descriptors (1736 bytes; caliptra-sw
+    ``ImageManifest::vendor_pub_key_descriptors_range``). The descriptors hold the hashes of
+    every vendor key, so the fuse covers all of them, active or not."""
+    return hashlib.sha384(b.vendor_info_block()).digest()
+
+
+def owner_pk_hash2(b: Bundle2) -> bytes:
+    """Caliptra 2.x: SHA-384 of the owner ECC key and the whole 2592-byte PQC key slot
+    (2688 bytes; ``ImageManifest::owner_pub_key_range``, unused LMS bytes included)."""
+    return hashlib.sha384(b.owner_key_block()).digest()
+
+
+def from_bundle2(b: Bundle2, source: str = "bundle") -> Fuses:
+    """The fuses a Caliptra 2.x part needs to boot this bundle. Where the public source stops:
+    how the SoC encodes ``pqc_key_type`` into its fuse register (caliptra-sw reads a value
+    and maps 1 / 3; other encodings are the integrator's) is not defined there."""
+    return Fuses(
+        vendor_pk_hash2(b),
+        owner_pk_hash2(b),
+        b.pqc_key_type == PQC_LMS,
+        True,
+        None,
+        source,
+        pqc_key_type=b.pqc_key_type,
+    )
 
 
 def fuse_words(digest: bytes) -> list[int]:
@@ -142,7 +182,10 @@ def load(path: str | Path) -> Fuses:
     if unknown:
         raise _err(p, unknown[0], f"unknown key (known: {', '.join(FIELDS)})")
     secure_boot = _bool(p, table, "secure_boot", True)
-    lms_verify = _bool(p, table, "lms_verify", None)
+    pqc = table.get("pqc_key_type")
+    if pqc is not None and (isinstance(pqc, bool) or pqc not in (PQC_MLDSA, PQC_LMS)):
+        raise _err(p, "pqc_key_type", f"must be 1 (ML-DSA-87) or 3 (LMS), got {pqc!r}")
+    lms_verify = _bool(p, table, "lms_verify", None if pqc is None else pqc == PQC_LMS)
     vendor = _hash(p, table, "vendor_pk_hash")
     if "owner_pk_hash" not in table:
         raise _err(p, "owner_pk_hash", 'missing ("" when the owner hash fuse is not provisioned)')
@@ -173,6 +216,8 @@ def load(path: str | Path) -> Fuses:
         ints["vendor_lms_revocation"],
         ints["fmc_svn"],
         ints["runtime_svn"],
+        pqc,
+        ints["vendor_mldsa_revocation"],
     )
 
 
@@ -185,6 +230,8 @@ def to_toml(f: Fuses, comment: str = "") -> str:
         f"lms_verify = {'true' if f.lms_verify else 'false'}",
         f"secure_boot = {'true' if f.secure_boot else 'false'}",
     ]
+    if f.pqc_key_type is not None:
+        lines.append(f"pqc_key_type = {f.pqc_key_type}")
     for name in RANGES:
         value = getattr(f, name)
         if value is not None:
@@ -203,5 +250,6 @@ def to_json(f: Fuses) -> dict[str, Any]:
         "owner_pk_hash": h(f.owner_pk_hash),
         "lms_verify": f.lms_verify,
         "secure_boot": f.secure_boot,
+        "pqc_key_type": f.pqc_key_type,
         **{name: getattr(f, name) for name in RANGES},
     }

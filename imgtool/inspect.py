@@ -5,6 +5,7 @@ The JSON layout is documented in docs/inspect-json.md and kept stable.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Any
 
@@ -12,12 +13,22 @@ from . import fuses
 from .config import SVN_MAX, SVN_SHIFT, Config, Format, VendorSignature
 from .errors import FormatError
 from .formats import bundle1 as bundle_mod
+from .formats import bundle2 as bundle2_mod
 from .formats import flash1 as flash
 from .formats import manifest1 as manifest
 from .formats.manifest1 import Manifest
 from .keys import lms
 from .keys.key_match import fingerprint
-from .verify import KIND_A1, KIND_BUNDLE, KIND_FLASH, KIND_MAN_1X, KIND_MAN_ASPEED, detect
+from .verify import (
+    KIND_A1,
+    KIND_BUNDLE,
+    KIND_BUNDLE2,
+    KIND_FLASH,
+    KIND_MAN_1X,
+    KIND_MAN_ASPEED,
+    RUNTIME_2X,
+    detect,
+)
 
 SCHEMA = 1
 FLASH_NAMES = {
@@ -151,6 +162,104 @@ def describe_bundle(b: bundle_mod.Bundle) -> dict[str, Any]:
     }
 
 
+def _mldsa_key(raw: bytes) -> dict[str, Any] | None:
+    if not any(raw):
+        return None
+    return {"algo": "ML-DSA-87", "sha384_prefix": hashlib.sha384(raw).hexdigest()[:16]}
+
+
+def _pqc_key(b: bundle2_mod.Bundle2, raw: bytes) -> dict[str, Any] | None:
+    return _mldsa_key(raw) if b.pqc_key_type == bundle2_mod.PQC_MLDSA else _lms_key(raw[:48])
+
+
+def describe_bundle2(b: bundle2_mod.Bundle2) -> dict[str, Any]:
+    """A Caliptra 2.x bundle (CMN2): PQC type, key descriptors, active vendor keys, owner keys,
+    the fuse hashes, the header and the TOC. Key hashes are SHA-384 in normal byte order."""
+
+    def desc(d: bundle2_mod.KeyDescriptor, n: int, selected: int) -> dict[str, Any]:
+        return {
+            "version": d.version,
+            "type_or_reserved": d.type_or_reserved,
+            "key_hash_count": d.count,
+            "key_hashes": [
+                {"index": i, "selected": i == selected, "sha384": d.hash_be(i).hex()}
+                for i in range(min(max(d.count, 0), n))
+            ],
+        }
+
+    pqc_slots = (
+        bundle2_mod.VENDOR_MLDSA_MAX
+        if b.pqc_key_type == bundle2_mod.PQC_MLDSA
+        else bundle2_mod.VENDOR_LMS_MAX
+    )
+    return {
+        "marker": "CMN2",
+        "target": RUNTIME_2X,
+        "manifest_size": b.size,
+        "pqc_key_type": b.pqc_key_type,
+        "pqc": b.pqc_name,
+        "vendor_ecc_key_index": b.vendor_ecc_idx,
+        "vendor_pqc_key_index": b.vendor_pqc_idx,
+        "vendor_ecc_key": _ecc_key(b.vendor_ecc_pub),
+        "vendor_pqc_key": _pqc_key(b, b.vendor_pqc_slot),
+        "owner_ecc_key": _ecc_key(b.owner_ecc_pub),
+        "owner_pqc_key": _pqc_key(b, b.owner_pqc_slot),
+        "ecc_key_descriptor": desc(b.ecc_desc, bundle2_mod.VENDOR_ECC_MAX, b.vendor_ecc_idx),
+        "pqc_key_descriptor": desc(b.pqc_desc, pqc_slots, b.vendor_pqc_idx),
+        "vendor_pk_hash": _hash(fuses.vendor_pk_hash2(b)),
+        "owner_pk_hash": _hash(fuses.owner_pk_hash2(b)),
+        "svn": b.svn,
+        "flags": b.flags,
+        "toc": [
+            {
+                "name": t.name,
+                "id": t.id,
+                "type": t.type,
+                "version": t.version,
+                "load_addr": t.load_addr,
+                "entry_point": t.entry_point,
+                "offset": t.offset,
+                "size": t.size,
+                "digest": t.digest_be.hex(),
+            }
+            for t in (b.fmc, b.runtime)
+        ],
+    }
+
+
+def render_bundle2(d: dict[str, Any], lines: list[str]) -> None:
+    def key(k: dict[str, Any] | None) -> str:
+        if k is not None and k.get("algo") == "ML-DSA-87":
+            return f"ML-DSA-87 sha384={k['sha384_prefix']}..."
+        return _key_text(k)
+
+    _kv(
+        lines,
+        "Caliptra 2.x firmware bundle",
+        {
+            "target": d["target"],
+            "PQC type": f"{d['pqc_key_type']} ({d['pqc']})",
+            "vendor key index": f"ECC {d['vendor_ecc_key_index']}, PQC {d['vendor_pqc_key_index']}",
+            "active vendor ECC key": key(d["vendor_ecc_key"]),
+            f"active vendor {d['pqc']} key": key(d["vendor_pqc_key"]),
+            "owner ECC key": key(d["owner_ecc_key"]),
+            f"owner {d['pqc']} key": key(d["owner_pqc_key"]),
+            "ECC key hashes": d["ecc_key_descriptor"]["key_hash_count"],
+            "PQC key hashes": d["pqc_key_descriptor"]["key_hash_count"],
+            "vendor PK hash": d["vendor_pk_hash"]["hex"],
+            "owner PK hash": d["owner_pk_hash"]["hex"],
+            "svn": d["svn"],
+        },
+    )
+    lines.append("  (fuse words of each hash: cptra-imgtool fuses --caliptra-fw FILE)")
+    for t in d["toc"]:
+        lines.append(
+            f"  TOC {t['name']:<8} id {t['id']} version {t['version']} "
+            f"load 0x{t['load_addr']:08x} entry 0x{t['entry_point']:08x} "
+            f"offset {t['offset']} size {t['size']}"
+        )
+
+
 def _try_bundle(data: bytes) -> dict[str, Any] | None:
     try:
         return describe_bundle(bundle_mod.parse_bundle(data))
@@ -240,6 +349,8 @@ def describe(data: bytes, cfg: Config | None = None) -> dict[str, Any]:
         doc["manifest"] = describe_manifest(Manifest.parse(data))
     elif kind == KIND_BUNDLE:
         doc["bundle"] = describe_bundle(bundle_mod.parse_bundle(data))
+    elif kind == KIND_BUNDLE2:
+        doc["bundle2"] = describe_bundle2(bundle2_mod.parse_bundle2(data))
     else:
         raise FormatError(kind)
     if cfg is not None:
@@ -364,6 +475,8 @@ def render(doc: dict[str, Any]) -> str:
         render_manifest(doc["manifest"], lines)
     if "bundle" in doc:
         render_bundle(doc["bundle"], lines)
+    if "bundle2" in doc:
+        render_bundle2(doc["bundle2"], lines)
     if "inputs" in doc:
         i = doc["inputs"]
         items = {"key directory": i["key_dir_reason"], "prebuilt directory": i["prebuilt_dir"]}

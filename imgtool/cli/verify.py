@@ -113,8 +113,11 @@ def cmd_fuses(args: argparse.Namespace) -> int:
     from .. import fuses
     from ..fileio import atomic_write
     from ..formats import bundle1 as bundle
+    from ..formats import bundle2
 
     data = _read(args.caliptra_fw)
+    if data[:4] == bundle2.MARKER:
+        return _fuses2(args, bundle2.parse_bundle2(data, str(args.caliptra_fw)))
     b = bundle.parse_bundle(data, str(args.caliptra_fw))
     f = fuses.from_bundle(b, lms_verify=args.lms_verify)
     if args.out is not None:
@@ -139,6 +142,43 @@ def cmd_fuses(args: argparse.Namespace) -> int:
         print("   " + " ".join(f"0x{w:08x}" for w in words[:6]))
         print("   " + " ".join(f"0x{w:08x}" for w in words[6:]))
     print(f"lms_verify = {'true' if f.lms_verify else 'false'}")
+    if args.out is not None:
+        print(f"written: {args.out}")
+    return 0
+
+
+def _fuses2(args: argparse.Namespace, b: Any) -> int:
+    """`fuses` for a Caliptra 2.x bundle: the hashes as far as caliptra-sw (879608b9) defines
+    them (vendor: both key descriptors; owner: the owner keys), and the PQC type."""
+    from .. import fuses
+    from ..fileio import atomic_write
+
+    f = fuses.from_bundle2(b, source=str(args.caliptra_fw))
+    if args.out is not None:
+        comment = (
+            f"fuse values for {args.caliptra_fw} (cptra-imgtool fuses, Caliptra 2.x)\n"
+            "vendor_pk_hash: SHA-384 of the ECC and PQC key descriptors (1736 bytes)\n"
+            "owner_pk_hash: SHA-384 of the owner ECC + PQC public keys (2688 bytes)\n"
+            "pqc_key_type: 1 = ML-DSA-87, 3 = LMS (how the SoC encodes it into its fuse "
+            "register is not in the public source)"
+        )
+        atomic_write(args.out, fuses.to_toml(f, comment).encode())
+    if args.json:
+        doc = {"caliptra_fw": str(args.caliptra_fw), "generation": "2.x", **fuses.to_json(f)}
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{args.caliptra_fw}: Caliptra 2.x firmware bundle (PQC {b.pqc_name})")
+    for name, reg, digest in (
+        ("vendor_pk_hash", "fuse_vendor_pk_hash", f.vendor_pk_hash),
+        ("owner_pk_hash", "fuse_owner_pk_hash", f.owner_pk_hash),
+    ):
+        assert digest is not None
+        print(f"{name} = {digest.hex()}")
+        words = fuses.fuse_words(digest)
+        print(f"  {reg}[0..11] (u32, big-endian words of the hash):")
+        print("   " + " ".join(f"0x{w:08x}" for w in words[:6]))
+        print("   " + " ".join(f"0x{w:08x}" for w in words[6:]))
+    print(f"pqc_key_type = {f.pqc_key_type} ({b.pqc_name})")
     if args.out is not None:
         print(f"written: {args.out}")
     return 0

@@ -14,9 +14,11 @@ import struct
 from ..config import Config, Format
 from ..errors import FormatError
 from ..formats import bundle1 as bundle_mod
+from ..formats import bundle2 as bundle2_mod
 from ..formats import flash1 as flash
 from ..formats import manifest1 as manifest
 from .anchors import AnchorError, Anchors, Key, Policy
+from .bundle2_checks import BundleKeys2, check_bundle2
 from .bundle_checks import BundleKeys, check_bundle
 from .config_checks import check_flash_vs_config, check_manifest_vs_config, planned_slots
 from .context import Ctx, is_zero
@@ -34,6 +36,8 @@ __all__ = [
     "verify_bytes",
     "KIND_A1",
     "KIND_BUNDLE",
+    "KIND_BUNDLE2",
+    "RUNTIME_2X",
     "KIND_FLASH",
     "KIND_MAN_1X",
     "KIND_MAN_ASPEED",
@@ -44,6 +48,12 @@ KIND_A1 = "AST2700 A1 out-bundle (Caliptra at 0x0, MCU at 0x20000, FLSH at 0x100
 KIND_MAN_ASPEED = "SoC manifest (ASPEED AST2700 layout)"
 KIND_MAN_1X = "SoC manifest (Caliptra 1.x layout)"
 KIND_BUNDLE = "Caliptra 1.x firmware bundle"
+KIND_BUNDLE2 = "Caliptra 2.x firmware bundle (CMN2)"
+# which Caliptra generation the 2.x checks model (said in inspect and verify output)
+RUNTIME_2X = (
+    "Caliptra 2.x ROM/runtime as at caliptra-sw 879608b9 (ASPEED's pin: IMC of 127 entries; "
+    "fw-2.1.2 and later runtimes hash 80)"
+)
 
 
 def detect(data: bytes | memoryview, cfg: Config | None = None) -> str:
@@ -57,8 +67,8 @@ def detect(data: bytes | memoryview, cfg: Config | None = None) -> str:
         return KIND_A1
     if head == bundle_mod.MARKER:
         return KIND_BUNDLE
-    if head == bundle_mod.MARKER_2X:
-        raise FormatError("Caliptra 2.x firmware bundle (CMN2): not supported yet")
+    if head == bundle2_mod.MARKER:
+        return KIND_BUNDLE2
     if len(data) >= 4:
         marker = struct.unpack_from("<I", data)[0]
         if marker == manifest.MARKER_2X:
@@ -91,6 +101,13 @@ def verify_bytes(
     kind = detect(view, anchors.cfg)
     r = Report(kind, anchors=anchors.names(), integrity_only=integrity_only)
     ctx = Ctx(r, Policy.from_fuses(anchors.fuses), anchors)
+    if kind == KIND_BUNDLE2:
+        bundle2_mod.parse_bundle2(view, "CMN2 bundle")  # unusable input: FormatError, exit 2
+        r.note("target", "modelled boot chain", RUNTIME_2X)
+        _trusted_bundle2(ctx)
+        check_bundle2(ctx, bytes(view), "the bundle", in_image=True)
+        _conclude(ctx)
+        return r
     trusted = _trusted_bundle(ctx)
     if kind in (KIND_FLASH, KIND_A1):
         _flash(ctx, view, kind == KIND_A1, trusted)
@@ -116,6 +133,24 @@ def _trusted_bundle(ctx: Ctx) -> BundleKeys | None:
     if a.caliptra_fw is None:
         return None
     keys = check_bundle(
+        ctx,
+        a.caliptra_fw,
+        f"--caliptra-fw {a.caliptra_fw_name}",
+        in_image=False,
+        prefix="caliptra_fw",
+    )
+    if keys is not None:
+        for k in keys.all():
+            k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
+    return keys
+
+
+def _trusted_bundle2(ctx: Ctx) -> BundleKeys2 | None:
+    """--caliptra-fw F for a 2.x file: F is checked as a 2.x bundle on its own."""
+    a = ctx.anchors
+    if a.caliptra_fw is None:
+        return None
+    keys = check_bundle2(
         ctx,
         a.caliptra_fw,
         f"--caliptra-fw {a.caliptra_fw_name}",

@@ -48,6 +48,27 @@ def lms_ok(pub48: bytes, digest: bytes, slot: bytes) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=256)
+def mldsa_ok(pub: bytes, message: bytes, slot: bytes) -> bool:
+    """Caliptra 2.x ML-DSA-87: pure ML-DSA, empty context, over the raw covered bytes (not a
+    digest). The slot is the 4627-byte FIPS 204 signature plus one reserved zero byte.
+    Verified with `cryptography` (OpenSSL), which loads raw public keys."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import mldsa
+
+    if len(pub) != MLDSA_PUB_LEN or len(slot) not in (MLDSA_SIG_LEN, MLDSA_SIG_LEN + 1):
+        return False
+    if len(slot) > MLDSA_SIG_LEN and any(slot[MLDSA_SIG_LEN:]):
+        return False
+    try:
+        mldsa.MLDSA87PublicKey.from_public_bytes(pub).verify(slot[:MLDSA_SIG_LEN], message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+MLDSA_PUB_LEN = 2592
+MLDSA_SIG_LEN = 4627
 CALIPTRA_LMS_TYPES = (lms.LMS_SHA256_M24_H15, lms.LMOTS_SHA256_N24_W4)
 
 
@@ -70,6 +91,10 @@ def _lms_type_problem(pub48: bytes, slot: bytes) -> str:
 
 
 def sig_ok(algo: str, pub: bytes, digest: bytes, sig: bytes) -> bool:
+    """``digest``: SHA-384 of the covered bytes for ECC and LMS, the covered bytes themselves
+    for ML-DSA."""
+    if algo == "mldsa":
+        return mldsa_ok(pub, digest, sig)
     return ecc_ok(pub, digest, sig) if algo == "ecc" else lms_ok(pub, digest, sig)
 
 

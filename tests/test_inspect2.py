@@ -1,0 +1,36 @@
+"""inspect of a Caliptra 2.x bundle: PQC type, active keys, descriptors, fuse hashes, and the
+runtime generation the output targets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import indep2
+import pytest
+from test_bundle2 import bundle
+
+from imgtool.cli.main import main
+
+
+@pytest.mark.parametrize("pqc", ["mldsa", "lms"])
+def test_inspect_bundle2(tmp_path: Path, capsys: pytest.CaptureFixture[str], pqc: str) -> None:
+    data, keys = bundle(pqc)
+    f = tmp_path / "caliptra-fw.bin"
+    f.write_bytes(data)
+    capsys.readouterr()
+    assert main(["inspect", str(f), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)["bundle2"]
+    assert d["pqc_key_type"] == (1 if pqc == "mldsa" else 3)
+    assert "879608b9" in d["target"] and "127" in d["target"]
+    assert (d["vendor_ecc_key_index"], d["vendor_pqc_key_index"]) == (2, 1)
+    hashes = d["pqc_key_descriptor"]["key_hashes"]
+    assert [h["sha384"] for h in hashes] == [hashlib.sha384(k).hexdigest() for k in keys.vendor_pqc]
+    assert [h["selected"] for h in hashes].index(True) == 1
+    assert d["vendor_pk_hash"]["hex"] == indep2.cmn2_vendor_pk_hash(data).hex()
+    assert d["owner_pk_hash"]["hex"] == indep2.cmn2_owner_pk_hash(data).hex()
+    assert [t["offset"] for t in d["toc"]] == [16956, 16956 + 64]
+    assert main(["inspect", str(f)]) == 0
+    text = capsys.readouterr().out
+    assert "Caliptra 2.x firmware bundle" in text and "879608b9" in text
