@@ -125,6 +125,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         priv, pub = ecc.generate_keypair(out)
         print(f"ECC P-384 key pair: {priv} (private, 0600), {pub}")
         return 0
+    if args.algo == "mldsa":
+        from ..keys import mldsa
+
+        priv, pub = mldsa.generate_keypair(out)
+        print(f"ML-DSA-87 key pair (raw FIPS 204): {priv} (private, 4896 B, 0600), {pub} (2592 B)")
+        return 0
     priv, pub = make_lms_key(out, args.height, args.w, args.force, args.state)
     print(f"LMS H{args.height}/W{args.w} key pair: {priv} (private, 0600), {pub}")
     print(f"leaf state: {lms_state.state_path(priv)}  tree cache: {lms_tree.cache_path(priv)}")
@@ -637,8 +643,12 @@ def register(sub: Any) -> None:
         "(default $CPTRA_IMGTOOL_STATE, else $XDG_STATE_HOME/cptra-imgtool/lms-state.sqlite3)"
     )
     p = sub.add_parser("keygen", help="generate an ECC P-384 or LMS key pair")
-    p.add_argument("--algo", required=True, choices=["ecc", "lms"])
-    p.add_argument("--out", required=True, help="PREFIX: writes PREFIX-prvk.pem, PREFIX-pubk.pem")
+    p.add_argument("--algo", required=True, choices=["ecc", "lms", "mldsa"])
+    p.add_argument(
+        "--out",
+        required=True,
+        help="PREFIX: writes PREFIX-prvk.pem, PREFIX-pubk.pem (mldsa: raw -prvk.bin, -pubk.bin)",
+    )
     p.add_argument("--height", type=int, default=15, help="LMS tree height (5, 10, 15, 20)")
     p.add_argument("--w", type=int, default=4, help="LM-OTS Winternitz parameter (4, 8)")
     p.add_argument("--force", action="store_true", help="allow LMS types Caliptra does not accept")
