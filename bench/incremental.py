@@ -436,9 +436,9 @@ def main() -> None:
             meds = {f.label.split(" | ")[1]: statistics.median(r.wall for r in f.ours) for f in pf}
             points.append((total / 2**30, meds))
             shutil.rmtree(prj.root, ignore_errors=True)
-        head = "| project / run | ours min / median s | baseline min / median s | per pair "
+        head = "| project | run | ours min / median s | baseline min / median s | per pair "
         print(head + "min / median / max | tasks run | peak RSS MiB, largest process | target |")
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for f in figs:
             print(row(f))
         for label, m in sizes:
