@@ -24,8 +24,11 @@ from .verify import (
     KIND_BUNDLE,
     KIND_BUNDLE2,
     KIND_FLASH,
+    KIND_FLASH2,
+    KIND_MAN2,
     KIND_MAN_1X,
     KIND_MAN_ASPEED,
+    KIND_TOC,
     RUNTIME_2X,
     detect,
 )
@@ -260,6 +263,67 @@ def render_bundle2(d: dict[str, Any], lines: list[str]) -> None:
         )
 
 
+def describe_gen2(data: bytes, kind: str) -> dict[str, Any]:
+    """ATM2 manifest, 2.x flash image or fw_toc.bin: the fields, and the runtime generation."""
+    from .verify import flash2_checks as f2
+    from .verify import manifest2_checks as m2
+
+    out: dict[str, Any] = {"target": RUNTIME_2X}
+    if kind == KIND_MAN2:
+        m = m2.parse_atm2(data, "the manifest")
+        out.update(
+            size=m.size,
+            version=m.version,
+            svn=m.svn,
+            flags=m.flags,
+            pqc_guess="ML-DSA-87" if m2.guess_pqc(m) == "mldsa" else "LMS",
+            entry_count=m.count,
+            imc_slots=m2.IMC_SLOTS,
+            entries=[
+                {
+                    "fw_id": e.fw_id,
+                    "component_id": e.component_id,
+                    "classification": e.classification,
+                    "flags": e.flags,
+                    "exec_bit": e.flags >> 8 & 0x7F,
+                    "load_stage": e.load_stage,
+                    "ignore_auth_check": e.ignore_auth_check,
+                    "image_load_address": e.load_address,
+                    "image_staging_address": e.staging_address,
+                    "digest": e.digest.hex(),
+                }
+                for e in m.entries
+            ],
+        )
+        return out
+    if kind == KIND_TOC:
+        count = struct.unpack_from("<H", data, 6)[0]
+        out["entries"] = [
+            {
+                "identifier": struct.unpack_from("<I", data, 16 + 20 * i)[0],
+                "size": struct.unpack_from("<I", data, 24 + 20 * i)[0],
+                "name": data[656 + 64 * i : 720 + 64 * i].rstrip(b"\0").decode("utf-8", "replace"),
+            }
+            for i in range(min(count, f2.TOC_SLOTS))
+            if len(data) >= 720 + 64 * i
+        ]
+        return out
+    count = struct.unpack_from("<H", data, 6)[0]
+    out["images"] = [
+        dict(
+            zip(
+                ("identifier", "offset", "size", "image_checksum", "entry_checksum"), e, strict=True
+            )
+        )
+        for e in (
+            struct.unpack_from("<5I", data, 16 + 20 * i)
+            for i in range(count)
+            if len(data) >= 36 + 20 * i
+        )
+    ]
+    return out
+
+
 def _try_bundle(data: bytes) -> dict[str, Any] | None:
     try:
         return describe_bundle(bundle_mod.parse_bundle(data))
@@ -351,6 +415,8 @@ def describe(data: bytes, cfg: Config | None = None) -> dict[str, Any]:
         doc["bundle"] = describe_bundle(bundle_mod.parse_bundle(data))
     elif kind == KIND_BUNDLE2:
         doc["bundle2"] = describe_bundle2(bundle2_mod.parse_bundle2(data))
+    elif kind in (KIND_MAN2, KIND_FLASH2, KIND_TOC):
+        doc["gen2"] = describe_gen2(data, kind)
     else:
         raise FormatError(kind)
     if cfg is not None:
@@ -477,6 +543,20 @@ def render(doc: dict[str, Any]) -> str:
         render_bundle(doc["bundle"], lines)
     if "bundle2" in doc:
         render_bundle2(doc["bundle2"], lines)
+    if "gen2" in doc:
+        g = doc["gen2"]
+        lines.append(f"  target: {g['target']}")
+        for k, v in g.items():
+            if k in ("target", "entries", "images"):
+                continue
+            lines.append(f"  {k:<22} {v}")
+        for row in g.get("entries", []) + g.get("images", []):
+            lines.append(
+                "  "
+                + " ".join(
+                    f"{k}={v:#x}" if isinstance(v, int) else f"{k}={v}" for k, v in row.items()
+                )
+            )
     if "inputs" in doc:
         i = doc["inputs"]
         items = {"key directory": i["key_dir_reason"], "prebuilt directory": i["prebuilt_dir"]}

@@ -54,11 +54,12 @@ def _signers(pqc: str) -> tuple[list[EccSigner], list[object], EccSigner, object
 
 
 _CACHE: dict[str, tuple[bytes, BundleKeys2]] = {}
+_SIGNERS: dict[str, tuple[list[EccSigner], list[object], EccSigner, object]] = {}
 
 
 def bundle(pqc: str) -> tuple[bytes, BundleKeys2]:
     if pqc not in _CACHE:
-        ve, vp, oe, op = _signers(pqc)
+        ve, vp, oe, op = _SIGNERS[pqc] = _signers(pqc)
         keys = BundleKeys2(
             pqc,
             [s.pub_hw for s in ve],

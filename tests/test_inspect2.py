@@ -34,3 +34,24 @@ def test_inspect_bundle2(tmp_path: Path, capsys: pytest.CaptureFixture[str], pqc
     assert main(["inspect", str(f)]) == 0
     text = capsys.readouterr().out
     assert "Caliptra 2.x firmware bundle" in text and "879608b9" in text
+
+
+def test_inspect_manifest_and_flash_2x(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_verify2 import build
+
+    _, man, flash = build("mldsa")
+    for name, data in (("m.bin", man), ("f.bin", flash)):
+        f = tmp_path / name
+        f.write_bytes(data)
+        capsys.readouterr()
+        assert main(["inspect", str(f), "--json"]) == 0
+        g = json.loads(capsys.readouterr().out)["gen2"]
+        assert "879608b9" in g["target"]
+        if name == "m.bin":
+            assert g["imc_slots"] == 127 and g["entry_count"] == 3
+            assert [e["fw_id"] for e in g["entries"]] == [2, 0x1000, 0x1001]
+            assert g["entries"][0]["exec_bit"] == 2 and g["entries"][1]["load_stage"] == 2
+        else:
+            assert [i["identifier"] for i in g["images"]] == [0, 1, 2, 0x1000, 0x1001]
+        assert main(["inspect", str(f)]) == 0
+        assert "879608b9" in capsys.readouterr().out

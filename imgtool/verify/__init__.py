@@ -22,7 +22,22 @@ from .bundle2_checks import BundleKeys2, check_bundle2
 from .bundle_checks import BundleKeys, check_bundle
 from .config_checks import check_flash_vs_config, check_manifest_vs_config, planned_slots
 from .context import Ctx, is_zero
+from .flash2_checks import (
+    ID_CALIPTRA as ID2_CALIPTRA,
+)
+from .flash2_checks import (
+    ID_MANIFEST as ID2_MANIFEST,
+)
+from .flash2_checks import (
+    TOC_MAGIC,
+    check_flash2_structure,
+    check_fw_toc,
+    check_images2,
+    is_flash2,
+)
 from .flash_checks import check_images, check_structure, data_end, find_mcu, plausible_flsh
+from .manifest2_checks import MARKER as ATM2_MARKER
+from .manifest2_checks import check_manifest2, parse_atm2
 from .manifest_checks import FwKeys, check_manifest
 from .report import Check, Report, Status
 
@@ -37,6 +52,9 @@ __all__ = [
     "KIND_A1",
     "KIND_BUNDLE",
     "KIND_BUNDLE2",
+    "KIND_FLASH2",
+    "KIND_MAN2",
+    "KIND_TOC",
     "RUNTIME_2X",
     "KIND_FLASH",
     "KIND_MAN_1X",
@@ -49,6 +67,9 @@ KIND_MAN_ASPEED = "SoC manifest (ASPEED AST2700 layout)"
 KIND_MAN_1X = "SoC manifest (Caliptra 1.x layout)"
 KIND_BUNDLE = "Caliptra 1.x firmware bundle"
 KIND_BUNDLE2 = "Caliptra 2.x firmware bundle (CMN2)"
+KIND_MAN2 = "Caliptra 2.x SoC manifest (ATM2)"
+KIND_FLASH2 = "Caliptra 2.x flash image (FLSH v1, 20-byte entries)"
+KIND_TOC = "Caliptra 2.x fw_toc.bin (ATOC)"
 # which Caliptra generation the 2.x checks model (said in inspect and verify output)
 RUNTIME_2X = (
     "Caliptra 2.x ROM/runtime as at caliptra-sw 879608b9 (ASPEED's pin: IMC of 127 entries; "
@@ -61,6 +82,10 @@ def detect(data: bytes | memoryview, cfg: Config | None = None) -> str:
     hide a flash image that a config or a valid table after the magic identifies."""
     head = bytes(data[:4])
     a1 = data[flash.A1_FLSH_OFFSET :] if len(data) > flash.A1_FLSH_OFFSET else b""
+    if is_flash2(data):
+        return KIND_FLASH2
+    if len(data) >= 4 and struct.unpack_from("<I", data)[0] == TOC_MAGIC:
+        return KIND_TOC
     if head == flash.MAGIC:
         return KIND_FLASH
     if a1 and (bytes(a1[:4]) == flash.MAGIC or plausible_flsh(a1)):
@@ -71,8 +96,8 @@ def detect(data: bytes | memoryview, cfg: Config | None = None) -> str:
         return KIND_BUNDLE2
     if len(data) >= 4:
         marker = struct.unpack_from("<I", data)[0]
-        if marker == manifest.MARKER_2X:
-            raise FormatError("Caliptra 2.x SoC manifest (ATM2): not supported yet")
+        if marker == ATM2_MARKER:
+            return KIND_MAN2
         if marker == manifest.MARKER:
             if len(data) == manifest.ASPEED_LEN:
                 return KIND_MAN_ASPEED
@@ -106,6 +131,11 @@ def verify_bytes(
         r.note("target", "modelled boot chain", RUNTIME_2X)
         _trusted_bundle2(ctx)
         check_bundle2(ctx, bytes(view), "the bundle", in_image=True)
+        _conclude(ctx)
+        return r
+    if kind in (KIND_MAN2, KIND_FLASH2, KIND_TOC):
+        r.note("target", "modelled boot chain", RUNTIME_2X)
+        _gen2(ctx, view, kind)
         _conclude(ctx)
         return r
     trusted = _trusted_bundle(ctx)
@@ -161,6 +191,44 @@ def _trusted_bundle2(ctx: Ctx) -> BundleKeys2 | None:
         for k in keys.all():
             k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
     return keys
+
+
+def _gen2(ctx: Ctx, view: memoryview, kind: str) -> None:
+    """ATM2 manifests, 2.x flash images and fw_toc.bin."""
+    if kind == KIND_TOC:
+        check_fw_toc(ctx, view)
+        ctx.r.note(
+            "toc.authenticity",
+            "fw_toc.bin carries no signature",
+            "it is an index; verify the flash image it describes",
+        )
+        return
+    if kind == KIND_MAN2:
+        parse_atm2(bytes(view), "ATM2 manifest")  # unusable input: FormatError, exit 2
+    trusted = _trusted_bundle2(ctx)
+    if kind == KIND_MAN2:
+        if trusted is None:
+            _no_bundle(ctx, in_flash=False)
+        check_manifest2(ctx, bytes(view), "the manifest", trusted)
+        return
+    fl = check_flash2_structure(ctx, view)
+    if fl is None:
+        return
+    keys = trusted
+    cal = fl.regions.get(ID2_CALIPTRA)
+    if cal is not None and len(cal) and not is_zero(cal):
+        keys = check_bundle2(ctx, bytes(cal), "the bundle in the flash", trailing="pad4") or keys
+    else:
+        ctx.r.skip("bundle.layout", "Caliptra bundle in the flash", "the Caliptra entry is empty")
+    if keys is None:
+        _no_bundle(ctx, in_flash=True)
+    man = fl.regions.get(ID2_MANIFEST)
+    if man is None:
+        ctx.r.add("flash.manifest", False, "the flash holds a SoC manifest (identifier 1)")
+        return
+    m = check_manifest2(ctx, bytes(man), "the manifest", keys, in_flash=True)
+    if m is not None:
+        check_images2(ctx, fl, list(m.entries))
 
 
 def _config_bundle(ctx: Ctx) -> BundleKeys | None:

@@ -406,3 +406,88 @@ class MldsaSigner:
 
     def __call__(self, msg: bytes) -> bytes:
         return self.key.sign(msg) + b"\0"
+
+
+# --- test builders for ATM2 and the 2.x flash image (from the spec table) ----------------------
+def imc_entry(
+    fw_id: int,
+    digest: bytes,
+    *,
+    component_id: int = 0,
+    classification: int = 0,
+    exec_bit: int = 0,
+    load_stage: int = 1,
+    load: int = 0,
+    staging: int = 0,
+) -> bytes:
+    flags = (exec_bit & 0x7F) << 8 | (load_stage & 3) << 30
+    return struct.pack(
+        "<8I",
+        fw_id,
+        component_id,
+        classification,
+        flags,
+        load & 0xFFFFFFFF,
+        load >> 32,
+        staging & 0xFFFFFFFF,
+        staging >> 32,
+    ) + bytes(digest)
+
+
+def build_atm2(
+    pqc: str,
+    entries: list[bytes],
+    vendor_fw: tuple[object, object],
+    owner_fw: tuple[object, object],
+    vendor_man: tuple[object, object],
+    owner_man: tuple[object, object],
+    *,
+    svn: int = 1,
+    flags: int = 1,
+    pad_to: int = 0,
+) -> bytes:
+    """An ATM2 manifest; each key pair is (EccSigner, MldsaSigner or an LMS signer with .pub)."""
+    m = bytearray(ATM2["len"])
+    struct.pack_into("<5I", m, 0, ATM2_MARKER, ATM2_PREAMBLE, 1, svn, flags)
+
+    def put(name: str, value: bytes) -> None:
+        m[ATM2[name] : ATM2[name] + len(value)] = value
+
+    put("vnd_ecc_pub", vendor_man[0].pub_hw)  # type: ignore[attr-defined]
+    put("vnd_pqc_pub", vendor_man[1].pub)  # type: ignore[attr-defined]
+    put("own_ecc_pub", owner_man[0].pub_hw)  # type: ignore[attr-defined]
+    put("own_pqc_pub", owner_man[1].pub)  # type: ignore[attr-defined]
+    imc = struct.pack("<I", len(entries)) + b"".join(entries)
+    unused = struct.pack("<8I", 0xFFFFFFFF, 0xFFFFFFFF, 0, 0, 0, 0, 0, 0) + bytes(48)
+    imc += unused * (IMC_SLOTS - len(entries))
+    m[ATM2["imc"] : ATM2["imc"] + IMC_LEN] = imc
+
+    def sign(pair: tuple[object, object], covered: bytes, ecc: str, pq: str) -> None:
+        put(ecc, pair[0](hashlib.sha384(covered).digest()))  # type: ignore[operator]
+        put(pq, pair[1](covered))  # type: ignore[operator]
+
+    sign(vendor_fw, bytes(m[8:2708]), "vnd_pub_sig_ecc", "vnd_pub_sig_pqc")
+    sign(owner_fw, bytes(m[7432:10120]), "own_pub_sig_ecc", "own_pub_sig_pqc")
+    if flags & 1:
+        sign(vendor_man, imc, "vnd_imc_sig_ecc", "vnd_imc_sig_pqc")
+    sign(owner_man, imc, "own_imc_sig_ecc", "own_imc_sig_pqc")
+    out = bytes(m)
+    if pad_to:
+        out += bytes(-len(out) % pad_to)
+    return out
+
+
+def build_flash2(images: list[tuple[int, bytes]]) -> bytes:
+    """A 2.x flash image: (identifier, data) in order, each zero-padded to 4."""
+    n = len(images)
+    head = bytearray(b"FLSH" + struct.pack("<HHI", 1, n, 16))
+    head += struct.pack("<I", neg_sum(bytes(head)))
+    table = b""
+    body = b""
+    off = 16 + 20 * n
+    for ident, data in images:
+        data = data + bytes(-len(data) % 4)
+        e = struct.pack("<4I", ident, off + len(body), len(data), neg_sum(data))
+        table += e + struct.pack("<I", neg_sum(e))
+        body += data
+    return bytes(head) + table + body
