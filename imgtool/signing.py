@@ -63,6 +63,16 @@ class LocalEccSigner:
         return ecc.der_to_hw(ecc.sign_digest_der(key, digest))
 
 
+def ecc_key_signer(key: Path | str, expect_pub: ec.EllipticCurvePublicKey | None) -> Signer:
+    """The ECC signer for a configured private key: a PEM file, or a key on a PKCS#11 token
+    when the value is an RFC 7512 URI (``pkcs11:...``)."""
+    from .keys import pkcs11
+
+    if pkcs11.is_uri(key):
+        return pkcs11.Pkcs11EccSigner.from_uri(str(key), expect_pub)
+    return LocalEccSigner(Path(key), expect_pub)
+
+
 @dataclass
 class LocalLmsSigner:
     key_path: Path
