@@ -193,3 +193,24 @@ def test_pkcs11_tool_sees_generated_key(token: Token, monkeypatch: pytest.Monkey
         env=token.env(), capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "label:      listed" in out and "EC_POINT 384 bits" in out
+
+
+def test_keygen_cli_on_token(
+    token: Token, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imgtool.cli.main import main
+
+    pin = _pin_file(tmp_path, token.pin)
+    uri = token.uri("cli-key", pin)
+    pub_path = tmp_path / "cli-pubk.pem"
+    assert main(["keygen", "--algo", "ecc", "--out", uri, "--pubkey-out", str(pub_path)]) == 0
+    pub = ecc.load_public(pub_path)
+    assert ecc.public_to_hw(pub) == ecc.public_to_hw(pkcs11.public_key(uri))
+    assert ecc.verify_digest_hw(pub, DIGEST, ecc_key_signer(uri, pub).sign_digest(DIGEST))
+    # again: the key exists and the PEM exists; one line, exit 2, no PIN
+    capsys.readouterr()
+    assert main(["keygen", "--algo", "ecc", "--out", uri, "--pubkey-out", str(pub_path)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and token.pin not in err and len(err.strip().splitlines()) == 1
+    assert main(["keygen", "--algo", "ecc", "--out", uri]) == 2
+    assert "--pubkey-out" in capsys.readouterr().err

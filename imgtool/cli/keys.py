@@ -119,7 +119,34 @@ def make_lms_key(
     return lms_tree.generate(prefix, lt, ot, progress=_progress(label), store=state)
 
 
+def _keygen_pkcs11(args: argparse.Namespace) -> int:
+    """ECC P-384 key generated on a PKCS#11 token; its public key PEM to --pubkey-out."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ..errors import KeyFileError
+    from ..fileio import atomic_write
+    from ..keys import pkcs11
+
+    if args.algo != "ecc":
+        raise KeyFileError(f"{args.out}: only --algo ecc keys can be generated on a token")
+    if not args.pubkey_out:
+        raise KeyFileError(f"{args.out}: --pubkey-out PATH is needed for a key on a token")
+    pub_path = Path(args.pubkey_out)
+    if pub_path.exists():
+        raise KeyFileError(f"{pub_path}: already exists, refusing to overwrite")
+    uri = pkcs11.parse_uri(args.out)
+    pub = pkcs11.generate(uri)
+    pem = pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    atomic_write(pub_path, pem, mode=0o644)
+    print(f"ECC P-384 key pair on the token: {uri} (private, not extractable), {pub_path}")
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if str(args.out).startswith("pkcs11:"):
+        return _keygen_pkcs11(args)
     out = Path(args.out)
     if args.algo == "ecc":
         priv, pub = ecc.generate_keypair(out)
@@ -648,6 +675,10 @@ def register(sub: Any) -> None:
         "--out",
         required=True,
         help="PREFIX: writes PREFIX-prvk.pem, PREFIX-pubk.pem (mldsa: raw -prvk.bin, -pubk.bin)",
+    )
+    p.add_argument(
+        "--pubkey-out",
+        help="with --algo ecc --out pkcs11:URI (key generated on the token): public key PEM path",
     )
     p.add_argument("--height", type=int, default=15, help="LMS tree height (5, 10, 15, 20)")
     p.add_argument("--w", type=int, default=4, help="LM-OTS Winternitz parameter (4, 8)")
