@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import ImgtoolError
@@ -182,3 +183,66 @@ def register(sub: Any) -> None:
     )
     p.add_argument("build_args", nargs=argparse.REMAINDER, metavar="--cfg C [DOIT ARGS...]")
     p.set_defaults(func=cmd_build)
+    register_2x(sub)
+
+
+# --- Caliptra 2.x commands (the reference tool's names and options) ----------------------------
+def _add_2x_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cfg", required=True, type=Path, help="Caliptra 2.x project config (TOML)")
+    p.add_argument("--key-dir", type=Path, help="key directory (default keys/<prj>/ or key/<prj>/)")
+    p.add_argument("--prebuilt-dir", type=Path, help="prebuilt binaries (default prebuilt/<prj>/)")
+    p.add_argument(
+        "--pqc-key-type",
+        required=True,
+        metavar="1|3",
+        help="PQC signature type: 1 = ML-DSA-87, 3 = LMS (the pqc_key_type fuse)",
+    )
+    p.add_argument("--man", type=Path, help="manifest (default out/<prj>-auth-manifest.bin)")
+
+
+def _load_2x(args: argparse.Namespace) -> tuple[Any, str]:
+    from ..build import pqc_algo
+    from ..config2 import load_config2
+
+    pqc = pqc_algo(args.pqc_key_type)
+    return load_config2(args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir), pqc
+
+
+def cmd_create_auth_man_2x(args: argparse.Namespace) -> int:
+    from ..build import create_auth_man2
+    from ..formats.manifest2 import RUNTIME_GENERATION
+
+    cfg2, pqc = _load_2x(args)
+    out = args.man or cfg2.default_manifest_path()
+    data = create_auth_man2(cfg2, pqc, out)
+    print(f"SoC manifest (ATM2, {pqc}, {len(cfg2.images)} images, {len(data)} bytes): {out}")
+    print(f"runtime: {RUNTIME_GENERATION}")
+    return 0
+
+
+def cmd_create_auth_flash_2x(args: argparse.Namespace) -> int:
+    from ..build import create_auth_flash2, create_auth_man2
+
+    cfg2, pqc = _load_2x(args)
+    out = args.flash or cfg2.default_flash_path()
+    man_path = args.man or cfg2.default_manifest_path()
+    if args.man is not None and args.man.is_file():
+        man = args.man.read_bytes()
+    else:
+        man = create_auth_man2(cfg2, pqc, man_path)
+        print(f"SoC manifest (ATM2, {pqc}, {len(cfg2.images)} images): {man_path}")
+    n, toc = create_auth_flash2(cfg2, out, man, man_path.name)
+    print(f"flash image (FLSH v1, {n} bytes): {out}; fw_toc: {toc}")
+    return 0
+
+
+def register_2x(sub: Any) -> None:
+    p = sub.add_parser("create-auth-man-2x", help="build a Caliptra 2.x SoC manifest (ATM2)")
+    _add_2x_options(p)
+    p.set_defaults(func=cmd_create_auth_man_2x)
+    p = sub.add_parser(
+        "create-auth-flash-2x", help="build a Caliptra 2.x flash image (FLSH v1) and fw_toc.bin"
+    )
+    _add_2x_options(p)
+    p.add_argument("--flash", type=Path, help="output (default out/<prj>-flash-image.bin)")
+    p.set_defaults(func=cmd_create_auth_flash_2x)

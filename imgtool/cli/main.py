@@ -80,7 +80,15 @@ def add_project_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from ..config2 import is_2x, read_toml
+    from ..errors import ConfigError
     from ..keys import key_match
+
+    if args.cfg.is_file() and is_2x(read_toml(args.cfg)):
+        raise ConfigError(
+            f"{args.cfg}: a Caliptra 2.x config (mldsa_* keys or 2.x image fields); "
+            f"use {args.command}-2x --pqc-key-type 1|3"
+        )
 
     cfg = load_config(
         args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, vnd_sig_dir=args.vnd_sig_dir

@@ -1,0 +1,321 @@
+"""Caliptra 2.x project configs (``<soc>-<board>-ecc-lms-mldsa-manifest.toml``): the schema as
+data, one table per section, and one loader.  1.x configs load with :mod:`imgtool.config`.
+
+Rules (spec/caliptra2.md): every key section names ecc/lms/mldsa keys and all three PUBLIC keys
+are required; ``security_version`` is the native 2.x svn (0..128); per image ``exec_bit``,
+``component_id``, ``image_load_address``, ``image_staging_address``, ``classification`` are
+required; the MCU runtime has fw_id 2 and the SoC images fw_id 0x1000, 0x1001, ... in order.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import KEY_SECTIONS, _check_table, _err, _u32, default_key_dir
+from .errors import ConfigError
+
+SVN_MAX = 128
+MCU_FW_ID = 2
+FIRST_SOC_FW_ID = 0x1000
+U64_MAX = (1 << 64) - 1
+
+KEY_FIELDS2 = (
+    "ecc_pub_key",
+    "ecc_priv_key",
+    "lms_pub_key",
+    "lms_priv_key",
+    "mldsa_pub_key",
+    "mldsa_priv_key",
+)
+PUBLIC_FIELDS2 = ("ecc_pub_key", "lms_pub_key", "mldsa_pub_key")
+
+# section -> {field: type}; the 2.x generation's schema
+MANIFEST_FIELDS2: dict[str, type | tuple[type, ...]] = {
+    "version": int,
+    "flags": int,
+    "security_version": int,
+    "prj_name": str,
+    "padding_align_size": int,
+    "padding_out_folder": str,
+}
+RUNTIME_FIELDS2: dict[str, type | tuple[type, ...]] = {
+    "caliptra_file": str,
+    "mcu_file": str,
+}
+IMAGE_FIELDS2: dict[str, type | tuple[type, ...]] = {
+    "file": str,
+    "source": int,
+    "fw_id": int,
+    "ignore_auth_check": bool,
+    "load_stage": int,
+    "exec_bit": int,
+    "component_id": int,
+    "image_load_address": int,
+    "image_staging_address": int,
+    "classification": int,
+}
+IMAGE_REQUIRED2 = (
+    "fw_id",
+    "exec_bit",
+    "component_id",
+    "image_load_address",
+    "image_staging_address",
+    "classification",
+)
+# (field, min, max)
+IMAGE_RANGES2 = {
+    "source": (0, 3),
+    "fw_id": (0, 0xFFFFFFFE),
+    "load_stage": (0, 3),
+    "exec_bit": (0, 127),
+    "component_id": (0, 0xFFFFFFFF),
+    "classification": (0, 0xFFFFFFFF),
+    "image_load_address": (0, U64_MAX),
+    "image_staging_address": (0, U64_MAX),
+}
+KEY_SECTION_FIELDS2: dict[str, type | tuple[type, ...]] = dict.fromkeys(KEY_FIELDS2, str)
+SECTIONS2 = ("manifest_config", *KEY_SECTIONS, "image_runtime_list", "image_metadata_list")
+_ONE_X_ONLY = {"format", "vendor_signature", "vendor_sig_dir", "strict_fw_ids", "svn"}
+
+
+@dataclass(frozen=True)
+class KeySet2:
+    ecc_pub: Path
+    ecc_priv: Path | None
+    lms_pub: Path
+    lms_priv: Path | None
+    mldsa_pub: Path
+    mldsa_priv: Path | None
+
+
+@dataclass(frozen=True)
+class ImageEntry2:
+    file: Path | None
+    source: int
+    fw_id: int
+    ignore_auth_check: bool
+    load_stage: int
+    exec_bit: int
+    component_id: int
+    classification: int
+    load_address: int
+    staging_address: int
+
+
+@dataclass(frozen=True)
+class Config2:
+    path: Path
+    prj_name: str
+    version: int
+    flags: int
+    svn: int
+    padding_align_size: int
+    padding_out_folder: Path | None
+    keys: dict[str, KeySet2]
+    caliptra_file: Path | None
+    mcu_file: Path | None
+    images: tuple[ImageEntry2, ...]  # IMC order: the MCU runtime (fw_id 2), then SoC images
+
+    @property
+    def soc_images(self) -> tuple[ImageEntry2, ...]:
+        return tuple(i for i in self.images if i.fw_id != MCU_FW_ID)
+
+    def default_manifest_path(self) -> Path:
+        return Path("out") / f"{self.prj_name}-auth-manifest.bin"
+
+    def default_flash_path(self) -> Path:
+        return Path("out") / f"{self.prj_name}-flash-image.bin"
+
+    def key_files(self) -> list[Path]:
+        out: list[Path] = []
+        for ks in self.keys.values():
+            for p in (
+                ks.ecc_pub,
+                ks.ecc_priv,
+                ks.lms_pub,
+                ks.lms_priv,
+                ks.mldsa_pub,
+                ks.mldsa_priv,
+            ):
+                if p is not None:
+                    out.append(p)
+        return out
+
+    def input_files(self) -> list[Path]:
+        files = [p for p in (self.caliptra_file, self.mcu_file) if p is not None]
+        files += [i.file for i in self.images if i.file is not None]
+        return files
+
+
+def is_2x(raw: dict[str, Any]) -> bool:
+    """Whether a parsed TOML document is a 2.x config (mldsa keys or 2.x image fields)."""
+    for s in KEY_SECTIONS:
+        t = raw.get(s)
+        if isinstance(t, dict) and any(k.startswith("mldsa_") for k in t):
+            return True
+    imgs = raw.get("image_metadata_list")
+    if isinstance(imgs, list):
+        for i in imgs:
+            if isinstance(i, dict) and any(k in i for k in IMAGE_REQUIRED2[1:]):
+                return True
+    return False
+
+
+def read_toml(cfg_path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{cfg_path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{cfg_path}: is a directory, not a config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"{cfg_path}: cannot read config: {reason}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{cfg_path}: invalid TOML: {exc}") from None
+
+
+def load_config2(
+    path: str | Path,
+    *,
+    key_dir: str | Path | None = None,
+    prebuilt_dir: str | Path | None = None,
+    check_files: bool = True,
+    private_keys: bool = True,
+) -> Config2:
+    """Parse and validate a 2.x config; a ConfigError with one line naming file and field."""
+    cfg_path = Path(path)
+    raw = read_toml(cfg_path)
+    if not is_2x(raw):
+        raise ConfigError(
+            f"{cfg_path}: a Caliptra 1.x config (no mldsa_* keys, no 2.x image fields); "
+            "use create-auth-man / create-auth-flash"
+        )
+
+    def warn(msg: str) -> None:  # 2.x: unknown keys are errors, nothing only warns
+        raise ConfigError(msg)
+
+    for key in raw:
+        if key not in SECTIONS2:
+            raise _err(cfg_path, key, "unknown section")
+    mc_raw = raw.get("manifest_config", {})
+    if isinstance(mc_raw, dict):
+        for k in mc_raw:
+            if k in _ONE_X_ONLY:
+                raise _err(cfg_path, f"manifest_config.{k}", "a Caliptra 1.x field")
+    mc = _check_table(cfg_path, "manifest_config", mc_raw, MANIFEST_FIELDS2, warn)
+    version = _u32(cfg_path, "manifest_config.version", mc.get("version", 0))
+    flags = _u32(cfg_path, "manifest_config.flags", mc.get("flags", 0))
+    svn = mc.get("security_version", 0)
+    if not 0 <= svn <= SVN_MAX:
+        raise _err(cfg_path, "manifest_config.security_version", f"must be 0..128, got {svn}")
+    prj = mc.get("prj_name", "default_project")
+    align = _u32(cfg_path, "manifest_config.padding_align_size", mc.get("padding_align_size", 0))
+    pf = mc.get("padding_out_folder", "")
+
+    names: dict[str, dict[str, str]] = {}
+    for section in KEY_SECTIONS:
+        t = _check_table(cfg_path, section, raw.get(section, {}), KEY_SECTION_FIELDS2, warn)
+        names[section] = {k: v for k, v in t.items() if v != ""}
+        for fld in PUBLIC_FIELDS2:
+            if fld not in names[section]:
+                raise _err(cfg_path, f"{section}.{fld}", "required in a Caliptra 2.x config")
+    if key_dir is not None:
+        kdir = Path(key_dir)
+    else:
+        kdir, _ = default_key_dir(prj, [n for t in names.values() for n in t.values()])
+    keys: dict[str, KeySet2] = {}
+    for section in KEY_SECTIONS:
+        vals: dict[str, Path | None] = {}
+        for fld in KEY_FIELDS2:
+            n = names[section].get(fld)
+            if n is None:
+                vals[fld] = None
+                continue
+            p = kdir / n
+            needed = private_keys or not fld.endswith("_priv_key")
+            if check_files and needed and not p.is_file():
+                raise _err(cfg_path, f"{section}.{fld}", f"key file not found: {p}")
+            vals[fld] = p
+        ecc_pub, lms_pub, mldsa_pub = (vals[f] for f in PUBLIC_FIELDS2)
+        assert ecc_pub is not None and lms_pub is not None and mldsa_pub is not None
+        keys[section] = KeySet2(
+            ecc_pub,
+            vals["ecc_priv_key"],
+            lms_pub,
+            vals["lms_priv_key"],
+            mldsa_pub,
+            vals["mldsa_priv_key"],
+        )
+
+    pdir = Path(prebuilt_dir) if prebuilt_dir is not None else Path("prebuilt") / prj
+
+    def resolve(where: str, name: str) -> Path | None:
+        if name == "":
+            return None
+        p = pdir / name
+        if check_files and not p.is_file():
+            raise _err(cfg_path, where, f"file not found: {p}")
+        return p
+
+    rt = _check_table(
+        cfg_path, "image_runtime_list", raw.get("image_runtime_list", {}), RUNTIME_FIELDS2, warn
+    )
+    caliptra = resolve("image_runtime_list.caliptra_file", rt.get("caliptra_file", ""))
+    mcu = resolve("image_runtime_list.mcu_file", rt.get("mcu_file", ""))
+
+    items = raw.get("image_metadata_list", [])
+    if not isinstance(items, list):
+        raise _err(cfg_path, "image_metadata_list", "must be an array of tables")
+    images: list[ImageEntry2] = []
+    next_soc = FIRST_SOC_FW_ID
+    for idx, item in enumerate(items):
+        where = f"image_metadata_list[{idx}]"
+        t = _check_table(cfg_path, where, item, IMAGE_FIELDS2, warn)
+        for fld in IMAGE_REQUIRED2:
+            if fld not in t:
+                raise _err(cfg_path, f"{where}.{fld}", "required in a Caliptra 2.x config")
+        for fld, (lo, hi) in IMAGE_RANGES2.items():
+            v = t.get(fld, 0)
+            if not lo <= v <= hi:
+                raise _err(cfg_path, f"{where}.{fld}", f"must be {lo}..{hi:#x}, got {v}")
+        fw_id = t["fw_id"]
+        if idx == 0 and fw_id == MCU_FW_ID:
+            pass
+        elif fw_id != next_soc:
+            want = f"{next_soc:#x}" + (" (or 2 for the MCU runtime, first)" if idx == 0 else "")
+            raise _err(cfg_path, f"{where}.fw_id", f"must be {want}, got {fw_id:#x}")
+        else:
+            next_soc += 1
+        images.append(
+            ImageEntry2(
+                file=resolve(f"{where}.file", t.get("file", "")),
+                source=t.get("source", 0),
+                fw_id=fw_id,
+                ignore_auth_check=t.get("ignore_auth_check", False),
+                load_stage=t.get("load_stage", 0),
+                exec_bit=t["exec_bit"],
+                component_id=t["component_id"],
+                classification=t["classification"],
+                load_address=t["image_load_address"],
+                staging_address=t["image_staging_address"],
+            )
+        )
+    if len(images) > 127:
+        raise _err(cfg_path, "image_metadata_list", f"at most 127 images, got {len(images)}")
+    return Config2(
+        path=cfg_path,
+        prj_name=prj,
+        version=version,
+        flags=flags,
+        svn=svn,
+        padding_align_size=align,
+        padding_out_folder=Path(pf) if pf else None,
+        keys=keys,
+        caliptra_file=caliptra,
+        mcu_file=mcu,
+        images=tuple(images),
+    )
