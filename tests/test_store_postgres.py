@@ -166,14 +166,22 @@ def test_sigkilled_processes_on_postgres(pg_url: str, tmp_path: Path) -> None:
             stderr=subprocess.DEVNULL,
         )
 
+    def released() -> int:
+        return sum(len(o.read_bytes().splitlines()) for o in outs if o.exists())
+
     procs = [spawn(i) for i in range(4)]
     try:
-        for _ in range(16):
+        # at least 16 kills, and on until 40 signatures were released (a loaded machine starts
+        # the signers slowly), at most 120 s
+        deadline = time.monotonic() + 120
+        kills = 0
+        while kills < 16 or (released() < 40 and time.monotonic() < deadline):
             time.sleep(rng.uniform(0.1, 0.4))
             i = rng.randrange(4)
             procs[i].kill()
             procs[i].wait()
             procs[i] = spawn(i)
+            kills += 1
     finally:
         for p in procs:
             p.kill()
