@@ -151,16 +151,21 @@ class Config2:
 
 
 def is_2x(raw: dict[str, Any]) -> bool:
-    """Whether a parsed TOML document is a 2.x config (mldsa keys or 2.x image fields)."""
+    """Whether a parsed TOML document is a 2.x config: an SoC image with fw_id 0x1000 or more
+    (1.x SoC images are 2..), or no images and mldsa_* keys.  The newest 1.x (AST2700) configs
+    may carry 2.x-only keys too, so those keys alone do not decide."""
+    imgs = raw.get("image_metadata_list")
+    ids = []
+    if isinstance(imgs, list):
+        ids = [i.get("fw_id") for i in imgs if isinstance(i, dict)]
+    if any(isinstance(x, int) and x >= FIRST_SOC_FW_ID for x in ids):
+        return True
+    if ids:
+        return False
     for s in KEY_SECTIONS:
         t = raw.get(s)
         if isinstance(t, dict) and any(k.startswith("mldsa_") for k in t):
             return True
-    imgs = raw.get("image_metadata_list")
-    if isinstance(imgs, list):
-        for i in imgs:
-            if isinstance(i, dict) and any(k in i for k in IMAGE_REQUIRED2[1:]):
-                return True
     return False
 
 
@@ -191,7 +196,7 @@ def load_config2(
     raw = read_toml(cfg_path)
     if not is_2x(raw):
         raise ConfigError(
-            f"{cfg_path}: a Caliptra 1.x config (no mldsa_* keys, no 2.x image fields); "
+            f"{cfg_path}: a Caliptra 1.x config (SoC image fw_ids below 0x1000); "
             "use create-auth-man / create-auth-flash"
         )
 

@@ -86,7 +86,7 @@ def _load(args: argparse.Namespace) -> Config:
 
     if args.cfg.is_file() and is_2x(read_toml(args.cfg)):
         raise ConfigError(
-            f"{args.cfg}: a Caliptra 2.x config (mldsa_* keys or 2.x image fields); "
+            f"{args.cfg}: a Caliptra 2.x config (SoC image fw_ids from 0x1000); "
             f"use {args.command}-2x --pqc-key-type 1|3"
         )
 
