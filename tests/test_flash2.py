@@ -1,4 +1,4 @@
-"""2.x flash image (FLSH v1) and fw_toc.bin (ATOC): golden structure from spec/caliptra2.md."""
+"""2.x flash image (FLSH v1): golden structure from spec/caliptra2.md."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from imgtool.errors import FormatError
 from imgtool.formats import flash2 as f
-from imgtool.formats import fw_toc as t
 
 
 def _neg(b: bytes) -> int:
@@ -53,36 +52,3 @@ def test_flash_bad_input() -> None:
     bad[5] ^= 1
     with pytest.raises(FormatError, match="header checksum"):
         f.Flash2.parse(bytes(bad))
-
-
-def test_fw_toc_golden() -> None:
-    flash = f.Flash2(IMAGES)
-    names = ["caliptra-fw.bin", "manifest.bin", "mcu.bin", "empty.bin", "soc_align_256.bin"]
-    toc = t.FwToc.from_flash(flash.entries(), names).pack()
-    assert len(toc) == 2704
-    assert toc[0:4] == b"ATOC" and struct.unpack_from("<I", toc, 0)[0] == 0x434F5441
-    assert struct.unpack_from("<HHI", toc, 4) == (1, 5, 16)
-    assert struct.unpack_from("<I", toc, 12)[0] == _neg(toc[0:12])
-    fl = flash.pack()
-    for i, name in enumerate(names):
-        ent = toc[16 + 20 * i : 36 + 20 * i]
-        fent = fl[16 + 20 * i : 36 + 20 * i]
-        ident, off, size, icsum, ecsum = struct.unpack("<5I", ent)
-        assert ent[0:4] == fent[0:4] and ent[8:16] == fent[8:16]
-        assert off == 656 + 64 * i
-        assert ecsum == _neg(ent[:16])
-        assert toc[off : off + 64] == name.encode() + bytes(64 - len(name))
-    assert toc[16 + 20 * 5 : 656] == bytes(656 - 116)
-    assert toc[656 + 64 * 5 :] == bytes(2704 - 656 - 320)
-    back = t.FwToc.parse(toc)
-    assert [x.name for x in back.items] == names
-    assert back.pack() == toc
-
-
-def test_fw_toc_bad_input() -> None:
-    with pytest.raises(FormatError, match="does not fit"):
-        t.FwToc([t.TocItem(0, 0, 0, "x" * 64)]).pack()
-    with pytest.raises(FormatError, match="at most 32"):
-        t.FwToc([t.TocItem(i, 0, 0, "a") for i in range(33)]).pack()
-    with pytest.raises(FormatError, match="2704"):
-        t.FwToc.parse(bytes(10))
