@@ -135,12 +135,7 @@ def cmd_fuses(args: argparse.Namespace) -> int:
         ("vendor_pk_hash", "fuse_key_manifest_pk_hash", f.vendor_pk_hash),
         ("owner_pk_hash", "fuse_owner_pk_hash", f.owner_pk_hash),
     ):
-        assert digest is not None
-        print(f"{name} = {digest.hex()}")
-        words = fuses.fuse_words(digest)
-        print(f"  {reg}[0..11] (u32, big-endian words of the hash):")
-        print("   " + " ".join(f"0x{w:08x}" for w in words[:6]))
-        print("   " + " ".join(f"0x{w:08x}" for w in words[6:]))
+        _print_hash(name, reg, digest)
     print(f"lms_verify = {'true' if f.lms_verify else 'false'}")
     if args.out is not None:
         print(f"written: {args.out}")
@@ -172,12 +167,7 @@ def _fuses2(args: argparse.Namespace, b: Any) -> int:
         ("vendor_pk_hash", "fuse_vendor_pk_hash", f.vendor_pk_hash),
         ("owner_pk_hash", "fuse_owner_pk_hash", f.owner_pk_hash),
     ):
-        assert digest is not None
-        print(f"{name} = {digest.hex()}")
-        words = fuses.fuse_words(digest)
-        print(f"  {reg}[0..11] (u32, big-endian words of the hash):")
-        print("   " + " ".join(f"0x{w:08x}" for w in words[:6]))
-        print("   " + " ".join(f"0x{w:08x}" for w in words[6:]))
+        _print_hash(name, reg, digest)
     print(f"pqc_key_type = {f.pqc_key_type} ({b.pqc_name})")
     if args.out is not None:
         print(f"written: {args.out}")
@@ -239,3 +229,15 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="write a fuses file (TOML) for verify --fuses")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fuses)
+
+
+def _print_hash(name: str, reg: str, digest: bytes | None) -> None:
+    """A PK hash as hex and as the 12 fuse words the ROM compares."""
+    from .. import fuses
+
+    assert digest is not None
+    print(f"{name} = {digest.hex()}")
+    words = fuses.fuse_words(digest)
+    print(f"  {reg}[0..11] (u32, big-endian words of the hash):")
+    print("   " + " ".join(f"0x{w:08x}" for w in words[:6]))
+    print("   " + " ".join(f"0x{w:08x}" for w in words[6:]))
