@@ -201,7 +201,7 @@ def _add_2x_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load_2x(args: argparse.Namespace) -> tuple[Any, str]:
-    from ..build import pqc_algo
+    from ..build2 import pqc_algo
     from ..config2 import load_config2
 
     pqc = pqc_algo(args.pqc_key_type)
@@ -209,7 +209,7 @@ def _load_2x(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def cmd_create_auth_man_2x(args: argparse.Namespace) -> int:
-    from ..build import create_auth_man2
+    from ..build2 import create_auth_man2
     from ..formats.manifest2 import RUNTIME_GENERATION
 
     cfg2, pqc = _load_2x(args)
@@ -221,7 +221,7 @@ def cmd_create_auth_man_2x(args: argparse.Namespace) -> int:
 
 
 def cmd_create_auth_flash_2x(args: argparse.Namespace) -> int:
-    from ..build import create_auth_flash2, create_auth_man2
+    from ..build2 import create_auth_flash2, create_auth_man2
 
     cfg2, pqc = _load_2x(args)
     out = args.flash or cfg2.default_flash_path()

@@ -1,0 +1,170 @@
+"""Caliptra 2.x builds: ATM2 manifest, FLSH v1 flash image, fw_toc.bin.
+
+plan -> digests -> IMC -> signatures -> manifest -> flash (imgtool.formats.manifest2 / flash2 /
+fw_toc hold the bytes).  PQC type 1 = ML-DSA-87 (signs the RAW covered bytes, deterministic),
+3 = LMS (signs SHA-384 of the covered bytes with real leaf state, as in 1.x)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from .build import _ecc_pub_hw, _lms_pub
+from .formats import padding
+
+PQC_TYPES = {1: "mldsa", 3: "lms"}
+
+
+def pqc_algo(value: str | int) -> str:
+    """--pqc-key-type / pqc=: 1|mldsa -> "mldsa", 3|lms -> "lms"; anything else a ConfigError."""
+    from .errors import ConfigError
+
+    s = str(value).strip().lower()
+    if s in ("1", "mldsa"):
+        return "mldsa"
+    if s in ("3", "lms"):
+        return "lms"
+    raise ConfigError(f"--pqc-key-type: must be 1 (ML-DSA-87) or 3 (LMS), got {value!r}")
+
+
+def padded_name2(path: Path, align: int) -> str:
+    """<stem>_align_<N>.<ext> when padding is on (the name fw_toc records), else the base name."""
+    return padding.padded_name(path, align) if align > 0 else path.name
+
+
+def read_padded(path: Path | None, align: int) -> bytes:
+    if path is None:
+        return b""
+    data = path.read_bytes()
+    return data + bytes(padding.padded_len(len(data), align) - len(data))
+
+
+def image_digest2(img: Any, align: int) -> bytes:
+    """SHA-384 of the image as the flash image holds it (padded to align, then to 4)."""
+    return padding.image_digest(img.file, align)
+
+
+def build_imc2(cfg2: Any, digests: list[bytes] | None = None) -> bytes:
+    from .formats import manifest2 as m2
+
+    if digests is None:
+        digests = [image_digest2(i, cfg2.padding_align_size) for i in cfg2.images]
+    entries = [
+        m2.ImcEntry2(
+            fw_id=i.fw_id,
+            component_id=i.component_id,
+            classification=i.classification,
+            flags=m2.entry_flags(i.source, i.ignore_auth_check, i.exec_bit, i.load_stage),
+            load_address=i.load_address,
+            staging_address=i.staging_address,
+            digest=d,
+        )
+        for i, d in zip(cfg2.images, digests, strict=True)
+    ]
+    return m2.Imc2(entries).pack()
+
+
+def _pqc_pub2(ks: Any, pqc: str) -> bytes:
+    from .keys import mldsa
+
+    if pqc == "mldsa":
+        return mldsa.MldsaPublicKey.load(ks.mldsa_pub).raw
+    return _lms_pub(ks.lms_pub)
+
+
+def sign2(ks: Any, pqc: str, msg: bytes) -> tuple[bytes, bytes]:
+    """(ECC hw signature, PQC slot signature) over ``msg`` with key set ``ks``; zero-length for a
+    missing private key (the slot stays zero).  Every signature is verified before it is kept."""
+    from .keys import ecc, mldsa
+    from .signing import LocalEccSigner, LocalLmsSigner
+
+    digest = hashlib.sha384(msg).digest()
+    ecc_sig = b""
+    if ks.ecc_priv is not None:
+        ecc_sig = LocalEccSigner(ks.ecc_priv, ecc.load_public(ks.ecc_pub)).sign_digest(digest)
+    pqc_sig = b""
+    if pqc == "mldsa" and ks.mldsa_priv is not None:
+        key = mldsa.MldsaPrivateKey.load(ks.mldsa_priv)
+        pqc_sig = key.sign(msg, mldsa.MldsaPublicKey.load(ks.mldsa_pub).raw)
+    elif pqc == "lms" and ks.lms_priv is not None:
+        pqc_sig = LocalLmsSigner(ks.lms_priv, ks.lms_pub).sign_digest(digest)
+    return ecc_sig, pqc_sig
+
+
+def build_manifest2(cfg2: Any, pqc: str, imc: bytes | None = None) -> bytes:
+    """The 34456-byte ATM2 manifest (unpadded)."""
+    from .formats import manifest2 as m2
+
+    k = cfg2.keys
+    vm, om = k["vendor_man_key_config"], k["owner_man_key_config"]
+    man = m2.Manifest2(
+        version=cfg2.version,
+        svn=cfg2.svn,
+        flags=cfg2.flags & m2.FLAG_VENDOR_IMC_SIG_REQUIRED,
+        vnd_man_ecc_pub=_ecc_pub_hw(vm.ecc_pub),
+        vnd_man_pqc_pub=_pqc_pub2(vm, pqc),
+        own_man_ecc_pub=_ecc_pub_hw(om.ecc_pub),
+        own_man_pqc_pub=_pqc_pub2(om, pqc),
+        imc=m2.Imc2.parse(imc if imc is not None else build_imc2(cfg2)),
+    )
+    data = man.pack()
+    man.vnd_pub_sig_ecc, man.vnd_pub_sig_pqc = sign2(
+        k["vendor_fw_key_config"], pqc, m2.covered(data, "vnd_pub_sig")
+    )
+    man.own_pub_sig_ecc, man.own_pub_sig_pqc = sign2(
+        k["owner_fw_key_config"], pqc, m2.covered(data, "own_pub_sig")
+    )
+    imc_bytes = m2.covered(data, "own_imc_sig")
+    if man.flags & m2.FLAG_VENDOR_IMC_SIG_REQUIRED:
+        man.vnd_imc_sig_ecc, man.vnd_imc_sig_pqc = sign2(vm, pqc, imc_bytes)
+    man.own_imc_sig_ecc, man.own_imc_sig_pqc = sign2(om, pqc, imc_bytes)
+    return man.pack()
+
+
+def create_auth_man2(cfg2: Any, pqc: str, out: Path) -> bytes:
+    """Write the manifest, zero-padded to padding_align_size; return the written bytes."""
+    from .fileio import atomic_write
+    from .formats import manifest2 as m2
+
+    data = m2.pad_to(build_manifest2(cfg2, pqc), cfg2.padding_align_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, data)
+    return data
+
+
+def flash2_parts(cfg2: Any, man: bytes, man_name: str) -> tuple[list[tuple[int, bytes]], list[str]]:
+    """(identifier, bytes) and fw_toc names: caliptra 0, manifest 1, MCU runtime 2, SoC images
+    0x1000 + i in order (the padded copies when padding_align_size is set)."""
+    from .formats import flash2 as f2
+
+    a = cfg2.padding_align_size
+
+    def name(p: Path | None) -> str:
+        return padded_name2(p, a) if p is not None else ""
+
+    parts = [(f2.ID_CALIPTRA_FW, read_padded(cfg2.caliptra_file, a)), (f2.ID_SOC_MANIFEST, man)]
+    names = [name(cfg2.caliptra_file), man_name]
+    parts.append((f2.ID_MCU_RUNTIME, read_padded(cfg2.mcu_file, a)))
+    names.append(name(cfg2.mcu_file))
+    for i, img in enumerate(cfg2.soc_images):
+        parts.append((f2.ID_SOC_IMAGE_BASE + i, read_padded(img.file, a)))
+        names.append(name(img.file))
+    return parts, names
+
+
+def create_auth_flash2(cfg2: Any, out: Path, man: bytes, man_name: str) -> tuple[int, Path]:
+    """Write the 2.x flash image and fw_toc.bin beside it; return (flash size, fw_toc path)."""
+    from .fileio import atomic_write
+    from .formats import flash2 as f2
+    from .formats import fw_toc
+
+    parts, names = flash2_parts(cfg2, man, man_name)
+    fl = f2.Flash2(parts)
+    data = fl.pack()
+    toc = fw_toc.FwToc.from_flash(fl.entries(), names).pack()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, data)
+    toc_path = out.parent / "fw_toc.bin"
+    atomic_write(toc_path, toc)
+    return len(data), toc_path
