@@ -593,6 +593,38 @@ class StateStore:
             (next_q, now, status, ident.key_id),
         )
 
+    def _logged(self, cur: _Cursor, ident: KeyIdentity, q: int) -> tuple[str, str, str] | None:
+        """(msg_sha256, host, signer) the signature log holds for leaf q of this key, or None."""
+        cur.execute(
+            self._sql(
+                "SELECT msg_sha256, host, signer FROM lms_signatures WHERE key_id = ? AND q = ?"
+            ),
+            (ident.key_id, q),
+        )
+        row = cur.fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def _log(
+        self,
+        cur: _Cursor,
+        ident: KeyIdentity,
+        q: int,
+        msg_sha256: str,
+        t: float,
+        host: str,
+        signer: str,
+        actor: str | None,
+        imported: bool = False,
+    ) -> None:
+        """Append one leaf use to the signature log."""
+        cur.execute(
+            self._sql(
+                "INSERT INTO lms_signatures (key_id, q, msg_sha256, time, host, signer,"
+                " actor, imported) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            (ident.key_id, q, msg_sha256, t, host, signer, actor, 1 if imported else 0),
+        )
+
     def register(self, ident: KeyIdentity, *, now: float | None = None) -> None:
         """A key just generated: its row, live at next_q 0. Refuses a key the store knows."""
         t = _now(now)
@@ -673,13 +705,7 @@ class StateStore:
                     f"LMS key {ident.short} exhausted ({q} of {ident.leaves} one-time leaves "
                     "used); generate a new key"
                 )
-            cur.execute(
-                self._sql(
-                    "SELECT msg_sha256, host, signer FROM lms_signatures WHERE key_id = ? AND q = ?"
-                ),
-                (ident.key_id, q),
-            )
-            seen = cur.fetchone()
+            seen = self._logged(cur, ident, q)
             if seen is not None and seen[0] != msg_sha256:
                 _, mx = self._log_stats(cur, ident)
                 raise LmsStateError(
@@ -689,13 +715,7 @@ class StateStore:
                     f"--next-q {(mx or q) + 1}`)"
                 )
             if seen is None:
-                cur.execute(
-                    self._sql(
-                        "INSERT INTO lms_signatures (key_id, q, msg_sha256, time, host, signer,"
-                        " actor) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    ),
-                    (ident.key_id, q, msg_sha256, t, h, signer, actor),
-                )
+                self._log(cur, ident, q, msg_sha256, t, h, signer, actor)
             self._set(cur, ident, q + 1, t, LIVE)
             return Reservation(q, before, q + 1)
 
@@ -723,13 +743,7 @@ class StateStore:
         def tx(cur: _Cursor) -> None:
             row = self._ensure_row(cur, ident, t, HELPER)
             next_q, status = row if row is not None else (0, HELPER)
-            cur.execute(
-                self._sql(
-                    "SELECT msg_sha256, host, signer FROM lms_signatures WHERE key_id = ? AND q = ?"
-                ),
-                (ident.key_id, q),
-            )
-            seen = cur.fetchone()
+            seen = self._logged(cur, ident, q)
             if seen is not None:
                 if seen[0] != msg_sha256:
                     raise LmsStateError(
@@ -738,13 +752,7 @@ class StateStore:
                         "helper reused a one-time leaf; refusing its signature"
                     )
                 return
-            cur.execute(
-                self._sql(
-                    "INSERT INTO lms_signatures (key_id, q, msg_sha256, time, host, signer,"
-                    " actor) VALUES (?, ?, ?, ?, ?, 'helper', ?)"
-                ),
-                (ident.key_id, q, msg_sha256, t, h, actor),
-            )
+            self._log(cur, ident, q, msg_sha256, t, h, "helper", actor)
             if next_q < q + 1:
                 self._set(cur, ident, q + 1, t, status)
 
@@ -824,11 +832,7 @@ class StateStore:
             for r in records:
                 if not 0 <= r.q < next_q:
                     raise LmsStateError(f"import: logged q={r.q} is not below next_q {next_q}")
-                cur.execute(
-                    self._sql("SELECT msg_sha256 FROM lms_signatures WHERE key_id = ? AND q = ?"),
-                    (ident.key_id, r.q),
-                )
-                seen = cur.fetchone()
+                seen = self._logged(cur, ident, r.q)
                 if seen is not None:
                     if seen[0] != r.msg_sha256:
                         raise LmsStateError(
@@ -836,12 +840,8 @@ class StateStore:
                             "different message; refusing"
                         )
                     continue
-                cur.execute(
-                    self._sql(
-                        "INSERT INTO lms_signatures (key_id, q, msg_sha256, time, host, signer,"
-                        " actor, imported) VALUES (?, ?, ?, ?, ?, ?, ?, 1)"
-                    ),
-                    (ident.key_id, r.q, r.msg_sha256, r.time, r.host, r.signer, r.actor),
+                self._log(
+                    cur, ident, r.q, r.msg_sha256, r.time, r.host, r.signer, r.actor, imported=True
                 )
             self._set(cur, ident, next_q, t, LIVE)
             return before[0] if before else None
