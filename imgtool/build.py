@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import MCU_FW_ID, Config, Format, ImageEntry, KeySet, VendorSignature
+from .config import MCU_FW_ID, Config, Format, HsmKey, ImageEntry, KeySet, VendorSignature
 from .errors import ConfigError, FormatError, ImgtoolError, OutputError, SigningError
 from .fileio import atomic_write
 from .formats import manifest1 as manifest
@@ -57,9 +57,9 @@ class PartyAlgo:
     party: str  # "vendor" | "owner"
     algo: str  # "ecc" | "lms"
     enabled: bool
-    fw_priv: Path | None = None
+    fw_priv: Path | HsmKey | None = None  # HsmKey: an ECC key on a PKCS#11 token
     fw_pub: Path | None = None
-    man_priv: Path | None = None
+    man_priv: Path | HsmKey | None = None
     man_pub: Path | None = None
     fw_helper: str | None = None
     man_helper: str | None = None
@@ -173,16 +173,23 @@ class SlotPlan:
     algo: str
     tbs: str  # one of TBS_KINDS
     kind: str  # "key" | "helper" | "prebuilt"
-    key: Path | None = None  # private key (kind "key")
+    key: Path | None = None  # private key file (kind "key")
     pub: Path | None = None  # configured public key of the signer, if any
     helper: str | None = None
     helper_field: str | None = None
     prebuilt: Path | None = None
+    uri: str | None = None  # kind "key": the ECC key on a PKCS#11 token (key is None then)
 
     @property
     def inputs(self) -> list[Path]:
-        """Files (besides the covered bytes) whose change invalidates this signature."""
+        """Files (besides the covered bytes) whose change invalidates this signature (a token
+        key is no file: its URI is part of the plan, its public key file is ``pub``)."""
         return [p for p in (self.key, self.pub, self.prebuilt) if p is not None]
+
+    @property
+    def signing_key(self) -> Path | str | None:
+        """The private key of a kind "key" slot: its file, or its PKCS#11 URI."""
+        return self.uri if self.uri is not None else self.key
 
 
 @dataclass(frozen=True)
@@ -226,21 +233,10 @@ def plan(cfg: Config) -> Plan:
                 assert v.man_pub is not None
                 pubs.append(v.man_pub)
                 slots.append(
-                    SlotPlan(
-                        f"vnd_pub_sig_{algo}",
-                        algo,
-                        "vendor_pubkey",
-                        "key",
-                        key=v.fw_priv,
-                        pub=v.fw_pub,
-                    )
+                    _key_slot(f"vnd_pub_sig_{algo}", algo, "vendor_pubkey", v.fw_priv, v.fw_pub)
                 )
             if cfg.stored_flags & 1:
-                slots.append(
-                    SlotPlan(
-                        f"vnd_imc_sig_{algo}", algo, "imc", "key", key=v.man_priv, pub=v.man_pub
-                    )
-                )
+                slots.append(_key_slot(f"vnd_imc_sig_{algo}", algo, "imc", v.man_priv, v.man_pub))
         o = sel[("owner", algo)]
         if o.enabled:
             assert o.man_pub is not None
@@ -250,10 +246,17 @@ def plan(cfg: Config) -> Plan:
                 slots.append(_owner_slot(o, f"own_svn_sig_{algo}", "svn", "fw"))
             slots.append(_owner_slot(o, f"own_imc_sig_{algo}", "imc", "man"))
         elif o.imc_only:
-            slots.append(
-                SlotPlan(f"own_imc_sig_{algo}", algo, "imc", "key", key=o.man_priv, pub=o.man_pub)
-            )
+            slots.append(_key_slot(f"own_imc_sig_{algo}", algo, "imc", o.man_priv, o.man_pub))
     return Plan(cfg, tuple(slots), tuple(pubs))
+
+
+def _key_slot(
+    slot: str, algo: str, tbs: str, priv: Path | HsmKey | None, pub: Path | None
+) -> SlotPlan:
+    """A slot signed with a private key: a key file, or (ECC) a key on a PKCS#11 token."""
+    if isinstance(priv, HsmKey):
+        return SlotPlan(slot, algo, tbs, "key", pub=pub, uri=priv.uri)
+    return SlotPlan(slot, algo, tbs, "key", key=priv, pub=pub)
 
 
 def _owner_slot(sel: PartyAlgo, slot: str, tbs: str, role: str) -> SlotPlan:
@@ -264,7 +267,7 @@ def _owner_slot(sel: PartyAlgo, slot: str, tbs: str, role: str) -> SlotPlan:
         field = f"sign_helper.owner_{sel.algo}_{role}_key_sign_helper"
         return SlotPlan(slot, sel.algo, tbs, "helper", pub=pub, helper=helper, helper_field=field)
     key = sel.fw_priv if role == "fw" else sel.man_priv
-    return SlotPlan(slot, sel.algo, tbs, "key", key=key, pub=pub)
+    return _key_slot(slot, sel.algo, tbs, key, pub)
 
 
 def lms_budget(slots: Iterable[SlotPlan]) -> None:
@@ -346,7 +349,7 @@ def tbs_bytes(m: Manifest, kind: str) -> bytes:
 
 def make_signer(cfg: Config, sp: SlotPlan) -> Signer:
     from .keys import ecc, lms
-    from .signing import HelperSigner, LocalEccSigner, LocalLmsSigner
+    from .signing import HelperSigner, LocalLmsSigner, ecc_key_signer
 
     if sp.kind == "helper":
         assert sp.helper is not None and sp.helper_field is not None
@@ -359,9 +362,11 @@ def make_signer(cfg: Config, sp: SlotPlan) -> Signer:
         return HelperSigner(
             sp.helper, sp.algo, sp.helper_field, cfg.helpers.by_file, cfg.helpers.timeout, expect
         )
+    key = sp.signing_key
+    assert key is not None
+    if sp.algo == "ecc":  # a PEM file or a key on a PKCS#11 token
+        return ecc_key_signer(key, ecc.load_public(sp.pub) if sp.pub else None)
     assert sp.key is not None
-    if sp.algo == "ecc":
-        return LocalEccSigner(sp.key, ecc.load_public(sp.pub) if sp.pub else None)
     return LocalLmsSigner(sp.key, sp.pub)
 
 

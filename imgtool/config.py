@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, ImgtoolError
 
 log = logging.getLogger("imgtool")
 
@@ -117,11 +117,24 @@ _PRJ_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
+class HsmKey:
+    """A private key on a PKCS#11 token: the config's RFC 7512 URI as written (syntax checked
+    when the config is loaded; it holds no PIN, pin-value is refused). Never a path: it is not
+    joined onto the key directory, checked with is_file or listed as a file dependency."""
+
+    uri: str
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+@dataclass(frozen=True)
 class KeySet:
-    """One key section: file paths (already joined with the key dir), or None when unset."""
+    """One key section: file paths (already joined with the key dir), or None when unset. An
+    ECC private key may instead be a key on a PKCS#11 token (:class:`HsmKey`)."""
 
     ecc_pub: Path | None = None
-    ecc_priv: Path | None = None
+    ecc_priv: Path | HsmKey | None = None
     lms_pub: Path | None = None
     lms_priv: Path | None = None
 
@@ -209,11 +222,20 @@ class Config:
         return self.padding_align_size
 
     def key_files(self) -> list[Path]:
+        """Every configured key file (keys on a PKCS#11 token are not files: see hsm_keys)."""
         return [
             p
             for ks in (self.vendor_fw, self.vendor_man, self.owner_fw, self.owner_man)
             for p in (ks.ecc_pub, ks.ecc_priv, ks.lms_pub, ks.lms_priv)
-            if p is not None
+            if isinstance(p, Path)
+        ]
+
+    def hsm_keys(self) -> list[HsmKey]:
+        """The ECC private keys that live on a PKCS#11 token."""
+        return [
+            ks.ecc_priv
+            for ks in (self.vendor_fw, self.vendor_man, self.owner_fw, self.owner_man)
+            if isinstance(ks.ecc_priv, HsmKey)
         ]
 
     def input_files(self) -> list[tuple[str, Path]]:
@@ -427,10 +449,17 @@ def load_config(
             cfg_path, section, raw.get(section, {}), _KEY_SECTION_FIELDS, warn, _TWO_X_ONLY["key"]
         )
         key_names[section] = {k: v for k, v in table.items() if v != ""}
+    hsm = {
+        (section, fld): _hsm_key(cfg_path, section, fld, name)
+        for section, table in key_names.items()
+        for fld, name in table.items()
+        if _looks_like_uri(name)
+    }
     if key_dir is not None:
         kdir, kwhy = Path(key_dir), f"{key_dir} (--key-dir)"
     else:
-        kdir, kwhy = default_key_dir(prj, [n for t in key_names.values() for n in t.values()])
+        file_names = [n for s, t in key_names.items() for f, n in t.items() if (s, f) not in hsm]
+        kdir, kwhy = default_key_dir(prj, file_names)
     log.debug("key directory: %s", kwhy)
     pdir = Path(prebuilt_dir) if prebuilt_dir is not None else Path("prebuilt") / prj
     configured_vdir = vnd_sig_dir if vnd_sig_dir is not None else mc.get("vendor_sig_dir")
@@ -440,11 +469,14 @@ def load_config(
 
     keysets: dict[str, KeySet] = {}
     for section in KEY_SECTIONS:
-        vals: dict[str, Path | None] = {}
+        vals: dict[str, Path | HsmKey | None] = {}
         for fld in KEY_FIELDS:
             name = key_names[section].get(fld)
             if name is None:
                 vals[fld] = None
+                continue
+            if (section, fld) in hsm:
+                vals[fld] = hsm[(section, fld)]  # never joined onto the key directory
                 continue
             p = kdir / name
             needed = private_keys or not fld.endswith("_priv_key")
@@ -452,7 +484,10 @@ def load_config(
                 raise _err(cfg_path, f"{section}.{fld}", f"key file not found: {p}")
             vals[fld] = p
         keysets[section] = KeySet(
-            vals["ecc_pub_key"], vals["ecc_priv_key"], vals["lms_pub_key"], vals["lms_priv_key"]
+            _file(vals["ecc_pub_key"]),
+            vals["ecc_priv_key"],
+            _file(vals["lms_pub_key"]),
+            _file(vals["lms_priv_key"]),
         )
 
     helpers = _helpers(cfg_path, raw.get("sign_helper", {}), warn)
@@ -531,6 +566,41 @@ def load_config(
                 cfg_path,
             )
     return _with_warnings(cfg, warnings)
+
+
+def _looks_like_uri(name: str) -> bool:
+    """A key field value meant as a PKCS#11 URI (the scheme in any case: RFC 3986)."""
+    return name[:7].lower() == "pkcs11:"
+
+
+def _hsm_key(cfg: Path, section: str, fld: str, name: str) -> HsmKey:
+    """A PKCS#11 URI in a key field: only ECC private keys may live on a token."""
+    where = f"{section}.{fld}"
+    if fld != "ecc_priv_key":
+        if fld == "ecc_pub_key":
+            why = (
+                "the public key stays a PEM file (the manifest and bundle hold it, and every "
+                "HSM signature is verified with it); a PKCS#11 URI is accepted in ecc_priv_key "
+                "only (cptra-imgtool keygen --algo ecc --out pkcs11:... --pubkey-out PUB.pem "
+                "writes it)"
+            )
+        else:
+            why = "LMS keys cannot live on a PKCS#11 token; a URI is accepted in ecc_priv_key only"
+        raise _err(cfg, where, f"a PKCS#11 URI here is not supported: {why}")
+    if not name.startswith("pkcs11:"):
+        raise _err(cfg, where, "write the URI scheme in lower case (pkcs11:)")
+    from .keys.pkcs11 import parse_uri
+
+    try:
+        parse_uri(name)
+    except ImgtoolError as exc:
+        raise _err(cfg, where, str(exc)) from None
+    return HsmKey(name)
+
+
+def _file(value: Path | HsmKey | None) -> Path | None:
+    assert not isinstance(value, HsmKey)  # _hsm_key admits URIs in ecc_priv_key only
+    return value
 
 
 def _with_warnings(cfg: Config, warnings: list[str]) -> Config:

@@ -30,7 +30,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import _PRJ_RE, KEY_FIELDS, Config, VendorSignature, choose_vendor_sig_dir, load_config
+from .config import (
+    _PRJ_RE,
+    KEY_FIELDS,
+    Config,
+    HsmKey,
+    VendorSignature,
+    choose_vendor_sig_dir,
+    load_config,
+)
 from .errors import ConfigError, OutputError
 from .keys import key_match
 
@@ -136,13 +144,26 @@ def _plain(cfg: Path, where: str, name: str) -> str:
     return name
 
 
-def key_names(ref: Reference, sections: tuple[str, ...]) -> dict[tuple[str, str], str]:
-    """(section, field) -> file name, for the key fields the reference config names."""
+def key_names(
+    ref: Reference, sections: tuple[str, ...], vendor_keys: bool = False
+) -> dict[tuple[str, str], str]:
+    """(section, field) -> file name, for the key fields the reference config names. A vendor
+    key on a PKCS#11 token (a ``pkcs11:`` URI) is kept in the config as it is, not copied;
+    owner keys (and vendor keys with --vendor-keys) are generated as files, so a URI there is
+    refused."""
     out = {}
     for section in sections:
         table = ref.raw.get(section, {})
         for fld in KEY_FIELDS:
             name = table.get(fld, "") if isinstance(table, dict) else ""
+            if isinstance(name, str) and name[:7].lower() == "pkcs11:":
+                if section in VENDOR_SECTIONS and not vendor_keys:
+                    continue
+                raise ConfigError(
+                    f"{ref.config}: {section}.{fld}: a key on a PKCS#11 token; new-project "
+                    "generates these keys as files: start from a config that names key files, "
+                    "then put the URI into the new config"
+                )
             if name:
                 out[(section, fld)] = _plain(ref.config, f"{section}.{fld}", name)
     return out
@@ -346,7 +367,7 @@ def create(
             "makes owner key files: start from a config that names key files, then point "
             "[sign_helper] at your signer"
         )
-    names = key_names(ref, OWNER_SECTIONS + VENDOR_SECTIONS)
+    names = key_names(ref, OWNER_SECTIONS + VENDOR_SECTIONS, vendor_keys)
     lms_on = any(k[1].startswith("lms_") for k in names if k[0] in OWNER_SECTIONS)
     if ecc_only and lms_on:
         raise ConfigError(
@@ -514,8 +535,8 @@ def _vendor_consistency(
 
 
 def _abs_keys(ref: Reference, ks: Any) -> Any:
-    def a(p: Path | None) -> Path | None:
-        return None if p is None else _abs(ref.tree, p)
+    def a(p: Path | HsmKey | None) -> Path | HsmKey | None:
+        return p if p is None or isinstance(p, HsmKey) else _abs(ref.tree, p)
 
     return replace(ks, ecc_pub=a(ks.ecc_pub), ecc_priv=a(ks.ecc_priv),
                    lms_pub=a(ks.lms_pub), lms_priv=a(ks.lms_priv))  # fmt: skip
@@ -524,7 +545,7 @@ def _abs_keys(ref: Reference, ks: Any) -> Any:
 def _lab_vendor_sign(cfg: Config, data: bytes, source: str) -> bytes:
     from . import owner_sign
     from .keys import ecc, lms
-    from .signing import LocalEccSigner, LocalLmsSigner
+    from .signing import LocalLmsSigner, ecc_key_signer
 
     v = cfg.vendor_fw
     if v.ecc_priv is None or v.ecc_pub is None or v.lms_priv is None or v.lms_pub is None:
@@ -536,7 +557,7 @@ def _lab_vendor_sign(cfg: Config, data: bytes, source: str) -> bytes:
     return owner_sign.vendor_sign_lab(
         data,
         source,
-        LocalEccSigner(v.ecc_priv, pub),
+        ecc_key_signer(v.ecc_priv.uri if isinstance(v.ecc_priv, HsmKey) else v.ecc_priv, pub),
         ecc.public_to_hw(pub),
         LocalLmsSigner(v.lms_priv, v.lms_pub),
         lms.load_public(v.lms_pub).to_bytes(),

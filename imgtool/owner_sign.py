@@ -25,12 +25,12 @@ import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import MAX_BUNDLE_LEN, Config
+from .config import MAX_BUNDLE_LEN, Config, HsmKey
 from .errors import ConfigError, FormatError, KeyFileError, OutputError, SigningError
 from .formats import bundle1 as bundle_mod
 from .keys import ecc, lms
 from .keys.key_match import fingerprint
-from .signing import HelperSigner, LocalEccSigner, LocalLmsSigner, Signer
+from .signing import HelperSigner, LocalLmsSigner, Signer, ecc_key_signer
 from .verify import Anchors, Report, verify_bytes
 
 log = logging.getLogger("imgtool")
@@ -129,12 +129,15 @@ def owner_keys(cfg: Config, force: bool = False) -> OwnerKeys:
     ecc_pub = ecc.load_public(ecc_pub_path)
     ecc_signer: Signer
     helper = cfg.helpers.get("ecc", "fw")
-    if fw.ecc_priv is not None:
+    if isinstance(fw.ecc_priv, HsmKey):  # on a PKCS#11 token; each signature verified
+        ecc_signer = ecc_key_signer(fw.ecc_priv.uri, ecc_pub)
+        ecc_from = fw.ecc_priv.uri
+    elif fw.ecc_priv is not None:
         if not fw.ecc_priv.is_file():
             raise ConfigError(
                 f"{cfg.path}: owner_fw_key_config.ecc_priv_key: key file not found: {fw.ecc_priv}"
             )
-        ecc_signer = LocalEccSigner(fw.ecc_priv, ecc_pub)
+        ecc_signer = ecc_key_signer(fw.ecc_priv, ecc_pub)
         ecc_from = str(fw.ecc_priv)
     elif helper is not None:
         field = "sign_helper.owner_ecc_fw_key_sign_helper"

@@ -219,3 +219,81 @@ def test_vendor_sig_dir_falls_back_to_src_vnd_sig(
         prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt, vnd_sig_dir=tmp_path / "elsewhere"
     )
     assert c.vendor_sig_dir == tmp_path / "elsewhere" and c.vendor_sig_dirs == (c.vendor_sig_dir,)
+
+
+# ---------------------------------------------------------------------------- PKCS#11 URIs
+URI = "pkcs11:token=cptra;object=own-man-ecc?pin-source=file:/run/pin"
+
+
+def _hsm_cfg(tmp_path: Path, field: str = "ecc_priv_key", value: str = URI) -> Path:
+    prj = make_project(tmp_path)
+    text = prj.cfg.read_text()
+    old = {
+        "ecc_priv_key": 'ecc_priv_key = "own-man-ecc-prvk.pem"',
+        "ecc_pub_key": 'ecc_pub_key = "own-man-ecc-pubk.pem"',
+    }[field]
+    assert text.count(old) == 1
+    prj.cfg.write_text(text.replace(old, f'{field} = "{value}"'))
+    (prj.keys / "own-man-ecc-prvk.pem").unlink()  # the key is on the token now
+    return prj.cfg
+
+
+def test_ecc_private_key_uri_is_kept_not_joined(tmp_path: Path) -> None:
+    from imgtool.config import HsmKey
+
+    cfg_path = _hsm_cfg(tmp_path)
+    keys = tmp_path / "keys"
+    c = load_config(cfg_path, key_dir=keys, prebuilt_dir=tmp_path / "prebuilt")
+    assert c.owner_man.ecc_priv == HsmKey(URI) and str(c.owner_man.ecc_priv) == URI
+    assert c.owner_man.ecc_pub == keys / "own-man-ecc-pubk.pem"
+    assert c.hsm_keys() == [HsmKey(URI)]
+    # no file dependency, no path holding the URI (never joined onto the key directory)
+    assert all(isinstance(p, Path) and "pkcs11" not in str(p) for p in c.key_files())
+    assert len(c.key_files()) == 7
+    # the signing plan names the URI for both owner manifest slots and no key file for it
+    slots = {sp.slot: sp for sp in plan(c).slots}
+    sp = slots["own_imc_sig_ecc"]
+    assert sp.kind == "key" and sp.key is None and sp.uri == URI and sp.signing_key == URI
+    assert sp.inputs == [keys / "own-man-ecc-pubk.pem"]
+    assert slots["own_pub_sig_ecc"].key == keys / "own-fw-ecc-prvk.pem"
+
+
+def test_uri_is_not_a_key_dir_vote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """default_key_dir counts key files only: a URI never makes key/<prj>/ win."""
+    cfg_path = _hsm_cfg(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "key" / "test").mkdir(parents=True)
+    (tmp_path / "keys" / "test").mkdir(parents=True)
+    c = load_config(cfg_path, prebuilt_dir=tmp_path / "prebuilt", check_files=False)
+    assert c.key_dir == Path("keys/test") and "of the 7 configured key files" in c.key_dir_reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("ecc_pub_key", URI, "the public key stays a PEM file"),
+        ("ecc_priv_key", "PKCS11:token=a;object=b", "lower case"),
+        ("ecc_priv_key", "pkcs11:token=a;object=b?pin-value=s3cr3t", "pin-value is refused"),
+        ("ecc_priv_key", "pkcs11:token=a", "names no key"),
+        ("ecc_priv_key", "pkcs11:token=a;object=b;bogus=1", "unknown attribute"),
+    ],
+)
+def test_bad_uri_in_config(tmp_path: Path, field: str, value: str, why: str) -> None:
+    cfg_path = _hsm_cfg(tmp_path, field, value)
+    for check in (True, False):
+        with pytest.raises(ConfigError) as e:
+            load_config(
+                cfg_path, key_dir=tmp_path / "keys", prebuilt_dir=tmp_path / "prebuilt",
+                check_files=check, private_keys=check,
+            )  # fmt: skip
+        msg = str(e.value)
+        assert f"owner_man_key_config.{field}:" in msg and why in msg and "\n" not in msg
+        assert "s3cr3t" not in msg
+
+
+def test_uri_in_lms_fields_refused(tmp_path: Path) -> None:
+    prj = make_project(tmp_path, lms=True)
+    text = prj.cfg.read_text().replace('"own-fw-lms-prvk.pem"', f'"{URI}"', 1)
+    prj.cfg.write_text(text)
+    with pytest.raises(ConfigError, match="LMS keys cannot live on a PKCS#11 token"):
+        load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
