@@ -1,5 +1,8 @@
 """The sign-helper side of the signing server: speaks the [sign_helper] protocol to
-cptra-imgtool and HTTP to `cptra-imgtool serve`, and verifies every signature it relays."""
+cptra-imgtool and HTTP to `cptra-imgtool serve`, and verifies every signature it relays.
+
+ECC and LMS sign a 48-byte SHA-384 digest (form field ``digest``); ML-DSA-87 signs the RAW
+message (form field ``message``, hex, at most :data:`imgtool.signing2.MAX_MESSAGE` bytes)."""
 
 from __future__ import annotations
 
@@ -10,8 +13,10 @@ import httpx
 
 from .errors import ServerError
 from .keys import ecc, lms
+from .signing2 import MAX_MESSAGE, MLDSA_PUB_LEN, MLDSA_SIG_LEN
 
 DIGEST_LEN = 48
+ALGOS = ("ecc", "lms", "mldsa")
 
 
 def _token(token_file: Path | None) -> str | None:
@@ -24,6 +29,13 @@ def _token(token_file: Path | None) -> str | None:
 
 
 def _parse_pub(algo: str, data: bytes, source: str) -> object:
+    if algo == "mldsa":
+        if len(data) != MLDSA_PUB_LEN:
+            raise ServerError(
+                f"{source}: not an ML-DSA-87 public key ({MLDSA_PUB_LEN} raw bytes), got "
+                f"{len(data)} bytes"
+            )
+        return bytes(data)
     if algo == "ecc":
         try:
             return ecc.load_public_bytes(data)
@@ -49,11 +61,24 @@ def sign_remote(
     verify_tls: bool | str = True,
     expect_pub: Path | None = None,
 ) -> bytes:
-    """Fetch and check the server's public key, then ask it to sign; returns DER (ECC) or the
-    1620-byte slot (LMS), verified against that key. With ``expect_pub`` the server's key must
-    be that one, or no signature is requested (no LMS leaf is spent on a wrong key)."""
-    if len(digest) != DIGEST_LEN:
+    """Fetch and check the server's public key, then ask it to sign; returns DER (ECC), the
+    1620-byte slot (LMS) or the 4627-byte ML-DSA-87 signature, verified against that key.
+    ``digest`` is the 48-byte SHA-384 digest for ECC and LMS, the RAW message for ML-DSA. With
+    ``expect_pub`` the server's key must be that one (for ML-DSA the raw 2592-byte -pubk.bin),
+    or no signature is requested (no LMS leaf is spent on a wrong key)."""
+    if algo not in ALGOS:
+        raise ServerError(f"algo must be one of {', '.join(ALGOS)}, got {algo!r}")
+    if algo == "mldsa":
+        if len(digest) > MAX_MESSAGE:
+            raise ServerError(
+                f"a {len(digest)}-byte message is larger than the {MAX_MESSAGE} bytes the "
+                "server signs with ML-DSA"
+            )
+        fields = {"message": digest.hex()}
+    elif len(digest) != DIGEST_LEN:
         raise ServerError(f"digest must be {DIGEST_LEN} bytes, got {len(digest)}")
+    else:
+        fields = {"digest": digest.hex()}
     expected = None
     if expect_pub is not None:
         try:
@@ -78,7 +103,7 @@ def sign_remote(
                 )
             r = c.post(
                 f"{base}/sign/caliptra",
-                data={"machine": machine, "key": key, "algo": algo, "digest": digest.hex()},
+                data={"machine": machine, "key": key, "algo": algo, **fields},
             )
             if r.status_code != 200:
                 raise ServerError(
@@ -87,6 +112,13 @@ def sign_remote(
             sig = r.content
     except httpx.HTTPError as exc:
         raise ServerError(f"{base}: {type(exc).__name__}: {exc}") from None
+    if algo == "mldsa":
+        from .keys import mldsa
+
+        assert isinstance(pub, bytes)
+        if len(sig) != MLDSA_SIG_LEN or not mldsa.verify(pub, digest, sig):
+            raise ServerError(f"{base}: the server's ML-DSA-87 signature does not verify")
+        return sig
     if algo == "ecc":
         if not ecc.verify_digest(pub, digest, sig):  # type: ignore[arg-type]
             raise ServerError(f"{base}: the server's ECC signature does not verify")

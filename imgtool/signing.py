@@ -102,6 +102,7 @@ class HelperSigner:
     timeout: float
     expect_pub: object  # ec.EllipticCurvePublicKey or lms.LmsPublicKey
     cwd: Path | None = None
+    env: dict[str, str] | None = None  # added to the helper's environment (2.x: the algorithm)
 
     @property
     def sig_len(self) -> int:
@@ -128,6 +129,7 @@ class HelperSigner:
                 capture_output=True,
                 timeout=self.timeout,
                 cwd=self.cwd,
+                env={**os.environ, **self.env} if self.env else None,
                 check=False,
             )
         except FileNotFoundError:

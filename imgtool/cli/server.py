@@ -143,6 +143,9 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_sign_helper(args: argparse.Namespace) -> int:
+    # the tool appends --input PATH in by-file mode: a command line without --by-file must not
+    # then wait for stdin and leave PATH unsigned
+    args.by_file = args.by_file or args.input is not None
     if args.key_file is not None:
         return _sign_with_key_file(args)
     missing = [o for o, v in (("--server", args.server), ("--machine", args.machine),
@@ -151,15 +154,18 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
         raise ServerError(f"sign-helper: {', '.join(missing)} needed (or --key-file K)")
     from ..sign_client import sign_remote
 
-    if args.by_file:
+    if args.algo == "mldsa":  # the raw message, not a digest
+        digest = _read_message(args)
+    elif args.by_file:
         if not args.input:
             raise ServerError("--by-file needs --input PATH")
         try:
-            digest = Path(args.input).read_bytes()
+            with open(args.input, "rb") as fh:
+                digest = fh.read(4097)  # a digest is 48 bytes: never read a large file whole
         except OSError as exc:
             raise ServerError(f"{args.input}: {exc.strerror}") from None
     else:
-        line = sys.stdin.readline().strip()
+        line = sys.stdin.readline(4097).strip()
         try:
             digest = bytes.fromhex(line)
         except ValueError:
@@ -184,6 +190,33 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_message(args: argparse.Namespace) -> bytes:
+    """The ML-DSA protocol's input: the raw message (by file: the --input file's bytes; stdin:
+    one line of hex), at most signing2.MAX_MESSAGE bytes."""
+    from .. import signing2
+
+    if args.by_file:
+        if not args.input:
+            raise ServerError("--by-file needs --input PATH")
+        return signing2.read_message_file(Path(args.input))
+    line = sys.stdin.readline(2 * signing2.MAX_MESSAGE + 3)
+    return signing2.parse_message_line(line)
+
+
+def _sign_mldsa_key_file(args: argparse.Namespace) -> bytes:
+    """ML-DSA-87 with a local expanded private key (deterministic); with --pubkey the key must
+    be that public key's, checked before signing; verified before it is returned."""
+    from ..errors import KeyFileError
+    from ..keys import mldsa
+
+    msg = _read_message(args)
+    key = mldsa.MldsaPrivateKey.load(args.key_file)
+    own = mldsa.public_from_private(key.raw)
+    if args.pubkey is not None and mldsa.MldsaPublicKey.load(args.pubkey).raw != own:
+        raise KeyFileError(f"{args.key_file}: private key does not match --pubkey {args.pubkey}")
+    return key.sign(msg, own)
+
+
 def _sign_with_key_file(args: argparse.Namespace) -> int:
     """The same protocols, signed with a local private key file (no server)."""
     from ..fileio import atomic_write
@@ -191,13 +224,16 @@ def _sign_with_key_file(args: argparse.Namespace) -> int:
 
     if args.server or args.machine:
         raise ServerError("sign-helper: --key-file signs locally: no --server / --machine")
-    if args.by_file:
+    if args.algo == "mldsa":
+        sig = _sign_mldsa_key_file(args)
+    elif args.by_file:
         if not args.input:
             raise ServerError("--by-file needs --input PATH")
         digest = key_file_signer.read_digest_file(Path(args.input))
+        sig = key_file_signer.sign(args.key_file, args.algo, digest, args.pubkey)
     else:
-        digest = key_file_signer.parse_digest_line(sys.stdin.readline())
-    sig = key_file_signer.sign(args.key_file, args.algo, digest, args.pubkey)
+        digest = key_file_signer.parse_digest_line(sys.stdin.readline(4097))
+        sig = key_file_signer.sign(args.key_file, args.algo, digest, args.pubkey)
     if args.by_file:
         atomic_write(Path(args.input), sig)
     else:
@@ -315,7 +351,14 @@ def register(sub: Any) -> None:
         help="sign locally with this private key file instead of the server (the reference "
         "helper command line: --key-file K --algo ecc|lms [--by-file --input PATH])",
     )
-    p.add_argument("--algo", required=True, choices=["ecc", "lms"])
+    p.add_argument(
+        "--algo",
+        required=True,
+        choices=["ecc", "lms", "mldsa"],
+        help="ecc and lms sign the 48-byte SHA-384 digest; mldsa (ML-DSA-87, Caliptra 2.x) "
+        "signs the RAW message (stdin: one line of hex; --by-file: the --input file's bytes, "
+        "at most 64 KiB) and returns the 4627-byte signature",
+    )
     p.add_argument(
         "--token-file", type=Path, help="file holding the token (or CPTRA_IMGTOOL_TOKEN)"
     )
@@ -326,7 +369,10 @@ def register(sub: Any) -> None:
         "--key-file's) differs",
     )
     p.add_argument("--by-file", action="store_true")
-    p.add_argument("--input", help="digest file, overwritten with the signature (--by-file)")
+    p.add_argument(
+        "--input",
+        help="digest (mldsa: message) file, overwritten with the signature (--by-file)",
+    )
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--ca-cert", help="CA bundle for an https server")
     p.set_defaults(func=cmd_sign_helper)

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from starlette.routing import Route
 from ..errors import ImgtoolError, LmsStateError, ServerError
 from ..keys import ecc, lms
 from ..keys.lms_signer import LmsSigner
+from ..signing2 import MAX_MESSAGE
 from . import csf as csfmod
 from . import csfpolicy, validate
 from .audit import AuditError, AuditLog, FailureSummary
@@ -53,6 +55,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 INLINE_ARTIFACT = 256 * 1024  # artifacts up to this size go to cst through memory, not the disk
+# /sign/caliptra: ECC and LMS sign a digest, ML-DSA-87 the raw message (hex, at most
+# signing2.MAX_MESSAGE bytes); a body beyond what the largest message needs is refused (413)
+# before it is read, whatever DIGSIGSERVER_REQUEST_MAX_SIZE allows for /sign/imx
+CALIPTRA_ALGOS = ("ecc", "lms", "mldsa")  # validate.CALIPTRA_ALGOS plus ML-DSA-87
+CALIPTRA_MAX_BODY = 2 * MAX_MESSAGE + 16 * 1024
+HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})*")
 FORBIDDEN = "forbidden: this token may not use that machine or endpoint\n"
 ENDPOINTS = {"/sign/imx": "imx", "/sign/caliptra": "caliptra", "/pubkey": "pubkey"}
 
@@ -153,6 +161,8 @@ class SigningService:
             self.quota = LmsQuota(qdb)
         self.jobs = JobSlots(settings.jobs, settings.queue_timeout, settings.max_queue)
         self.lms_jobs = JobSlots(settings.lms_jobs, settings.queue_timeout, settings.max_queue)
+        # ML-DSA-87 signing is pure Python too (dilithium-py): CPU-bound, one slot per CPU
+        self.mldsa_jobs = JobSlots(settings.lms_jobs, settings.queue_timeout, settings.max_queue)
         self.work_root = settings.work_dir or Path(tempfile.gettempdir())
         if not self.work_root.is_dir():
             raise ServerError(f"{self.work_root}: work directory not found")
@@ -175,6 +185,7 @@ class SigningService:
         )
         self._ecc_keys: dict[Path, tuple[int, Any]] = {}
         self._pub_cache: dict[Path, tuple[int, bytes]] = {}
+        self._mldsa_keys: dict[Path, tuple[tuple[int, ...], Any, bytes]] = {}
         self._lms_locks: dict[Path, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -317,8 +328,8 @@ class SigningService:
         if ctx.token is not None and not ctx.token.allows(machine, endpoint):
             raise Reject(403, FORBIDDEN.strip())
 
-    def _limited(self, request: Request, ctx: Ctx) -> Request:
-        limit = self.s.request_max_size
+    def _limited(self, request: Request, ctx: Ctx, cap: int | None = None) -> Request:
+        limit = self.s.request_max_size if cap is None else min(cap, self.s.request_max_size)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise Reject(413, f"request body larger than {limit} bytes")
@@ -469,17 +480,27 @@ class SigningService:
         self._allow(ctx, machine, "caliptra")
         if key not in validate.CALIPTRA_KEYS:
             raise Reject(400, f"key must be one of {', '.join(validate.CALIPTRA_KEYS)}")
-        if algo not in validate.CALIPTRA_ALGOS:
-            raise Reject(400, "algo must be ecc or lms")
+        if algo not in CALIPTRA_ALGOS:
+            raise Reject(400, f"algo must be one of {', '.join(CALIPTRA_ALGOS)}")
         ctx.key = f"{key}-{algo}"
-        return self.s.keyfile_root / machine / "caliptra" / f"{key}-{algo}-prvk.pem"
+        ext = "bin" if algo == "mldsa" else "pem"  # ML-DSA: raw files as keygen writes them
+        return self.s.keyfile_root / machine / "caliptra" / f"{key}-{algo}-prvk.{ext}"
 
     async def _sign_caliptra(self, request: Request, ctx: Ctx) -> Response:
-        async with self._limited(request, ctx).form(max_files=0, max_fields=8) as form:
+        limited = self._limited(request, ctx, CALIPTRA_MAX_BODY)
+        async with limited.form(max_files=0, max_fields=8, max_part_size=CALIPTRA_MAX_BODY) as form:
             machine = self._field(form, "machine")
             key, algo = self._field(form, "key"), self._field(form, "algo")
-            digest_hex = self._field(form, "digest")
+            has_digest, has_message = "digest" in form, "message" in form
+            digest_hex = self._field(form, "digest") if has_digest else ""
+            message_hex = self._field(form, "message") if has_message else ""
         priv = self._caliptra_key(ctx, machine, key, algo)
+        if algo == "mldsa":
+            return await self._sign_mldsa(ctx, priv, has_digest, has_message, message_hex)
+        if has_message:
+            raise Reject(400, f"algo {algo} signs a SHA-384 digest: send 'digest', not 'message'")
+        if not has_digest:
+            raise Reject(400, "missing form field 'digest'")
         if not validate.DIGEST_RE.fullmatch(digest_hex):
             raise Reject(400, "digest must be 96 hex characters (SHA-384)")
         if not priv.is_file():
@@ -508,6 +529,72 @@ class SigningService:
                 sig = await asyncio.to_thread(self._lms_sign, priv, digest, actor=actor)
                 ctx.lms_q = lms.sig_q(lms.slot_to_sig(sig))
         return Response(sig, media_type="application/octet-stream")
+
+    async def _sign_mldsa(
+        self, ctx: Ctx, priv: Path, has_digest: bool, has_message: bool, message_hex: str
+    ) -> Response:
+        """ML-DSA-87 over the raw message: deterministic, verified before it is returned."""
+        if has_digest:
+            raise Reject(
+                400,
+                "algo mldsa signs the raw message, not a digest: send it as 'message' (hex)",
+            )
+        if not has_message:
+            raise Reject(400, "missing form field 'message'")
+        if len(message_hex) > 2 * MAX_MESSAGE:
+            raise Reject(413, f"message larger than {MAX_MESSAGE} bytes")
+        if not HEX_RE.fullmatch(message_hex):
+            raise Reject(400, "message must be hex (an even number of hex characters)")
+        if not priv.is_file():
+            raise Reject(404, f"no {ctx.key} key for machine {ctx.machine!r}")
+        msg = bytes.fromhex(message_hex)
+        ctx.inputs["message"] = hashlib.sha256(msg).hexdigest()
+        async with self.mldsa_jobs.slot():
+            self._recheck(ctx, "caliptra")  # revoked while it waited?
+            key, pub = await asyncio.to_thread(self._mldsa_key, priv)
+            self.about_to_sign(ctx)
+            sig = await asyncio.to_thread(self._mldsa_sign, key, pub, msg)
+        return Response(sig, media_type="application/octet-stream")
+
+    def _mldsa_key(self, priv: Path) -> tuple[Any, bytes]:
+        """The private key and the public key it must verify with: ``-pubk.bin`` beside it
+        (checked to be this private key's), else derived from it. Cached by stat."""
+        from ..keys import mldsa
+
+        pub_path = _mldsa_pub_path(priv)
+        try:
+            sig = _stat_sig(priv) + _stat_sig(pub_path)
+        except OSError as exc:
+            log.error("caliptra: %s: %s", priv.name, exc.strerror)
+            raise Reject(500, "Signing error: cannot read the key") from None
+        cached = self._mldsa_keys.get(priv)
+        if cached is not None and cached[0] == sig:
+            return cached[1], cached[2]
+        try:
+            if priv.stat().st_size != mldsa.PRIV_LEN:
+                raise ImgtoolError(f"{priv}: not a {mldsa.PRIV_LEN}-byte ML-DSA-87 private key")
+            key = mldsa.MldsaPrivateKey.load(priv)
+            derived = mldsa.public_from_private(key.raw)
+            if pub_path.is_file():
+                if pub_path.stat().st_size != mldsa.PUB_LEN:
+                    raise ImgtoolError(f"{pub_path}: not a {mldsa.PUB_LEN}-byte public key")
+                if mldsa.MldsaPublicKey.load(pub_path).raw != derived:
+                    raise ImgtoolError(
+                        f"{pub_path}: is not the public key of {priv.name} (key store broken)"
+                    )
+        except ImgtoolError as exc:
+            log.error("caliptra: %s", exc)  # names the key file, never key material
+            raise Reject(500, "Signing error: cannot use the key") from None
+        self._mldsa_keys[priv] = (sig, key, derived)
+        return key, derived
+
+    @staticmethod
+    def _mldsa_sign(key: Any, pub: bytes, msg: bytes) -> bytes:
+        try:
+            return bytes(key.sign(msg, pub))  # deterministic; verified against pub inside
+        except ImgtoolError as exc:
+            log.error("caliptra: %s", exc)
+            raise Reject(500, "Signing error") from None
 
     def _ecc_key(self, path: Path) -> Any:
         mtime = path.stat().st_mtime_ns
@@ -559,7 +646,10 @@ class SigningService:
         return await self._handle(request, body)
 
     def _public_key(self, priv: Path, algo: str) -> bytes | None:
-        """``-pubk.pem`` beside the private key, or derived from the private key."""
+        """``-pubk.pem`` beside the private key, or derived from the private key (ML-DSA: the
+        raw 2592-byte key, checked against the private key when there is one)."""
+        if algo == "mldsa":
+            return self._mldsa_public(priv)
         pub = priv.with_name(priv.name.replace("-prvk.pem", "-pubk.pem"))
         if pub.is_file():
             return pub.read_bytes()
@@ -590,6 +680,22 @@ class SigningService:
         self._pub_cache[priv] = (mtime, data)
         return data
 
+    def _mldsa_public(self, priv: Path) -> bytes | None:
+        if priv.is_file():
+            return self._mldsa_key(priv)[1]
+        from ..keys import mldsa
+
+        pub = _mldsa_pub_path(priv)
+        if not pub.is_file():
+            return None
+        try:
+            if pub.stat().st_size != mldsa.PUB_LEN:
+                raise ImgtoolError(f"{pub}: not a {mldsa.PUB_LEN}-byte ML-DSA-87 public key")
+            return mldsa.MldsaPublicKey.load(pub).raw
+        except (ImgtoolError, OSError) as exc:
+            log.error("pubkey: %s", exc)
+            raise Reject(500, "Signing error: cannot read the key") from None
+
     async def healthz(self, request: Request) -> Response:
         problems = []
         if not self.s.keyfile_root.is_dir():
@@ -604,6 +710,19 @@ class SigningService:
 
 
 CACHE_PREFIX = "cptra-imgtool-keys-"
+
+
+def _mldsa_pub_path(priv: Path) -> Path:
+    return priv.with_name(priv.name.replace("-prvk.bin", "-pubk.bin"))
+
+
+def _stat_sig(path: Path) -> tuple[int, ...]:
+    """Identity of a file's content for the key caches ((0,) when it does not exist)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (0,)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _remove_stale_caches() -> None:
