@@ -9,10 +9,11 @@ A fuses file (TOML) says what the device has burnt in::
     secure_boot    = true         # false: the BootMCU skips the manifest checks
     min_svn        = 0            # optional: anti-rollback floor for the manifest security_version
     # optional, as the Caliptra ROM checks them: vendor_ecc_revocation (4-bit mask),
-    # vendor_lms_revocation (32-bit mask), fmc_svn (0..32), runtime_svn (0..64)
+    # vendor_lms_revocation (32-bit mask), fmc_svn (0..32), runtime_svn (0..64; 0..128 on 2.x)
 
 Caliptra 2.x parts add ``pqc_key_type`` (1 = ML-DSA-87, 3 = LMS: the fuse the 2.x ROM and runtime
-take the PQC type from; ``lms_verify`` is then not needed: 2.x always checks ECC and the PQC type)
+take the PQC type from; ``lms_verify`` is then not needed, and refused when it contradicts the PQC
+type: 2.x always checks ECC and the PQC type)
 and ``vendor_mldsa_revocation`` (4-bit mask); their hashes are over the 2.x bundle's key
 descriptors and owner keys (:func:`vendor_pk_hash2`, :func:`owner_pk_hash2`), and ``min_svn`` is
 the SoC manifest SVN fuse.
@@ -52,13 +53,14 @@ FIELDS = (
     "pqc_key_type",
     "vendor_mldsa_revocation",
 )
+RUNTIME_SVN_MAX_1X = 64
 # optional integer fuses: name -> (maximum, what it is)
 RANGES = {
     "min_svn": (0xFFFFFFFF, "anti-rollback floor for the manifest security_version"),
     "vendor_ecc_revocation": (0xF, "bit i revokes vendor ECC key i (key 3 is never revoked)"),
     "vendor_lms_revocation": (0xFFFFFFFF, "bit i revokes vendor LMS key i (key 31 never)"),
     "fmc_svn": (32, "FMC firmware SVN fuse"),
-    "runtime_svn": (64, "runtime firmware SVN fuse"),
+    "runtime_svn": (128, "runtime firmware SVN fuse (0..64 on 1.x, 0..128 on 2.x)"),
     "vendor_mldsa_revocation": (0xF, "2.x: bit i revokes vendor ML-DSA key i (key 3 never)"),
 }
 
@@ -186,6 +188,14 @@ def load(path: str | Path) -> Fuses:
     if pqc is not None and (isinstance(pqc, bool) or pqc not in (PQC_MLDSA, PQC_LMS)):
         raise _err(p, "pqc_key_type", f"must be 1 (ML-DSA-87) or 3 (LMS), got {pqc!r}")
     lms_verify = _bool(p, table, "lms_verify", None if pqc is None else pqc == PQC_LMS)
+    if pqc is not None and lms_verify != (pqc == PQC_LMS):
+        raise _err(
+            p,
+            "lms_verify",
+            f"{'true' if lms_verify else 'false'} contradicts pqc_key_type = {pqc}: on Caliptra "
+            "2.x the PQC type decides (LMS is verified exactly when pqc_key_type = 3); drop "
+            "lms_verify",
+        )
     vendor = _hash(p, table, "vendor_pk_hash")
     if "owner_pk_hash" not in table:
         raise _err(p, "owner_pk_hash", 'missing ("" when the owner hash fuse is not provisioned)')
@@ -202,6 +212,8 @@ def load(path: str | Path) -> Fuses:
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise _err(p, name, f"expected an integer, got {value!r}")
+            if name == "runtime_svn" and pqc is None:
+                top = RUNTIME_SVN_MAX_1X  # Caliptra 1.x; 2.x (pqc_key_type given): 0..128
             if not 0 <= value <= top:
                 raise _err(p, name, f"must be 0..{top}, got {value}")
         ints[name] = value

@@ -47,9 +47,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.fuses is not None:
         anchors.fuses = fuses.load(args.fuses)
     if args.cfg is not None:
-        anchors.cfg = load_config(
-            args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, private_keys=False
-        )
+        from ..config2 import is_2x, load_config2, read_toml
+
+        if is_2x(read_toml(args.cfg)):
+            anchors.cfg2 = load_config2(
+                args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, private_keys=False
+            )
+        else:
+            anchors.cfg = load_config(
+                args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir, private_keys=False
+            )
     if args.prebuilt_dir is not None and args.cfg is None:
         raise ConfigError("--prebuilt-dir: only with --cfg (it says where the config's files are)")
     if args.key_dir is not None:
@@ -66,6 +73,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.caliptra_fw is not None:
         anchors.caliptra_fw = _read(args.caliptra_fw)
         anchors.caliptra_fw_name = str(args.caliptra_fw)
+    elif args.trust_caliptra_fw:
+        raise ConfigError("--trust-caliptra-fw: only with --caliptra-fw")
+    anchors.trust_caliptra_fw = args.trust_caliptra_fw
+    anchors.accept_any_owner = args.accept_any_owner
+    if args.fw_toc is not None:
+        anchors.fw_toc = _read(args.fw_toc)
+        anchors.fw_toc_name = str(args.fw_toc)
     try:
         report = verify_bytes(data, anchors, integrity_only=args.integrity_only)
     except FormatError as exc:
@@ -180,8 +194,10 @@ def register(sub: Any) -> None:
         help="check a file as the boot chain does, from trust anchors",
         description="Check a flash image, SoC manifest or caliptra-fw.bin the way the AST2700 "
         "boot chain does. Authenticity needs at least one trust anchor: --fuses (what the "
-        "device has burnt in), --cfg (the image is what this config builds), --key-dir (the "
-        "image's keys are these), --caliptra-fw (the image's bundle is this one). Exit 0: the "
+        "device has burnt in), --cfg (the image is what this config builds; 1.x or 2.x), --key-dir "
+        "(the image's keys are these), --caliptra-fw (the image's bundle is this one). Caliptra "
+        "2.x: the PQC type (pqc_key_type fuse) decides which PQC signatures are checked, and "
+        "secure_boot = false does not switch the runtime's manifest checks off. Exit 0: the "
         "device would boot it and it is what the anchors say; 1: a check failed or "
         "authenticity was not established; 2: bad input.",
     )
@@ -192,9 +208,30 @@ def register(sub: Any) -> None:
     p.add_argument("--prebuilt-dir", type=Path, help="prebuilt binaries of --cfg")
     p.add_argument("--caliptra-fw", type=Path, help="the Caliptra bundle the device runs")
     p.add_argument(
+        "--trust-caliptra-fw",
+        action="store_true",
+        help="Caliptra 2.x: trust the --caliptra-fw bundle's keys as given, without a fuse "
+        "(a bundle is self-describing: without --fuses, a config or a key directory, one signed "
+        "by anyone would pass, so verify fails unless this is given)",
+    )
+    p.add_argument(
+        "--accept-any-owner",
+        action="store_true",
+        help="Caliptra 2.x: accept a manifest whose IMC only an owner signs (flags bit 0 "
+        "clear) on a part whose owner PK hash fuse is unprovisioned, where any owner key "
+        "boots (without it: exit 1, authenticity of the IMC not established)",
+    )
+    p.add_argument(
+        "--fw-toc",
+        type=Path,
+        help="Caliptra 2.x: the fw_toc.bin written beside the flash image; its entries must be "
+        "the flash's (and, with --cfg, its names the config's files)",
+    )
+    p.add_argument(
         "--integrity-only",
         action="store_true",
-        help="without anchors: exit 0 when structure, checksums and digests hold",
+        help="without anchors: exit 0 when structure, checksums and digests hold (a fw_toc.bin "
+        "alone, which carries no signature, exits 0 only with this)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")

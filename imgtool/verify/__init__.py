@@ -20,6 +20,7 @@ from ..formats import manifest1 as manifest
 from .anchors import AnchorError, Anchors, Key, Policy
 from .bundle2_checks import BundleKeys2, check_bundle2
 from .bundle_checks import BundleKeys, check_bundle
+from .config2_checks import check_flash2_vs_config, check_manifest2_vs_config, flash2_names
 from .config_checks import check_flash_vs_config, check_manifest_vs_config, planned_slots
 from .context import Ctx, is_zero
 from .flash2_checks import (
@@ -32,6 +33,7 @@ from .flash2_checks import (
     TOC_MAGIC,
     check_flash2_structure,
     check_fw_toc,
+    check_fw_toc_vs_flash,
     check_images2,
     is_flash2,
 )
@@ -125,7 +127,18 @@ def verify_bytes(
     view = memoryview(data)
     kind = detect(view, anchors.cfg)
     r = Report(kind, anchors=anchors.names(), integrity_only=integrity_only)
-    ctx = Ctx(r, Policy.from_fuses(anchors.fuses), anchors)
+    gen2 = kind in (KIND_BUNDLE2, KIND_MAN2, KIND_FLASH2, KIND_TOC)
+    if gen2 and anchors.cfg is not None:
+        raise AnchorError(f"--cfg {anchors.cfg.path}: a Caliptra 1.x config, but the file is 2.x")
+    if not gen2 and anchors.cfg2 is not None:
+        raise AnchorError(
+            f"--cfg {anchors.cfg2.path}: a Caliptra 2.x config, but the file is not 2.x"
+        )
+    if anchors.fw_toc is not None and kind != KIND_FLASH2:
+        raise AnchorError("--fw-toc: only with a Caliptra 2.x flash image")
+    ctx = Ctx(r, Policy.from_fuses(anchors.fuses), anchors, gen2=gen2)
+    if gen2:
+        _policy2(ctx)
     if kind == KIND_BUNDLE2:
         bundle2_mod.parse_bundle2(view, "CMN2 bundle")  # unusable input: FormatError, exit 2
         r.note("target", "modelled boot chain", RUNTIME_2X)
@@ -175,8 +188,23 @@ def _trusted_bundle(ctx: Ctx) -> BundleKeys | None:
     return keys
 
 
+def _policy2(ctx: Ctx) -> None:
+    """What the 1.x fuses of a fuses file do not mean on a 2.x part."""
+    f = ctx.anchors.fuses
+    if f is not None and not f.secure_boot:
+        ctx.r.note(
+            "policy.secure_boot",
+            "secure_boot = false does not switch off Caliptra 2.x checks",
+            "the 2.x ROM checks the bundle and the runtime (SET_AUTH_MANIFEST) the SoC "
+            "manifest whatever the SoC's secure-boot strap says: every signature is checked",
+        )
+
+
 def _trusted_bundle2(ctx: Ctx) -> BundleKeys2 | None:
-    """--caliptra-fw F for a 2.x file: F is checked as a 2.x bundle on its own."""
+    """--caliptra-fw F for a 2.x file: F is checked as a 2.x bundle on its own. F says which
+    bundle the device runs; it vouches for its own keys only with --trust-caliptra-fw (a bundle
+    is self-describing: one signed by anyone checks out against itself). Without that, the
+    fuses (or a config / key directory) must anchor its keys."""
     a = ctx.anchors
     if a.caliptra_fw is None:
         return None
@@ -187,21 +215,38 @@ def _trusted_bundle2(ctx: Ctx) -> BundleKeys2 | None:
         in_image=False,
         prefix="caliptra_fw",
     )
-    if keys is not None:
-        for k in keys.all():
-            k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
+    if a.trust_caliptra_fw:
+        ctx.r.note(
+            "caliptra_fw.trusted",
+            f"--caliptra-fw {a.caliptra_fw_name} trusted as given (--trust-caliptra-fw)",
+            "its vendor and owner keys are taken as authentic without a fuse",
+        )
+        if keys is not None:
+            for k in keys.all():
+                k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name} (trusted)")
+    elif a.fuses is None and not a.key_anchors:
+        ctx.r.add(
+            "caliptra_fw.anchor",
+            False,
+            "a fuse anchors the vendor keys of --caliptra-fw",
+            f"no fuse anchors the vendor keys of {a.caliptra_fw_name}: the bundle is "
+            "self-describing (a foreign-signed bundle would pass); give --fuses, or "
+            "--trust-caliptra-fw to trust the bundle as given",
+        )
     return keys
 
 
 def _gen2(ctx: Ctx, view: memoryview, kind: str) -> None:
     """ATM2 manifests, 2.x flash images and fw_toc.bin."""
+    r, a = ctx.r, ctx.anchors
     if kind == KIND_TOC:
         check_fw_toc(ctx, view)
-        ctx.r.note(
-            "toc.authenticity",
-            "fw_toc.bin carries no signature",
-            "it is an index; verify the flash image it describes",
-        )
+        what = "fw_toc.bin carries no signature: its authenticity cannot be established"
+        why = "it is an index; verify the flash image it describes with --fw-toc"
+        if r.integrity_only:
+            r.note("toc.authenticity", what, why)
+        else:
+            r.add("toc.authenticity", False, what, why)
         return
     if kind == KIND_MAN2:
         parse_atm2(bytes(view), "ATM2 manifest")  # unusable input: FormatError, exit 2
@@ -209,26 +254,43 @@ def _gen2(ctx: Ctx, view: memoryview, kind: str) -> None:
     if kind == KIND_MAN2:
         if trusted is None:
             _no_bundle(ctx, in_flash=False)
-        check_manifest2(ctx, bytes(view), "the manifest", trusted)
+        m = check_manifest2(ctx, bytes(view), "the manifest", trusted)
+        if m is not None and a.cfg2 is not None:
+            check_manifest2_vs_config(ctx, m, a.cfg2)
         return
     fl = check_flash2_structure(ctx, view)
     if fl is None:
         return
     keys = trusted
     cal = fl.regions.get(ID2_CALIPTRA)
-    if cal is not None and len(cal) and not is_zero(cal):
+    present = cal is not None and len(cal) > 0 and not is_zero(cal)
+    r.add(
+        "flash.caliptra.present",
+        present,
+        "the flash holds the Caliptra firmware bundle (identifier 0): the device boots none "
+        "without it",
+        "no entry" if cal is None else f"{len(cal)} bytes" + ("" if present else ", all zero"),
+    )
+    if present:
+        assert cal is not None
         keys = check_bundle2(ctx, bytes(cal), "the bundle in the flash", trailing="pad4") or keys
-    else:
-        ctx.r.skip("bundle.layout", "Caliptra bundle in the flash", "the Caliptra entry is empty")
     if keys is None:
         _no_bundle(ctx, in_flash=True)
+    if a.fw_toc is not None:
+        toc = check_fw_toc(ctx, memoryview(a.fw_toc), prefix="fw_toc")
+        if toc is not None:
+            names = flash2_names(a.cfg2) if a.cfg2 is not None else None
+            check_fw_toc_vs_flash(ctx, toc, fl, names)
     man = fl.regions.get(ID2_MANIFEST)
     if man is None:
-        ctx.r.add("flash.manifest", False, "the flash holds a SoC manifest (identifier 1)")
+        r.add("flash.manifest", False, "the flash holds a SoC manifest (identifier 1)")
         return
     m = check_manifest2(ctx, bytes(man), "the manifest", keys, in_flash=True)
     if m is not None:
         check_images2(ctx, fl, list(m.entries))
+        if a.cfg2 is not None:
+            check_manifest2_vs_config(ctx, m, a.cfg2)
+            check_flash2_vs_config(ctx, fl, a.cfg2)
 
 
 def _config_bundle(ctx: Ctx) -> BundleKeys | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
 from ..errors import ImgtoolError, KeyFileError
@@ -59,9 +60,25 @@ class Key:
         return f"{self.origin}, not anchored"
 
 
+# the 2.x config's key sections per role
+SECTIONS2 = {
+    "vendor_fw": "vendor_fw_key_config",
+    "vendor_man": "vendor_man_key_config",
+    "owner_fw": "owner_fw_key_config",
+    "owner_man": "owner_man_key_config",
+}
+# the anchor an unprovisioned owner PK hash fuse gives the bundle's owner keys (2.x): not an
+# anchor of who signed, only of what the part accepts
+UNPROVISIONED_OWNER = "an unprovisioned owner hash fuse (any owner key)"
+
+
 def _load_pub(path: Path, algo: str) -> bytes:
     if algo == "ecc":
         return ecc.public_to_hw(ecc.load_public(path))
+    if algo == "mldsa":
+        from ..keys import mldsa
+
+        return mldsa.MldsaPublicKey.load(path).raw
     return bytes(lms.load_public(path).to_bytes())
 
 
@@ -72,10 +89,22 @@ class Anchors:
     key_dir: Path | None = None
     caliptra_fw: bytes | None = None
     caliptra_fw_name: str = ""
+    cfg2: Any = None  # a Caliptra 2.x config (imgtool.config2.Config2)
+    trust_caliptra_fw: bool = False  # --trust-caliptra-fw: --caliptra-fw vouches for its keys
+    accept_any_owner: bool = False  # --accept-any-owner (2.x, see verify --help)
+    fw_toc: bytes | None = None  # --fw-toc: the fw_toc.bin written beside a 2.x flash image
+    fw_toc_name: str = ""
 
     @property
     def any(self) -> bool:
-        return any(x is not None for x in (self.fuses, self.cfg, self.key_dir, self.caliptra_fw))
+        return any(
+            x is not None for x in (self.fuses, self.cfg, self.cfg2, self.key_dir, self.caliptra_fw)
+        )
+
+    @property
+    def key_anchors(self) -> bool:
+        """An anchor that names keys (a config, a key directory) besides the fuses."""
+        return self.cfg is not None or self.cfg2 is not None or self.key_dir is not None
 
     def names(self) -> list[str]:
         out = []
@@ -83,6 +112,8 @@ class Anchors:
             out.append(self.fuses.source)
         if self.cfg is not None:
             out.append(f"config {self.cfg.path}")
+        if self.cfg2 is not None:
+            out.append(f"config {self.cfg2.path}")
         if self.key_dir is not None:
             out.append(f"key dir {self.key_dir}")
         if self.caliptra_fw is not None:
@@ -98,7 +129,11 @@ class Anchors:
 
     def cfg_key(self, role: str, algo: str) -> tuple[bytes, str] | None:
         """The configured public key of ``role`` (a KeySet field of the config)."""
-        if self.cfg is None:
+        if self.cfg2 is not None:
+            ks = self.cfg2.keys.get(SECTIONS2[role])
+            p2: Path | None = getattr(ks, f"{algo}_pub", None) if ks is not None else None
+            return None if p2 is None else (_read_key(p2, algo), str(p2))
+        if self.cfg is None or algo == "mldsa":
             return None
         keyset = getattr(self.cfg, role)
         path: Path | None = getattr(keyset, f"{algo}_pub")
@@ -141,7 +176,7 @@ def _read_key_at(path: str, _ino: int, _size: int, _mtime: int, algo: str) -> by
 
 
 def _dir_key(key_dir: Path, prefix: str, algo: str) -> tuple[bytes, str] | None:
-    pub = key_dir / f"{prefix}-{algo}-pubk.pem"
+    pub = key_dir / f"{prefix}-{algo}-pubk.{'bin' if algo == 'mldsa' else 'pem'}"
     if pub.is_file():
         return _read_key(pub, algo), str(pub)
     priv = key_dir / f"{prefix}-{algo}-prvk.pem"

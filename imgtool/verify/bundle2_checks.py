@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..errors import FormatError
 from ..formats import bundle2 as b2
 from ..fuses import owner_pk_hash2, vendor_pk_hash2
-from .anchors import Key
+from .anchors import UNPROVISIONED_OWNER, Key
 from .bundle_checks import _Prefixed
 from .context import Ctx, is_zero
 
@@ -311,7 +311,7 @@ def _anchors(
                 "the device accepts any owner keys in the bundle",
             )
             for k in keys.owner():
-                k.anchors.append("an unprovisioned owner hash fuse (any owner key)")
+                k.anchors.append(UNPROVISIONED_OWNER)
         else:
             got = owner_pk_hash2(b)
             if r.add(
@@ -326,16 +326,19 @@ def _anchors(
     end = b.runtime.offset + b.runtime.size
     if in_image and a.caliptra_fw is not None:
         same = data[:end] == a.caliptra_fw
-        if r.add(
-            "bundle.equals.caliptra_fw",
-            same,
-            f"the bundle is --caliptra-fw {a.caliptra_fw_name}",
-            "" if same else "it differs",
-        ):
+        if (
+            r.add(
+                "bundle.equals.caliptra_fw",
+                same,
+                f"the bundle is --caliptra-fw {a.caliptra_fw_name}",
+                "" if same else "it differs",
+            )
+            and a.trust_caliptra_fw
+        ):  # without --trust-caliptra-fw it names, not vouches
             for k in keys.all():
-                k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
+                k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name} (trusted)")
             keys.block_anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
-    cfg = a.cfg
+    cfg = a.cfg2 if a.cfg2 is not None else a.cfg
     caliptra_file = getattr(cfg, "caliptra_file", None) if cfg is not None else None
     if in_image and caliptra_file is not None:
         try:
@@ -353,14 +356,19 @@ def _anchors(
                 for k in keys.all():
                     k.anchors.append(f"config caliptra_file {caliptra_file}")
                 keys.block_anchors.append(f"config caliptra_file {caliptra_file}")
-    # ECC keys can also be compared with a key directory / config (the PQC key files of 2.x
-    # are the build side's: compared there)
-    for role, k in (("vendor_fw", keys.vendor_ecc), ("owner_fw", keys.owner_ecc)):
-        for value, where in a.expected(role, "ecc"):
+    # the active vendor and the owner keys against a key directory / config (ECC; the PQC
+    # key of the bundle's PQC type)
+    for role, k in (
+        ("vendor_fw", keys.vendor_ecc),
+        ("vendor_fw", keys.vendor_pqc),
+        ("owner_fw", keys.owner_ecc),
+        ("owner_fw", keys.owner_pqc),
+    ):
+        for value, where in a.expected(role, k.algo):
             if r.add(
-                f"bundle.key.{role}.ecc",
+                f"bundle.key.{role}.{k.algo}",
                 value == k.value,
-                f"the bundle's {role.replace('_', ' ')} ECC key is {where}",
+                f"the bundle's {role.replace('_', ' ')} {k.algo.upper()} key is {where}",
                 "" if value == k.value else "it differs",
                 where,
             ):

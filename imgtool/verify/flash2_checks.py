@@ -100,10 +100,26 @@ def check_flash2_structure(ctx: Ctx, data: memoryview) -> Flash2 | None:
 
 
 def check_images2(ctx: Ctx, view: Flash2, entries: list[object]) -> None:
-    """Each IMC entry's digest against the flash image of its fw_id, and every image in the
-    flash authorized by an entry."""
+    """Each IMC entry's digest against the flash image of its fw_id; the IMC's fw_ids are
+    exactly the flash's image identifiers (2 for the MCU runtime, 0x1000 + i for the SoC
+    images, in the flash's order): no IMC entry without its image, no image without its entry,
+    and never fw_id 0 or 1 (the Caliptra bundle and the manifest are no IMC images)."""
     r = ctx.r
     by_id = {e.fw_id: e for e in entries}  # type: ignore[attr-defined]
+    imc_ids = [e.fw_id for e in entries]  # type: ignore[attr-defined]
+    flash_ids = [e[0] for e in view.entries if e[0] not in (ID_CALIPTRA, ID_MANIFEST)]
+    reserved = [f"{i:#x}" for i in imc_ids if i in (ID_CALIPTRA, ID_MANIFEST)]
+    r.add(
+        "flash.imc.fw_ids",
+        not reserved and imc_ids == flash_ids,
+        "the IMC's fw_ids are the flash's image identifiers in order (2 = MCU runtime, "
+        "0x1000 + i = SoC image i; never 0 or 1)",
+        "IMC "
+        + (", ".join(f"{i:#x}" for i in imc_ids) or "empty")
+        + ", flash "
+        + (", ".join(f"{i:#x}" for i in flash_ids) or "none")
+        + (f"; fw_id {', '.join(reserved)} is not an image" if reserved else ""),
+    )
     for ident, region in view.regions.items():
         if ident in (ID_CALIPTRA, ID_MANIFEST):
             continue
@@ -112,7 +128,7 @@ def check_images2(ctx: Ctx, view: Flash2, entries: list[object]) -> None:
         if e is None:
             r.add(
                 f"flash.image.{ident:#x}.imc",
-                len(region) == 0,
+                False,
                 f"{name} (identifier {ident:#x}) has an IMC entry",
                 f"{len(region)} bytes, no IMC entry with fw_id {ident:#x}",
             )
@@ -129,7 +145,7 @@ def check_images2(ctx: Ctx, view: Flash2, entries: list[object]) -> None:
             f"{name} matches its IMC digest (fw_id {ident:#x})",
             f"{len(region)} bytes" + (f", SHA-384 {how}" if how else ": differs"),
         )
-    present = set(view.regions)
+    present = set(view.regions) - {ID_CALIPTRA, ID_MANIFEST}
     missing = [f"{i:#x}" for i in by_id if i not in present]
     r.add(
         "flash.imc.images_present",
@@ -139,17 +155,33 @@ def check_images2(ctx: Ctx, view: Flash2, entries: list[object]) -> None:
     )
 
 
-def check_fw_toc(ctx: Ctx, toc: memoryview) -> None:
-    """fw_toc.bin on its own: header, 32 entries with their name-slot offsets and checksums,
-    NUL-padded base names, unused slots zero."""
+@dataclass
+class TocEntry:
+    identifier: int
+    size: int
+    image_checksum: int
+    name: str
+
+
+def check_fw_toc(ctx: Ctx, toc: memoryview, prefix: str = "toc") -> list[TocEntry] | None:
+    """fw_toc.bin on its own: header, at most 32 entries with their name-slot offsets and
+    checksums, NUL-padded base names, unused slots zero. Returns the entries (None when the
+    file cannot be read as a fw_toc)."""
     r = ctx.r
-    if not r.add("toc.length", len(toc) == TOC_LEN, f"{TOC_LEN} bytes", f"{len(toc)} bytes"):
-        return
+    if not r.add(f"{prefix}.length", len(toc) == TOC_LEN, f"{TOC_LEN} bytes", f"{len(toc)} bytes"):
+        return None
     magic, version, count, table, csum = struct.unpack_from("<IHHII", toc, 0)
-    r.add("toc.magic", magic == TOC_MAGIC, "ATOC magic")
-    r.add("toc.header", (version, table) == (1, HEADER_LEN), "version 1, entries at 16")
-    r.add("toc.checksum.header", csum == neg_sum(toc[:12]), "header checksum")
+    r.add(f"{prefix}.magic", magic == TOC_MAGIC, "ATOC magic")
+    r.add(f"{prefix}.header", (version, table) == (1, HEADER_LEN), "version 1, entries at 16")
+    r.add(f"{prefix}.checksum.header", csum == neg_sum(toc[:12]), "header checksum")
+    r.add(
+        f"{prefix}.count",
+        count <= TOC_SLOTS,
+        f"image count fits the {TOC_SLOTS} entry slots",
+        f"{count} images",
+    )
     bad, names = [], []
+    out: list[TocEntry] = []
     for i in range(TOC_SLOTS):
         o = HEADER_LEN + ENTRY_LEN * i
         name = bytes(toc[TOC_NAMES_OFF + 64 * i : TOC_NAMES_OFF + 64 * (i + 1)])
@@ -157,18 +189,62 @@ def check_fw_toc(ctx: Ctx, toc: memoryview) -> None:
             if any(toc[o : o + 20]) or any(name):
                 bad.append(f"slot {i} not empty")
             continue
-        ident, off, _size, _isum, esum = struct.unpack_from("<5I", toc, o)
+        ident, off, size, isum, esum = struct.unpack_from("<5I", toc, o)
         text = name.rstrip(b"\0")
         if off != TOC_NAMES_OFF + 64 * i:
             bad.append(f"slot {i} offset {off}")
         if esum != neg_sum(toc[o : o + 16]):
             bad.append(f"slot {i} checksum")
-        if not text or b"\0" in text or b"/" in text:
+        if not text or b"\0" in text or b"/" in text or len(text) >= 64:
             bad.append(f"slot {i} name")
-        names.append(f"{ident:#x}={text.decode(errors='replace')}")
+        label = text.decode(errors="replace")
+        names.append(f"{ident:#x}={label}")
+        out.append(TocEntry(ident, size, isum, label))
     r.add(
-        "toc.entries",
+        f"{prefix}.entries",
         not bad,
         "entries, name offsets and names",
         "; ".join(bad) or ", ".join(names),
     )
+    return out
+
+
+def check_fw_toc_vs_flash(
+    ctx: Ctx, toc: list[TocEntry], fl: Flash2, names: list[str] | None = None
+) -> None:
+    """A fw_toc written beside this flash image: one entry per flash entry, in order, with the
+    flash entry's identifier, size and image checksum; with ``names`` (what the config's build
+    records), the names too."""
+    r = ctx.r
+    diff = []
+    if len(toc) != len(fl.entries):
+        diff.append(f"{len(toc)} entries, the flash has {len(fl.entries)}")
+    for i, (t, (ident, _off, size, isum, _esum)) in enumerate(zip(toc, fl.entries, strict=False)):
+        for what, got, want in (
+            ("identifier", t.identifier, ident),
+            ("size", t.size, size),
+            ("image checksum", t.image_checksum, isum),
+        ):
+            if got != want:
+                diff.append(f"entry {i} {what} {got:#x}, flash {want:#x}")
+    r.add(
+        "fw_toc.flash",
+        not diff,
+        "the fw_toc's entries are the flash image's (identifier, size, image checksum)",
+        "; ".join(diff[:6]) or f"{len(toc)} entries",
+    )
+    if names is not None:  # "": a name the config does not fix (the manifest's output file)
+        got = [t.name for t in toc]
+        bad = [
+            f"entry {i} {g!r}, the config's {w!r}"
+            for i, (g, w) in enumerate(zip(got, names, strict=False))
+            if w and g != w
+        ]
+        if len(got) != len(names):
+            bad.append(f"{len(got)} names, the config has {len(names)}")
+        r.add(
+            "fw_toc.names",
+            not bad,
+            "the fw_toc's names are the config's files",
+            "; ".join(bad) or ", ".join(got),
+        )

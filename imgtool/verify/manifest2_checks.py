@@ -8,9 +8,7 @@ Target: the pinned runtime hashes min(len, 4 + 127 x 80) = 10164 IMC bytes; fw-2
 runtimes cut the IMC to 80 entries and hash 4 + 80 x 80, so these IMC signatures would not
 verify there (reported as a note).
 
-The byte layout is read with plain offsets from spec/caliptra2.md (the build side's
-imgtool/formats/manifest2.py had not landed when this was written; the offsets are the same
-table).
+The byte layout and the covered ranges are imgtool/formats/manifest2.py's (the build's).
 """
 
 from __future__ import annotations
@@ -20,55 +18,39 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import FormatError
-from .anchors import Key
+from ..formats import manifest2 as m2
+from .anchors import UNPROVISIONED_OWNER, Key
 from .bundle2_checks import BundleKeys2
 from .context import Ctx, is_zero
 
-MARKER = 0x324D5441
-PREAMBLE_SIZE = 24292
-LEN = 34456
-IMC_OFF = 24292
-IMC_SLOTS = 127
+MARKER = m2.MARKER
+PREAMBLE_SIZE = m2.PREAMBLE_SIZE
+LEN = m2.TOTAL_LEN
+IMC_OFF = m2.IMC_OFFSET
+IMC_SLOTS = m2.MAX_ENTRIES
 IMC_SLOTS_LATER = 80
-ENTRY_LEN = 80
-IMC_LEN = 4 + IMC_SLOTS * ENTRY_LEN
+ENTRY_LEN = m2.ENTRY_LEN
+IMC_LEN = m2.IMC_LEN
 SVN_MAX = 128
-PQC_PUB = 2592
-PQC_SIG = 4628
-MLDSA_SIG = 4627
-LMS_SIG = 1620
-LMS_PUB = 48
-UNUSED_ID = 0xFFFFFFFF
+PQC_PUB = m2.PUB_PQC
+PQC_SIG = m2.SIG_PQC
+MLDSA_SIG = m2.SIG_MLDSA
+LMS_SIG = m2.SIG_LMS
+LMS_PUB = m2.PUB_LMS
+UNUSED_ID = m2.UNUSED_ID
+_O = m2.OFFSETS
 # (ECC offset, PQC offset) of each key pair and signature pair
 SLOTS = {
-    "vendor_man_key": (20, 116),
-    "vendor_pub_sig": (2708, 2804),
-    "owner_man_key": (7432, 7528),
-    "owner_pub_sig": (10120, 10216),
-    "vendor_imc_sig": (14844, 14940),
-    "owner_imc_sig": (19568, 19664),
+    "vendor_man_key": (_O["vnd_man_ecc_pub"][0], _O["vnd_man_pqc_pub"][0]),
+    "vendor_pub_sig": (_O["vnd_pub_sig_ecc"][0], _O["vnd_pub_sig_pqc"][0]),
+    "owner_man_key": (_O["own_man_ecc_pub"][0], _O["own_man_pqc_pub"][0]),
+    "owner_pub_sig": (_O["own_pub_sig_ecc"][0], _O["own_pub_sig_pqc"][0]),
+    "vendor_imc_sig": (_O["vnd_imc_sig_ecc"][0], _O["vnd_imc_sig_pqc"][0]),
+    "owner_imc_sig": (_O["own_imc_sig_ecc"][0], _O["own_imc_sig_pqc"][0]),
 }
-VENDOR_PUB_TBS = (8, 2708)
-OWNER_PUB_TBS = (7432, 10120)
-
-
-@dataclass
-class Entry2:
-    fw_id: int
-    component_id: int
-    classification: int
-    flags: int
-    load_address: int
-    staging_address: int
-    digest: bytes
-
-    @property
-    def ignore_auth_check(self) -> bool:
-        return bool(self.flags >> 2 & 1)
-
-    @property
-    def load_stage(self) -> int:
-        return self.flags >> 30 & 3
+VENDOR_PUB_TBS = m2.COVER_VENDOR_PUB
+OWNER_PUB_TBS = m2.COVER_OWNER_PUB
+Entry2 = m2.ImcEntry2
 
 
 @dataclass
@@ -79,7 +61,7 @@ class Atm2:
     svn: int
     flags: int
     count: int
-    entries: list[Entry2]
+    entries: list[m2.ImcEntry2]
 
     def pair(self, name: str, pqc_len: int) -> tuple[bytes, bytes]:
         e, p = SLOTS[name]
@@ -91,6 +73,8 @@ class Atm2:
 
 
 def parse_atm2(data: bytes, origin: str) -> Atm2:
+    """The fields verify checks (not Manifest2.parse: a hostile manifest with a bad count or
+    trailing bytes must still be reported check by check, not refused whole)."""
     if len(data) < 4 or struct.unpack_from("<I", data)[0] != MARKER:
         raise FormatError(f"{origin}: marker: not an ATM2 manifest")
     if len(data) < LEN:
@@ -100,13 +84,10 @@ def parse_atm2(data: bytes, origin: str) -> Atm2:
         )
     size, version, svn, flags = struct.unpack_from("<4I", data, 4)
     (count,) = struct.unpack_from("<I", data, IMC_OFF)
-    entries = []
-    for i in range(min(count, IMC_SLOTS)):
-        o = IMC_OFF + 4 + i * ENTRY_LEN
-        fw, comp, cls, fl, llo, lhi, slo, shi = struct.unpack_from("<8I", data, o)
-        entries.append(
-            Entry2(fw, comp, cls, fl, llo | lhi << 32, slo | shi << 32, data[o + 32 : o + 80])
-        )
+    entries = [
+        m2.ImcEntry2.parse(bytes(data[o : o + ENTRY_LEN]))
+        for o in (IMC_OFF + 4 + i * ENTRY_LEN for i in range(min(count, IMC_SLOTS)))
+    ]
     return Atm2(bytes(data), size, version, svn, flags, count, entries)
 
 
@@ -223,8 +204,18 @@ def _padding(ctx: Ctx, m: Atm2, pqc: str) -> None:
         )
 
 
+def _fw_keys2(ctx: Ctx, party: str, pqc: str) -> tuple[Key | None, Key | None]:
+    """Without a bundle: the FW public keys of the config / key directory (anchored by those)."""
+    out: list[Key | None] = []
+    for algo in ("ecc", pqc):
+        found = ctx.anchors.expected(f"{party}_fw", algo)
+        out.append(Key(algo, found[0][0], found[0][1], [found[0][1]]) if found else None)
+    return out[0], out[1]
+
+
 def _signatures(ctx: Ctx, m: Atm2, pqc: str, bundle: BundleKeys2 | None) -> None:
     sha = hashlib.sha384
+    r, a = ctx.r, ctx.anchors
     plen_pub = PQC_PUB if pqc == "mldsa" else LMS_PUB
     plen_sig = PQC_SIG if pqc == "mldsa" else LMS_SIG
     label = "ML-DSA-87" if pqc == "mldsa" else "LMS"
@@ -239,28 +230,49 @@ def _signatures(ctx: Ctx, m: Atm2, pqc: str, bundle: BundleKeys2 | None) -> None
         return bool(ctx.signature(cid, what, algo, key, msg, sig))
 
     man_keys: dict[str, tuple[Key, Key]] = {}
+    direct: dict[str, bool] = {}  # a config / key dir names this party's manifest keys
     for party in ("vendor", "owner"):
         e, p = m.pair(f"{party}_man_key", plen_pub)
         man_keys[party] = (
             Key("ecc", e, f"the manifest's {party} manifest ECC key"),
             Key(pqc, p, f"the manifest's {party} manifest {label} key"),
         )
-    if bundle is None:
-        ctx.r.note(
+        direct[party] = False
+        for k in man_keys[party]:
+            for value, where in a.expected(f"{party}_man", k.algo):
+                same = value == k.value
+                if r.add(
+                    f"manifest.key.{party}_man.{k.algo}",
+                    same,
+                    f"the manifest's {party} manifest {k.algo.upper()} key is {where}",
+                    "" if same else "it differs",
+                    where,
+                ):
+                    k.anchors.append(where)
+                    direct[party] = True
+    if bundle is None and not a.key_anchors:
+        r.note(
             "manifest.fw_keys",
             "no Caliptra 2.x bundle known",
-            "the pubkey signatures need the running bundle's keys: give --caliptra-fw",
+            "the pubkey signatures need the running bundle's keys: give --caliptra-fw (or "
+            "--cfg / --key-dir with the FW public keys)",
         )
+    fw_real: dict[str, bool] = {}  # the FW keys are anchored by more than "any owner key"
     for party in ("vendor", "owner"):
-        fw: tuple[Key | None, Key | None] = (None, None)
+        fw: tuple[Key | None, Key | None] = _fw_keys2(ctx, party, pqc)
         if bundle is not None:
             fw = (
                 (bundle.vendor_ecc, bundle.vendor_pqc)
                 if party == "vendor"
                 else (bundle.owner_ecc, bundle.owner_pqc)
             )
+        fw_real[party] = all(
+            k is not None and any(x != UNPROVISIONED_OWNER for x in k.anchors) for k in fw
+        )
         es, ps = m.pair(f"{party}_pub_sig", plen_sig)
         who = "the bundle's active vendor" if party == "vendor" else "the bundle's owner"
+        if bundle is None:
+            who = f"the {party} FW"
         ok_e = check(
             f"manifest.sig.{party}_pub.ecc",
             f"{party} pubkey signature (ECC, {who} key)",
@@ -280,9 +292,10 @@ def _signatures(ctx: Ctx, m: Atm2, pqc: str, bundle: BundleKeys2 | None) -> None
         if ok_e and ok_p and fw[0] is not None and fw[0].anchored:
             for k in man_keys[party]:
                 k.anchors.append(f"the {party} pubkey signatures")
+    vendor_imc = bool(m.flags & 1)
     for party in ("vendor", "owner"):
         es, ps = m.pair(f"{party}_imc_sig", plen_sig)
-        if party == "vendor" and not m.flags & 1:
+        if party == "vendor" and not vendor_imc:
             for algo, sig in (("ecc", es), (pqc, m.pair("vendor_imc_sig", 0)[1])):
                 ctx.unused_slot(
                     f"manifest.sig.vendor_imc.{algo}",
@@ -307,4 +320,29 @@ def _signatures(ctx: Ctx, m: Atm2, pqc: str, bundle: BundleKeys2 | None) -> None
             pk,
             covered["imc"],
             ps,
+        )
+    _imc_authenticity(ctx, vendor_imc, fw_real["owner"] or direct["owner"])
+
+
+def _imc_authenticity(ctx: Ctx, vendor_imc: bool, owner_anchored: bool) -> None:
+    """Who vouches for the IMC (what the device loads): the vendor (flags bit 0) or an owner
+    key some anchor names. With the owner PK hash fuse unprovisioned, any owner key boots: a
+    manifest that only the owner signs is then authenticated by nobody."""
+    f = ctx.anchors.fuses
+    if vendor_imc or owner_anchored or f is None or f.owner_pk_hash is not None:
+        return  # without that fuse unprovisioned, an unanchored owner key fails trust.chain
+    what = "authenticity of the IMC established"
+    why = (
+        "authenticity of the IMC not established: the owner PK hash fuse is unprovisioned (any "
+        "owner key boots) and flags bit 0 is clear (no vendor IMC signature), so anyone can "
+        "sign this IMC"
+    )
+    if ctx.anchors.accept_any_owner:
+        ctx.r.note("manifest.imc.authenticity", f"{what}: accepted (--accept-any-owner)", why)
+    else:
+        ctx.r.add(
+            "manifest.imc.authenticity",
+            False,
+            what,
+            why + "; --accept-any-owner accepts that",
         )
