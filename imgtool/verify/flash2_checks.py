@@ -234,17 +234,17 @@ def check_fw_toc_vs_flash(
         "; ".join(diff[:6]) or f"{len(toc)} entries",
     )
     if names is not None:  # "": a name the config does not fix (the manifest's output file)
-        got = [t.name for t in toc]
+        toc_names = [t.name for t in toc]
         bad = [
             f"entry {i} {g!r}, the config's {w!r}"
-            for i, (g, w) in enumerate(zip(got, names, strict=False))
+            for i, (g, w) in enumerate(zip(toc_names, names, strict=False))
             if w and g != w
         ]
-        if len(got) != len(names):
-            bad.append(f"{len(got)} names, the config has {len(names)}")
+        if len(toc_names) != len(names):
+            bad.append(f"{len(toc_names)} names, the config has {len(names)}")
         r.add(
             "fw_toc.names",
             not bad,
             "the fw_toc's names are the config's files",
-            "; ".join(bad) or ", ".join(got),
+            "; ".join(bad) or ", ".join(toc_names),
         )
