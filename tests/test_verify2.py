@@ -3,8 +3,9 @@ tests/helpers/indep2.py, every signature checked independently (cryptography, hs
 dilithium-py + OpenSSL), flash checksums recomputed, byte flips over every region rejected,
 signatures over the wrong bytes rejected, and the runtime generation named.
 
-gen2build's create-auth-man-2x / create-auth-flash-2x outputs are not covered here yet (the
-commands had not landed): these files are built by the independent helper."""
+These files are built by the independent helper; our own create-auth-man-2x /
+create-auth-flash-2x outputs, and the red-team holes of issue 14, are in
+tests/test_verify2_redteam.py."""
 
 from __future__ import annotations
 

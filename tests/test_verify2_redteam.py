@@ -484,8 +484,12 @@ def own_project(root: Path, pqc: str, style: str = "ast2705") -> tuple[object, P
 
 
 @pytest.mark.parametrize("pqc", PQCS)
-def test_own_outputs_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str], pqc: str) -> None:
-    p, fz = own_project(tmp_path / "a", pqc)
+@pytest.mark.parametrize("style", ["ast2705", "ast2755"])
+def test_own_outputs_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pqc: str, style: str
+) -> None:
+    """ast2755: padding_align_size 256 (every image, the bundle and the manifest padded)."""
+    p, fz = own_project(tmp_path / "a", pqc, style)
     cfg = ["--cfg", str(p.cfg), "--key-dir", str(p.keys), "--prebuilt-dir", str(p.prebuilt)]  # type: ignore[attr-defined]
     flash, man = p.flash, p.man  # type: ignore[attr-defined]
     toc = flash.parent / "fw_toc.bin"
@@ -498,6 +502,13 @@ def test_own_outputs_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
         (man, ["--fuses", str(fz), "--caliptra-fw", cal]),
         (man, ["--caliptra-fw", cal, *cfg]),
     ]
+    # create-auth-man-2x on its own (LMS signs with the next leaf: other bytes, same checks)
+    man2 = tmp_path / "man2.bin"
+    pqc_arg = "1" if pqc == "mldsa" else "3"
+    assert main(["create-auth-man-2x", *p.args(pqc_arg), "--man", str(man2)]) == 0  # type: ignore[attr-defined]
+    if pqc == "mldsa":
+        assert man2.read_bytes() == man.read_bytes()
+    good.append((man2, ["--fuses", str(fz), "--caliptra-fw", cal]))
     for f, args in good:
         rc, doc = run(capsys, f, *args)
         assert rc == 0, (f.name, args, failed(doc))
@@ -546,7 +557,7 @@ def test_own_outputs_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
         rc, doc = run(capsys, bad_f, *args)
         assert rc == 1 and "flash.image.0x1000.digest" in failed(doc), args
     # an image file of the config changed after the build: not what the config builds
-    (p.prebuilt / "soc-image-2.bin").write_bytes(b"changed")  # type: ignore[attr-defined]
+    (p.prebuilt / "soc-image-1.bin").write_bytes(b"changed")  # type: ignore[attr-defined]
     rc, doc = run(capsys, flash, *cfg)
     assert rc == 1 and "cfg.imc" in failed(doc) and "cfg.flash" in failed(doc)
     rc, doc = run(capsys, flash, "--fuses", str(fz))

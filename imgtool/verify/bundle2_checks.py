@@ -164,11 +164,31 @@ def _structure(r: _Prefixed, b: b2.Bundle2, data: bytes, trailing: str) -> bool:
     if trailing == "exact":
         tok, rule = not tail, "nothing after the runtime"
     elif trailing == "pad4":
-        tok, rule = len(tail) < 4 and is_zero(tail), "only the flash padding (< 4 zero bytes)"
+        # the flash pads each image to 4; with padding_align_size N the build packs the
+        # zero-padded copy (spec/caliptra2.md): N is the config's, or, without one, the power of
+        # two (<= 64 KiB) that the zero tail pads the bundle to
+        align = _align_of(len(data), len(tail))
+        tok = is_zero(tail) and len(tail) < align
+        rule = "only the flash padding (< 4 zero bytes, or zero padding to padding_align_size)"
+        if tok and align > 4:
+            rule = f"only zero padding to a multiple of {align} (padding_align_size)"
     else:
         tok, rule = is_zero(tail), "zero padding after the runtime"
     r.add("bundle.trailing", tok, rule, f"runtime ends at {end}, {len(tail)} bytes follow")
     return True
+
+
+def _align_of(total: int, tail: int) -> int:
+    """The alignment a zero tail of ``tail`` bytes pads a ``total``-byte region to: 4, else the
+    smallest power of two above ``tail`` that divides ``total`` (at most 64 KiB; 0: none)."""
+    if tail < 4:
+        return 4
+    a = 8
+    while a <= 0x10000:
+        if a > tail and total % a == 0:
+            return a
+        a *= 2
+    return 0
 
 
 def _pqc_policy(ctx: Ctx, r: _Prefixed, b: b2.Bundle2) -> None:
