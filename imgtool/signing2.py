@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -91,6 +92,42 @@ class KeyHelpers:
             party, kind = role.split("_", 1)
             return f"sign_helper.{party}_{algo}_{kind}_key_sign_helper"
         return f"sign_helper.{algo}"
+
+
+HELPER_FIELDS2 = tuple(
+    f"{party}_{algo}_{role}_key_sign_helper"
+    for party in ("owner", "vendor")
+    for algo in ALGOS2
+    for role in ("fw", "man")
+)
+
+
+def helpers_for(
+    sign_helper: Mapping[str, object], section: str, server: ServerRef | None = None
+) -> KeyHelpers | None:
+    """The stand-ins of key section ``section`` (``owner_man_key_config``) from a validated
+    ``[sign_helper]`` table: ``<party>_<algo>_<role>_key_sign_helper`` command lines (the
+    reference's owner ECC/LMS fields, plus ``owner_mldsa_*`` and, for 2.x, ``vendor_*``),
+    ``by_file`` and ``timeout``; None when there is no command for the section and no server."""
+    role = section.removesuffix("_key_config")
+    party, kind = role.split("_", 1)
+    cmds: dict[str, str] = {}
+    for algo in ALGOS2:
+        value = sign_helper.get(f"{party}_{algo}_{kind}_key_sign_helper")
+        if isinstance(value, str) and value.strip():
+            cmds[algo] = value
+    if not cmds and server is None:
+        return None
+    timeout = sign_helper.get("timeout", 60.0)
+    return KeyHelpers(
+        ecc=cmds.get("ecc"),
+        lms=cmds.get("lms"),
+        mldsa=cmds.get("mldsa"),
+        by_file=bool(sign_helper.get("by_file", False)),
+        timeout=float(timeout) if isinstance(timeout, int | float) else 60.0,
+        server=server,
+        section=section,
+    )
 
 
 # ----------------------------------------------------------------------------- ML-DSA signers

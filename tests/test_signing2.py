@@ -338,3 +338,29 @@ def test_sign_helper_key_file_mldsa_refuses_another_pubkey(
     f.write_bytes(bytes(signing2.MAX_MESSAGE + 1))
     assert main(args[:5] + args[7:]) == 2
     assert "more than 65536 bytes" in capsys.readouterr().err
+
+
+def test_helpers_for_a_key_section(tmp_path: Path, helper: Path) -> None:
+    """[sign_helper] fields per key section: owner_<algo>_<role>_key_sign_helper (the
+    reference's), owner_mldsa_* and vendor_* for 2.x; by_file and timeout for all."""
+    table: dict[str, object] = {
+        "owner_ecc_man_key_sign_helper": "e",
+        "owner_mldsa_man_key_sign_helper": "m",
+        "vendor_lms_fw_key_sign_helper": "l",
+        "by_file": True,
+        "timeout": 7,
+    }
+    h = signing2.helpers_for(table, "owner_man_key_config")
+    assert h == KeyHelpers(ecc="e", mldsa="m", by_file=True, timeout=7.0,
+                           section="owner_man_key_config")  # fmt: skip
+    v = signing2.helpers_for(table, "vendor_fw_key_config")
+    assert v is not None and (v.ecc, v.lms, v.mldsa) == (None, "l", None)
+    assert signing2.helpers_for(table, "owner_fw_key_config") is None
+    assert set(signing2.HELPER_FIELDS2) >= {k for k in table if k.endswith("_helper")}
+    # and what it gives is what sign2 runs
+    ks = _keys(tmp_path / "k", lms_key=False)
+    cmd = f"{sys.executable} {helper} {ks.mldsa_priv}"
+    h = signing2.helpers_for({"owner_mldsa_fw_key_sign_helper": cmd}, "owner_fw_key_config")
+    e, p = sign2(KeySet2(ks.ecc_pub, ks.ecc_priv, ks.lms_pub, None, ks.mldsa_pub, None),
+                 "mldsa", MSG, h)  # fmt: skip
+    _check(ks, "mldsa", MSG, e, p)
