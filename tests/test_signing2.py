@@ -364,3 +364,17 @@ def test_helpers_for_a_key_section(tmp_path: Path, helper: Path) -> None:
     e, p = sign2(KeySet2(ks.ecc_pub, ks.ecc_priv, ks.lms_pub, None, ks.mldsa_pub, None),
                  "mldsa", MSG, h)  # fmt: skip
     _check(ks, "mldsa", MSG, e, p)
+
+
+def test_sign2_is_a_drop_in_for_build2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """build2's manifest is byte-identical when its sign2 is signing2.sign2 (local keys)."""
+    from projects2 import make_project2
+
+    from imgtool import build2
+    from imgtool.config2 import load_config2
+
+    prj = make_project2(tmp_path / "p")
+    cfg = load_config2(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    before = build2.build_manifest2(cfg, "mldsa")
+    monkeypatch.setattr(build2, "sign2", signing2.sign2)
+    assert build2.build_manifest2(cfg, "mldsa") == before
