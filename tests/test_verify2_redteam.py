@@ -320,7 +320,7 @@ def test_f6_unprovisioned_owner_without_vendor_imc_sig(
         "authenticity of the IMC not established"
         in check(doc, "manifest.imc.authenticity")["detail"]
     )
-    rc, doc = run(capsys, f, "--fuses", fz, "--accept-any-owner")
+    rc, doc = run(capsys, f, "--fuses", fz, "--accept-unprovisioned")
     assert rc == 0, failed(doc)
     assert check(doc, "manifest.imc.authenticity")["status"] == "note"
     # the vendor signs the IMC (flags bit 0): authenticated, no opt-in needed
@@ -333,15 +333,36 @@ def test_f6_unprovisioned_owner_without_vendor_imc_sig(
     assert rc == 0, failed(doc)
 
 
+@pytest.mark.parametrize("flags", [0, 1])
+def test_f6_unprovisioned_part_signed_by_anyone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: int
+) -> None:
+    """No vendor and no owner PK hash fuse (secure boot off): a bundle and manifest signed by
+    keys nobody provisioned boot, and verify says nobody authenticates the IMC."""
+    cal, man, _ = _foreign("mldsa", flags=flags)
+    fz = tmp_path / "fz.toml"
+    fz.write_text(
+        '[fuses]\nvendor_pk_hash = ""\nowner_pk_hash = ""\nsecure_boot = false\npqc_key_type = 1\n'
+    )
+    f = tmp_path / "flash.bin"
+    f.write_bytes(build_flash2(std_images(cal, man)))
+    rc, doc = run(capsys, f, "--fuses", str(fz))
+    assert rc == 1 and "manifest.imc.authenticity" in failed(doc), failed(doc)
+    detail = check(doc, "manifest.imc.authenticity")["detail"]
+    assert ("vendor PK hash fuse is unprovisioned" in detail) is bool(flags)
+    rc, doc = run(capsys, f, "--fuses", str(fz), "--accept-unprovisioned")
+    assert rc == 0, failed(doc)
+
+
 def test_f6_option_in_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["verify", "--help"])
     out = capsys.readouterr().out
-    assert "--accept-any-owner" in out and "--trust-caliptra-fw" in out and "--fw-toc" in out
+    assert "--accept-unprovisioned" in out and "--trust-caliptra-fw" in out and "--fw-toc" in out
 
 
 # --- F7: --caliptra-fw alone -----------------------------------------------------------------
-def _foreign(pqc: str) -> tuple[bytes, bytes, bytes]:
+def _foreign(pqc: str, flags: int = 1) -> tuple[bytes, bytes, bytes]:
     """A bundle, manifest and flash signed consistently by keys nobody provisioned."""
     ve = [EccSigner(5000 + i) for i in range(2)]
     vp: list[object] = [MldsaSigner(5100)] if pqc == "mldsa" else [LmsSigner()]
@@ -356,9 +377,8 @@ def _foreign(pqc: str) -> tuple[bytes, bytes, bytes]:
         owner_pqc=op.pub,  # type: ignore[attr-defined]
     )
     cal = indep2.build_cmn2(keys, ve[1], vp[0], oe, op)
-    man = build_atm2(
-        pqc, std_entries(), (ve[1], vp[0]), (oe, op), _pair(pqc, 5400), _pair(pqc, 5500)
-    )
+    vm, om = _pair(pqc, 5400), _pair(pqc, 5500)
+    man = build_atm2(pqc, std_entries(), (ve[1], vp[0]), (oe, op), vm, om, flags=flags)
     return cal, man, build_flash2(std_images(cal, man))
 
 

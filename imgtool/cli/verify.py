@@ -76,7 +76,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     elif args.trust_caliptra_fw:
         raise ConfigError("--trust-caliptra-fw: only with --caliptra-fw")
     anchors.trust_caliptra_fw = args.trust_caliptra_fw
-    anchors.accept_any_owner = args.accept_any_owner
+    anchors.accept_unprovisioned = args.accept_unprovisioned
     if args.fw_toc is not None:
         anchors.fw_toc = _read(args.fw_toc)
         anchors.fw_toc_name = str(args.fw_toc)
@@ -215,11 +215,13 @@ def register(sub: Any) -> None:
         "by anyone would pass, so verify fails unless this is given)",
     )
     p.add_argument(
-        "--accept-any-owner",
+        "--accept-unprovisioned",
         action="store_true",
-        help="Caliptra 2.x: accept a manifest whose IMC only an owner signs (flags bit 0 "
-        "clear) on a part whose owner PK hash fuse is unprovisioned, where any owner key "
-        "boots (without it: exit 1, authenticity of the IMC not established)",
+        help="Caliptra 2.x: accept an IMC that no provisioned fuse authenticates: the owner PK "
+        "hash fuse unprovisioned (any owner key boots) and either flags bit 0 clear (no vendor "
+        "IMC signature) or the vendor PK hash fuse unprovisioned too; without it such a "
+        "manifest fails (exit 1, authenticity of the IMC not established) unless --cfg or "
+        "--key-dir names its keys",
     )
     p.add_argument(
         "--fw-toc",

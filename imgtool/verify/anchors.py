@@ -70,6 +70,8 @@ SECTIONS2 = {
 # the anchor an unprovisioned owner PK hash fuse gives the bundle's owner keys (2.x): not an
 # anchor of who signed, only of what the part accepts
 UNPROVISIONED_OWNER = "an unprovisioned owner hash fuse (any owner key)"
+UNPROVISIONED_VENDOR = "an unprovisioned part (no vendor PK hash fuse)"
+UNPROVISIONED = (UNPROVISIONED_OWNER, UNPROVISIONED_VENDOR)
 
 
 def _load_pub(path: Path, algo: str) -> bytes:
@@ -91,7 +93,7 @@ class Anchors:
     caliptra_fw_name: str = ""
     cfg2: Any = None  # a Caliptra 2.x config (imgtool.config2.Config2)
     trust_caliptra_fw: bool = False  # --trust-caliptra-fw: --caliptra-fw vouches for its keys
-    accept_any_owner: bool = False  # --accept-any-owner (2.x, see verify --help)
+    accept_unprovisioned: bool = False  # --accept-unprovisioned (2.x, see verify --help)
     fw_toc: bytes | None = None  # --fw-toc: the fw_toc.bin written beside a 2.x flash image
     fw_toc_name: str = ""
 

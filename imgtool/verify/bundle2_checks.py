@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..errors import FormatError
 from ..formats import bundle2 as b2
 from ..fuses import owner_pk_hash2, vendor_pk_hash2
-from .anchors import UNPROVISIONED_OWNER, Key
+from .anchors import UNPROVISIONED_OWNER, UNPROVISIONED_VENDOR, Key
 from .bundle_checks import _Prefixed
 from .context import Ctx, is_zero
 
@@ -310,7 +310,7 @@ def _anchors(
                 "Caliptra's ROM skips the vendor key check: any vendor keys boot",
             )
             for k in keys.vendor():
-                k.anchors.append("an unprovisioned part (no vendor PK hash fuse)")
+                k.anchors.append(UNPROVISIONED_VENDOR)
             keys.block_anchors.append("an unprovisioned part")
         else:
             got = vendor_pk_hash2(b)

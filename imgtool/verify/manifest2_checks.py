@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 from ..formats import manifest2 as m2
-from .anchors import UNPROVISIONED_OWNER, Key
+from .anchors import UNPROVISIONED, Key
 from .bundle2_checks import BundleKeys2
 from .context import Ctx, is_zero
 
@@ -257,7 +257,7 @@ def _signatures(ctx: Ctx, m: Atm2, pqc: str, bundle: BundleKeys2 | None) -> None
             "the pubkey signatures need the running bundle's keys: give --caliptra-fw (or "
             "--cfg / --key-dir with the FW public keys)",
         )
-    fw_real: dict[str, bool] = {}  # the FW keys are anchored by more than "any owner key"
+    fw_real: dict[str, bool] = {}  # the FW keys are anchored by more than an unprovisioned fuse
     for party in ("vendor", "owner"):
         fw: tuple[Key | None, Key | None] = _fw_keys2(ctx, party, pqc)
         if bundle is not None:
@@ -267,7 +267,7 @@ def _signatures(ctx: Ctx, m: Atm2, pqc: str, bundle: BundleKeys2 | None) -> None
                 else (bundle.owner_ecc, bundle.owner_pqc)
             )
         fw_real[party] = all(
-            k is not None and any(x != UNPROVISIONED_OWNER for x in k.anchors) for k in fw
+            k is not None and any(x not in UNPROVISIONED for x in k.anchors) for k in fw
         )
         es, ps = m.pair(f"{party}_pub_sig", plen_sig)
         who = "the bundle's active vendor" if party == "vendor" else "the bundle's owner"
@@ -321,28 +321,36 @@ def _signatures(ctx: Ctx, m: Atm2, pqc: str, bundle: BundleKeys2 | None) -> None
             covered["imc"],
             ps,
         )
-    _imc_authenticity(ctx, vendor_imc, fw_real["owner"] or direct["owner"])
-
-
-def _imc_authenticity(ctx: Ctx, vendor_imc: bool, owner_anchored: bool) -> None:
-    """Who vouches for the IMC (what the device loads): the vendor (flags bit 0) or an owner
-    key some anchor names. With the owner PK hash fuse unprovisioned, any owner key boots: a
-    manifest that only the owner signs is then authenticated by nobody."""
-    f = ctx.anchors.fuses
-    if vendor_imc or owner_anchored or f is None or f.owner_pk_hash is not None:
-        return  # without that fuse unprovisioned, an unanchored owner key fails trust.chain
-    what = "authenticity of the IMC established"
-    why = (
-        "authenticity of the IMC not established: the owner PK hash fuse is unprovisioned (any "
-        "owner key boots) and flags bit 0 is clear (no vendor IMC signature), so anyone can "
-        "sign this IMC"
+    _imc_authenticity(
+        ctx,
+        vendor_imc,
+        fw_real["vendor"] or direct["vendor"],
+        fw_real["owner"] or direct["owner"],
     )
-    if ctx.anchors.accept_any_owner:
-        ctx.r.note("manifest.imc.authenticity", f"{what}: accepted (--accept-any-owner)", why)
+
+
+def _imc_authenticity(
+    ctx: Ctx, vendor_imc: bool, vendor_anchored: bool, owner_anchored: bool
+) -> None:
+    """Who vouches for the IMC (what the device loads): the vendor (flags bit 0, with vendor
+    keys a fuse or a config / key dir anchors) or the owner (likewise). With the owner PK hash
+    fuse unprovisioned any owner key boots; with the vendor PK hash fuse unprovisioned any
+    vendor key: a manifest neither anchored party signs is authenticated by nobody."""
+    f = ctx.anchors.fuses
+    if (vendor_imc and vendor_anchored) or owner_anchored:
+        return
+    if f is None or f.owner_pk_hash is not None:
+        return  # an owner key no anchor vouches for fails trust.chain
+    why = "the owner PK hash fuse is unprovisioned (any owner key boots) and " + (
+        "the vendor PK hash fuse is unprovisioned (any vendor key boots)"
+        if vendor_imc
+        else "flags bit 0 is clear (no vendor IMC signature)"
+    )
+    why = f"authenticity of the IMC not established: {why}, so anyone can sign this IMC"
+    what = "authenticity of the IMC established"
+    if ctx.anchors.accept_unprovisioned:
+        ctx.r.note("manifest.imc.authenticity", f"{what}: accepted (--accept-unprovisioned)", why)
     else:
         ctx.r.add(
-            "manifest.imc.authenticity",
-            False,
-            what,
-            why + "; --accept-any-owner accepts that",
+            "manifest.imc.authenticity", False, what, why + "; --accept-unprovisioned accepts it"
         )
