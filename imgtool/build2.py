@@ -7,6 +7,7 @@ fw_toc hold the bytes).  PQC type 1 = ML-DSA-87 (signs the RAW covered bytes, de
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from .build import _ecc_pub_hw, _lms_pub
 from .formats import padding
 
 PQC_TYPES = {1: "mldsa", 3: "lms"}
+# dilithium-py's ML_DSA_87 is one shared object whose sign() is not thread-safe: two threads
+# signing at once (`build -P thread`) made signatures that did not verify
+_MLDSA_LOCK = threading.Lock()
 
 
 def pqc_algo(value: str | int) -> str:
@@ -86,19 +90,39 @@ def sign2(ks: Any, pqc: str, msg: bytes) -> tuple[bytes, bytes]:
     pqc_sig = b""
     if pqc == "mldsa" and ks.mldsa_priv is not None:
         key = mldsa.MldsaPrivateKey.load(ks.mldsa_priv)
-        pqc_sig = key.sign(msg, mldsa.MldsaPublicKey.load(ks.mldsa_pub).raw)
+        with _MLDSA_LOCK:
+            pqc_sig = key.sign(msg, mldsa.MldsaPublicKey.load(ks.mldsa_pub).raw)
     elif pqc == "lms" and ks.lms_priv is not None:
         pqc_sig = LocalLmsSigner(ks.lms_priv, ks.lms_pub).sign_digest(digest)
     return ecc_sig, pqc_sig
 
 
-def build_manifest2(cfg2: Any, pqc: str, imc: bytes | None = None) -> bytes:
-    """The 34456-byte ATM2 manifest (unpadded)."""
+# which key section signs each signature pair (ECC + PQC) of the ATM2 manifest
+SIGNERS2 = {
+    "vnd_pub_sig": "vendor_fw_key_config",
+    "own_pub_sig": "owner_fw_key_config",
+    "vnd_imc_sig": "vendor_man_key_config",
+    "own_imc_sig": "owner_man_key_config",
+}
+
+
+def sig_names2(cfg2: Any) -> list[str]:
+    """The signature pairs this config makes, in signing order (the vendor IMC pair only with
+    flags bit 0)."""
+    from .formats import manifest2 as m2
+
+    vendor_imc = bool(cfg2.flags & m2.FLAG_VENDOR_IMC_SIG_REQUIRED)
+    return [n for n in SIGNERS2 if n != "vnd_imc_sig" or vendor_imc]
+
+
+def skeleton2(cfg2: Any, pqc: str, imc: bytes) -> Any:
+    """The ATM2 manifest without signatures: header, manifest public keys and the IMC (``imc``
+    may be an empty IMC when only the public-key signatures are wanted: they do not cover it)."""
     from .formats import manifest2 as m2
 
     k = cfg2.keys
     vm, om = k["vendor_man_key_config"], k["owner_man_key_config"]
-    man = m2.Manifest2(
+    return m2.Manifest2(
         version=cfg2.version,
         svn=cfg2.svn,
         flags=cfg2.flags & m2.FLAG_VENDOR_IMC_SIG_REQUIRED,
@@ -106,20 +130,75 @@ def build_manifest2(cfg2: Any, pqc: str, imc: bytes | None = None) -> bytes:
         vnd_man_pqc_pub=_pqc_pub2(vm, pqc),
         own_man_ecc_pub=_ecc_pub_hw(om.ecc_pub),
         own_man_pqc_pub=_pqc_pub2(om, pqc),
-        imc=m2.Imc2.parse(imc if imc is not None else build_imc2(cfg2)),
+        imc=m2.Imc2.parse(imc),
     )
-    data = man.pack()
-    man.vnd_pub_sig_ecc, man.vnd_pub_sig_pqc = sign2(
-        k["vendor_fw_key_config"], pqc, m2.covered(data, "vnd_pub_sig")
-    )
-    man.own_pub_sig_ecc, man.own_pub_sig_pqc = sign2(
-        k["owner_fw_key_config"], pqc, m2.covered(data, "own_pub_sig")
-    )
-    imc_bytes = m2.covered(data, "own_imc_sig")
-    if man.flags & m2.FLAG_VENDOR_IMC_SIG_REQUIRED:
-        man.vnd_imc_sig_ecc, man.vnd_imc_sig_pqc = sign2(vm, pqc, imc_bytes)
-    man.own_imc_sig_ecc, man.own_imc_sig_pqc = sign2(om, pqc, imc_bytes)
-    return man.pack()
+
+
+def sign_pair2(cfg2: Any, pqc: str, name: str, skel_bytes: bytes) -> tuple[bytes, bytes]:
+    """Signature pair ``name`` (a SIGNERS2 key) over what it covers in the packed skeleton."""
+    from .formats import manifest2 as m2
+
+    return sign2(cfg2.keys[SIGNERS2[name]], pqc, m2.covered(skel_bytes, name))
+
+
+def assemble2(skel: Any, sigs: dict[str, tuple[bytes, bytes]]) -> bytes:
+    """The packed manifest: the skeleton with these signature pairs in their slots."""
+    for name, (ecc_sig, pqc_sig) in sigs.items():
+        if name not in SIGNERS2:
+            raise ValueError(name)
+        setattr(skel, f"{name}_ecc", ecc_sig)
+        setattr(skel, f"{name}_pqc", pqc_sig)
+    return bytes(skel.pack())
+
+
+def build_manifest2(cfg2: Any, pqc: str, imc: bytes | None = None) -> bytes:
+    """The 34456-byte ATM2 manifest (unpadded)."""
+    skel = skeleton2(cfg2, pqc, imc if imc is not None else build_imc2(cfg2))
+    data = skel.pack()
+    return assemble2(skel, {n: sign_pair2(cfg2, pqc, n, data) for n in sig_names2(cfg2)})
+
+
+def padding_inputs2(cfg2: Any) -> list[tuple[str, Path]]:
+    """(config field, path) of every input that padding_align_size replaces by a padded copy."""
+    out: list[tuple[str, Path]] = []
+    if cfg2.caliptra_file is not None:
+        out.append(("image_runtime_list.caliptra_file", cfg2.caliptra_file))
+    if cfg2.mcu_file is not None:
+        out.append(("image_runtime_list.mcu_file", cfg2.mcu_file))
+    out += [
+        (f"image_metadata_list[{i}].file", img.file)
+        for i, img in enumerate(cfg2.images)
+        if img.file is not None
+    ]
+    return out
+
+
+def padded_copies2(cfg2: Any, folder: Path | None = None) -> list[padding.Copy]:
+    """The padded copies the reference writes (padding_out_folder, or ``folder``): none without
+    padding_align_size or without a folder (the digests and the flash image pad in memory; the
+    reference's temporary folder is removed at exit)."""
+    folder = folder or cfg2.padding_out_folder
+    if not cfg2.padding_align_size or folder is None:
+        return []
+    inputs = padding_inputs2(cfg2)
+    protected = [p for _, p in inputs] + cfg2.key_files() + [cfg2.path]
+    return padding.plan_copies(inputs, folder, cfg2.padding_align_size, protected, cfg2.path)
+
+
+def write_padded_copies2(cfg2: Any, folder: Path | None = None) -> list[padding.Copy]:
+    """Write the copies of :func:`padded_copies2` (an existing copy with the right bytes is
+    left alone); the build itself reads the originals and pads them the same way."""
+    from .errors import OutputError
+
+    copies = padded_copies2(cfg2, folder)
+    for c in copies:
+        try:
+            padding.write_copy(c.original, c.copy, cfg2.padding_align_size)
+        except OSError as exc:
+            raise OutputError(
+                f"{exc.filename or c.copy}: {c.field}: cannot write padded copy: {exc.strerror}"
+            ) from None
+    return copies
 
 
 def create_auth_man2(cfg2: Any, pqc: str, out: Path) -> bytes:

@@ -25,6 +25,11 @@ OPTIONS = (
     ("--flash", "flash", "flash image output (default out/<prj>-flash-image.bin)"),
     ("--fuses", "fuses", "verify task: the device's fuses file (see `cptra-imgtool fuses`)"),
     ("--caliptra-fw", "caliptra_fw", "verify task: the Caliptra bundle the device runs"),
+    (
+        "--pqc-key-type",
+        "pqc",
+        "Caliptra 2.x configs only, required there: 1 = ML-DSA-87, 3 = LMS (also mldsa, lms)",
+    ),
 )
 # (flag, dest, help) of the value-less options `build` keeps for itself
 FLAGS = (
@@ -40,7 +45,9 @@ DESCRIPTION = (
     "sign:<slot> per signature slot in use, manifest, flash (default), verify. The config's "
     "keys are checked against caliptra_file first (--allow-key-mismatch: a warning). The options "
     "below may appear anywhere; every other argument goes to doit, e.g. "
-    "`build --cfg C -n 2 -P process flash`, `build --cfg C list`, `build --cfg C clean`."
+    "`build --cfg C -n 2 -P process flash`, `build --cfg C list`, `build --cfg C clean`. "
+    "A Caliptra 2.x config needs --pqc-key-type 1|3 (the same task names; sign:<pair>_ecc|_pqc, "
+    "flash also writes fw_toc.bin)."
 )
 
 
@@ -209,11 +216,12 @@ def _load_2x(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def cmd_create_auth_man_2x(args: argparse.Namespace) -> int:
-    from ..build2 import create_auth_man2
+    from ..build2 import create_auth_man2, write_padded_copies2
     from ..formats.manifest2 import RUNTIME_GENERATION
 
     cfg2, pqc = _load_2x(args)
     out = args.man or cfg2.default_manifest_path()
+    write_padded_copies2(cfg2)  # padding_out_folder: the padded copies, as the reference does
     data = create_auth_man2(cfg2, pqc, out)
     print(f"SoC manifest (ATM2, {pqc}, {len(cfg2.images)} images, {len(data)} bytes): {out}")
     print(f"runtime: {RUNTIME_GENERATION}")
@@ -221,9 +229,10 @@ def cmd_create_auth_man_2x(args: argparse.Namespace) -> int:
 
 
 def cmd_create_auth_flash_2x(args: argparse.Namespace) -> int:
-    from ..build2 import create_auth_flash2, create_auth_man2
+    from ..build2 import create_auth_flash2, create_auth_man2, write_padded_copies2
 
     cfg2, pqc = _load_2x(args)
+    write_padded_copies2(cfg2)  # padding_out_folder: the padded copies, as the reference does
     out = args.flash or cfg2.default_flash_path()
     man_path = args.man or cfg2.default_manifest_path()
     if args.man is not None and args.man.is_file():

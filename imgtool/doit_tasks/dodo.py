@@ -2,7 +2,8 @@
 
 Variables: cfg= (required), key_dir=, prebuilt_dir=, vnd_sig_dir= (the CLI's defaults when
 unset), man=, flash= (output paths), allow_key_mismatch=1 (build although the config's keys do
-not match caliptra_file: a warning, not an error); paths are relative to the dodo.py's folder
+not match caliptra_file: a warning, not an error), pqc=mldsa|lms (or 1|3: required for a Caliptra
+2.x config, refused for 1.x); paths are relative to the dodo.py's folder
 (doit's working directory). The graph is described in :mod:`imgtool.doit_tasks.graph`; the same
 tasks run without a dodo.py through `cptra-imgtool build --cfg C [DOIT ARGS...]`.
 """

@@ -15,6 +15,9 @@ each image hashed once per change). Every task with targets also checks, through
 :class:`targets_intact`, that its targets are still the files it wrote (same size, mtime,
 ctime, inode, device): a target edited, replaced or removed since makes the task run again.
 State: out/<prj>/.doit.sqlite3 and fingerprints.json.
+
+A Caliptra 2.x config (SoC image fw_ids from 0x1000) gets the graph of :mod:`.graph2` under the
+same task names; it needs ``pqc=mldsa|lms`` (``build --pqc-key-type 1|3``), a 1.x config refuses it.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ Vars = tuple[str | None, ...]
 class Settings:
     """What selects a build: the doit variables cfg=, key_dir=, prebuilt_dir=, vnd_sig_dir=,
     man=, flash=; for the verify task the trust anchors fuses= and caliptra_fw= (the config is
-    always one); allow_key_mismatch=1: key mismatches with caliptra_file are warnings."""
+    always one); allow_key_mismatch=1: key mismatches with caliptra_file are warnings; pqc=:
+    the PQC type of a Caliptra 2.x build (required for 2.x, refused for 1.x)."""
 
     cfg: str
     key_dir: str | None = None
@@ -63,6 +67,7 @@ class Settings:
     fuses: str | None = None
     caliptra_fw: str | None = None
     allow_key_mismatch: str | None = None
+    pqc: str | None = None  # Caliptra 2.x only (required there): mldsa|lms, or 1|3
 
     @property
     def allow_mismatch(self) -> bool:
@@ -86,6 +91,7 @@ class Settings:
                     "fuses",
                     "caliptra_fw",
                     "allow_key_mismatch",
+                    "pqc",
                 )
             ),
         )
@@ -119,6 +125,22 @@ def out_dir(cfg: Config) -> Path:
 def pad_dir(cfg: Config) -> Path:
     """Where the doit tasks keep padded copies: padding_out_folder, else a private folder."""
     return cfg.padding_out_folder or out_dir(cfg) / "padded"
+
+
+@functools.lru_cache(maxsize=8)
+def is_2x(s: Settings) -> bool:
+    """Whether the config is a Caliptra 2.x one (:func:`imgtool.config2.is_2x`); a 1.x config
+    given pqc= is refused here."""
+    from imgtool.config2 import is_2x as raw_is_2x
+    from imgtool.config2 import read_toml
+
+    two = raw_is_2x(read_toml(Path(s.cfg)))
+    if not two and s.pqc is not None:
+        raise ConfigError(
+            f"pqc={s.pqc}: only for Caliptra 2.x configs; {s.cfg} is a 1.x config "
+            "(SoC image fw_ids below 0x1000)"
+        )
+    return two
 
 
 @functools.lru_cache(maxsize=8)
@@ -205,8 +227,12 @@ def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
     keys against caliptra_file (:mod:`imgtool.keys.key_match`)."""
     from imgtool.keys import key_match
 
-    for cached in (_load_raw, _copies, _load, _plan):
+    for cached in (is_2x, _load_raw, _copies, _load, _plan):
         cached.cache_clear()  # a new doit run (possibly in the same process): re-read the config
+    if is_2x(s):
+        from . import graph2
+
+        return graph2.doit_config(s, command)
     cfg = _load(s)
     if command not in NO_BUILD_COMMANDS:
         key_match.check(_load_raw(s), allow=s.allow_mismatch)
@@ -473,6 +499,11 @@ def _uptodate(value: Any) -> list[Any]:
 
 
 def generate(s: Settings) -> Iterator[TaskDict]:
+    if is_2x(s):
+        from . import graph2
+
+        yield from graph2.generate(s)
+        return
     cfg = _load(s)
     st = astuple(s)
     od = out_dir(cfg)
