@@ -214,3 +214,95 @@ def test_keygen_cli_on_token(
     assert "already exists" in err and token.pin not in err and len(err.strip().splitlines()) == 1
     assert main(["keygen", "--algo", "ecc", "--out", uri]) == 2
     assert "--pubkey-out" in capsys.readouterr().err
+
+
+def test_threads_share_the_token(token: Token, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PKCS#11 login state is per process: concurrent logins from threads (`doit -P thread`)
+    would fail with CKR_USER_ALREADY_LOGGED_IN; the token is used by one thread at a time."""
+    import threading
+
+    monkeypatch.setenv(pkcs11.PIN_ENV, token.pin)
+    uri = token.uri("threads")
+    pub = pkcs11.generate(uri)
+    errors: list[str] = []
+    sigs: list[bytes] = []
+
+    def work() -> None:
+        for _ in range(10):
+            try:
+                sigs.append(ecc_key_signer(uri, pub).sign_digest(DIGEST))
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(sigs) == 40
+    assert all(ecc.verify_digest_hw(pub, DIGEST, s) for s in sigs)
+
+
+def test_forked_child_signs_after_the_parent(token: Token, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`doit -P process` forks after the parent may have used the module: the child
+    initializes it again (PKCS#11 state does not survive fork) and signs."""
+    import multiprocessing
+
+    monkeypatch.setenv(pkcs11.PIN_ENV, token.pin)
+    uri = token.uri("forked")
+    pub = pkcs11.generate(uri)
+    assert ecc.verify_digest_hw(pub, DIGEST, ecc_key_signer(uri, pub).sign_digest(DIGEST))
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_sign, args=(uri, q))
+    p.start()
+    result = q.get(timeout=60)
+    p.join(60)
+    assert isinstance(result, bytes), result
+    assert ecc.verify_digest_hw(pub, DIGEST, result)
+    # and the parent still signs afterwards
+    assert ecc.verify_digest_hw(pub, DIGEST, ecc_key_signer(uri, pub).sign_digest(DIGEST))
+
+
+def _child_sign(uri: str, q: object) -> None:
+    try:
+        q.put(ecc_key_signer(uri, None).sign_digest(DIGEST))  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        q.put(f"{type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
+
+
+_SIGN_LOOP = """
+import hashlib, sys
+from imgtool.keys import pkcs11
+d = hashlib.sha384(b"caliptra manifest").digest()
+bad = []
+for _ in range(20):
+    try:
+        pkcs11.Pkcs11EccSigner.from_uri(sys.argv[1], None).sign_digest(d)
+    except Exception as exc:
+        bad.append(type(exc).__name__ + ": " + str(exc))
+print(len(bad), bad[:1])
+"""
+
+
+def test_processes_take_turns(token: Token, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three processes signing at once (`doit -n 3 -P process`, parallel builds): SoftHSM2
+    rewrites its token file on login, so unserialized processes see CKR_GENERAL_ERROR or no
+    token; the module file lock makes them take turns."""
+    import os
+    import sys
+
+    monkeypatch.setenv(pkcs11.PIN_ENV, token.pin)
+    uri = token.uri("procs")
+    pkcs11.generate(uri)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": repo}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SIGN_LOOP, uri], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert outs == ["0 []"] * 3, outs

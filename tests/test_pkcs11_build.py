@@ -340,3 +340,24 @@ def test_uri_where_a_file_must_be(
         assert f"owner_fw_key_config.{field}: a PKCS#11 URI here is not supported" in err
         assert why in err
         _no_secret(hsm, out, err)
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_build_command_in_parallel(
+    hsm: Hsm, bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    """`cptra-imgtool build -n 2 -P process|thread`: signers in forked processes (after this
+    process has used the token) or in threads sharing one loaded module."""
+    prj = hsm.prj
+    pkcs11.public_key(hsm.uri("own-fw-ecc"))  # the module is loaded and initialized here
+    cfg = tmp_path / "hsm.toml"
+    shutil.copy(prj.cfg, cfg)
+    fuses = tmp_path / "fuses.toml"
+    assert main(["fuses", "--caliptra-fw", str(bundle), "--out", str(fuses)]) == 0
+    args = ["--cfg", str(cfg), "--key-dir", str(prj.keys), "--prebuilt-dir", str(prj.prebuilt)]
+    flash = tmp_path / "f.bin"
+    rc, out, err = _run(capsys, "build", *args, "--flash", str(flash), "-n", "2", "-P", mode)
+    assert rc == 0, out + err
+    _no_secret(hsm, out, err)
+    rc, vout, _ = _run(capsys, "verify", str(flash), "--fuses", str(fuses))
+    assert rc == 0 and "PASS" in vout, vout

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,17 +186,28 @@ def _pin(uri: Pkcs11Uri) -> str:
 
 
 _LIBS: dict[str, Any] = {}
+_LIB_PID: dict[str, int] = {}  # the process that initialized each module
+# PKCS#11 login state belongs to the process, not the session: a second login while another
+# thread's session is logged in fails (CKR_USER_ALREADY_LOGGED_IN), and closing the last
+# session logs every session out. So one thread at a time uses the token (`doit -P thread`).
+_TOKEN_LOCK = threading.RLock()
 
 
 def _lib(uri: Pkcs11Uri) -> Any:
     import pkcs11
 
     mod = _module(uri)
-    if mod not in _LIBS:
-        try:
+    try:
+        if mod not in _LIBS:
             _LIBS[mod] = pkcs11.lib(mod)
-        except (pkcs11.exceptions.PKCS11Error, OSError):
-            raise Pkcs11Error(f"{uri}: cannot load PKCS#11 module {mod}") from None
+            _LIB_PID[mod] = os.getpid()
+        elif _LIB_PID.setdefault(mod, os.getpid()) != os.getpid():
+            # a forked child (doit -P process): PKCS#11 state does not survive fork(); the
+            # child initializes the module again before its first call
+            _LIBS[mod].reinitialize()
+            _LIB_PID[mod] = os.getpid()
+    except (pkcs11.exceptions.PKCS11Error, OSError):
+        raise Pkcs11Error(f"{uri}: cannot load PKCS#11 module {mod}") from None
     return _LIBS[mod]
 
 
@@ -203,15 +215,59 @@ def reset_modules() -> None:
     """Finalize and forget every loaded module (a new SOFTHSM2_CONF takes effect)."""
     import pkcs11
 
-    for lib in _LIBS.values():
-        with contextlib.suppress(pkcs11.exceptions.PKCS11Error):
-            lib.finalize()
-    _LIBS.clear()
+    with _TOKEN_LOCK:
+        for lib in _LIBS.values():
+            with contextlib.suppress(pkcs11.exceptions.PKCS11Error):
+                lib.finalize()
+        _LIBS.clear()
+        _LIB_PID.clear()
+
+
+_HELD: list[int] = []  # flock depth of this process (under _TOKEN_LOCK)
+
+
+@contextlib.contextmanager
+def _module_lock(mod: str) -> Iterator[None]:
+    """An exclusive flock(2) on the module file while this process uses the token: processes of
+    this tool (``doit -P process``, parallel builds) take turns. SoftHSM2 rewrites its token
+    file on login, and a second process that reads it meanwhile gets CKR_GENERAL_ERROR or no
+    token at all; a network HSM does not need it, and a signature takes milliseconds. A module
+    named without a path (found by the loader's search) is not locked."""
+    if _HELD:
+        _HELD.append(1)  # nested in this thread: already held
+        try:
+            yield
+        finally:
+            _HELD.pop()
+        return
+    try:
+        fd = os.open(mod, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    try:
+        if fd >= 0:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD.append(1)
+        yield
+    finally:
+        if _HELD:
+            _HELD.pop()
+        if fd >= 0:
+            os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
 def session(uri: Pkcs11Uri, *, rw: bool = False) -> Iterator[Any]:
-    """An open, logged-in session on the URI's token."""
+    """An open, logged-in session on the URI's token (one thread, one process at a time)."""
+    with _TOKEN_LOCK, _module_lock(_module(uri)):
+        with _session(uri, rw=rw) as sess:
+            yield sess
+
+
+@contextlib.contextmanager
+def _session(uri: Pkcs11Uri, *, rw: bool = False) -> Iterator[Any]:
     import pkcs11
     from pkcs11 import exceptions as x
 
