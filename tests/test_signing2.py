@@ -378,3 +378,19 @@ def test_sign2_is_a_drop_in_for_build2(tmp_path: Path, monkeypatch: pytest.Monke
     before = build2.build_manifest2(cfg, "mldsa")
     monkeypatch.setattr(build2, "sign2", signing2.sign2)
     assert build2.build_manifest2(cfg, "mldsa") == before
+
+
+def test_sign_helper_refuses_a_slot_of_another_algorithm(tmp_path: Path) -> None:
+    """An ECC `sign-helper` configured where the build asks for ML-DSA (the build says which
+    in CPTRA_IMGTOOL_SIGN_ALGO) fails in one line instead of signing the wrong input."""
+    ks = _keys(tmp_path / "k", lms_key=False)
+    h = KeyHelpers(
+        mldsa=f"{sys.executable} -m imgtool sign-helper --key-file {ks.ecc_priv} --algo ecc",
+        section="owner_man_key_config",
+    )
+    with pytest.raises(SigningError) as err:
+        sign2(KeySet2(ks.ecc_pub, ks.ecc_priv, ks.lms_pub, None, ks.mldsa_pub, None), "mldsa",
+              MSG, h, slot="own_imc_sig")  # fmt: skip
+    text = str(err.value)
+    assert text.startswith("own_imc_sig: sign_helper.owner_mldsa_man_key_sign_helper: ")
+    assert "asks for an mldsa signature" in text and len(text.splitlines()) == 1

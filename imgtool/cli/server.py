@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -146,6 +147,15 @@ def cmd_sign_helper(args: argparse.Namespace) -> int:
     # the tool appends --input PATH in by-file mode: a command line without --by-file must not
     # then wait for stdin and leave PATH unsigned
     args.by_file = args.by_file or args.input is not None
+    # a 2.x build tells its helpers the algorithm (imgtool.signing2.helper_env): a command line
+    # whose --algo is another (an ECC helper configured for an ML-DSA slot) is refused here,
+    # before a digest is signed as if it were a message or the other way round
+    asked = os.environ.get("CPTRA_IMGTOOL_SIGN_ALGO", "")
+    if asked and asked != args.algo:
+        raise ServerError(
+            f"sign-helper --algo {args.algo}, but the build asks for an {asked} signature "
+            "(CPTRA_IMGTOOL_SIGN_ALGO): the config names the wrong helper command for this slot"
+        )
     if args.key_file is not None:
         return _sign_with_key_file(args)
     missing = [o for o, v in (("--server", args.server), ("--machine", args.machine),
