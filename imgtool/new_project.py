@@ -156,7 +156,7 @@ def key_names(
         table = ref.raw.get(section, {})
         for fld in KEY_FIELDS:
             name = table.get(fld, "") if isinstance(table, dict) else ""
-            if isinstance(name, str) and name[:7].lower() == "pkcs11:":
+            if _uri(ref, section, fld):
                 if section in VENDOR_SECTIONS and not vendor_keys:
                     continue
                 raise ConfigError(
@@ -167,6 +167,13 @@ def key_names(
             if name:
                 out[(section, fld)] = _plain(ref.config, f"{section}.{fld}", name)
     return out
+
+
+def _uri(ref: Reference, section: str, fld: str) -> bool:
+    """The reference's key field holds a PKCS#11 URI (a key on a token, not a file)."""
+    table = ref.raw.get(section, {})
+    name = table.get(fld, "") if isinstance(table, dict) else ""
+    return isinstance(name, str) and name[:7].lower() == "pkcs11:"
 
 
 def key_prefixes(
@@ -385,10 +392,10 @@ def create(
             "owner_man_key_config only"
         )
     vendor = [
-        (s, a, key_prefixes(ref, names, s, a, need=False))
+        (s, a, None if _uri(ref, s, f"{a}_priv_key") else key_prefixes(ref, names, s, a, False))
         for s in VENDOR_SECTIONS
         for a in ("ecc", "lms")
-    ]
+    ]  # a vendor key on a token (kept without --vendor-keys, else refused by key_names)
     if lms_on:
         from .cli.keys import lms_types
 

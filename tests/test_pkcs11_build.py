@@ -361,3 +361,42 @@ def test_build_command_in_parallel(
     _no_secret(hsm, out, err)
     rc, vout, _ = _run(capsys, "verify", str(flash), "--fuses", str(fuses))
     assert rc == 0 and "PASS" in vout, vout
+
+
+# ---------------------------------------------------------------------------- new-project
+def test_new_project_keeps_a_vendor_uri_and_refuses_owner_uris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reference whose vendor private keys are on a token: new-project keeps the URIs in the
+    new config (nothing copied, nothing named after them); owner keys are generated as files,
+    so an owner URI (or a vendor URI with --vendor-keys) is one line, exit 2."""
+    import tomllib
+
+    from oem import vendor_tree
+
+    t = vendor_tree(tmp_path / "tree")
+    ref_cfg = t.root / "config" / "vendorref-ecc-manifest.toml"
+    text = ref_cfg.read_text()
+    uri = "pkcs11:token=vendor;object=vnd-fw-ecc"
+    text = text.replace('ecc_priv_key = "vnd-fw-ecc-prvk.pem"', f'ecc_priv_key = "{uri}"', 1)
+    ref_cfg.write_text(text)
+    monkeypatch.chdir(t.root)
+    rc, out, err = _run(capsys, "new-project", "oem", "--from", "vendorref", "--ecc-only")
+    assert rc == 0, err
+    new = tomllib.loads((t.root / "config" / "oem.toml").read_text())
+    assert new["vendor_fw_key_config"]["ecc_priv_key"] == uri
+    made = [p.name for p in (t.root / "key" / "oem").iterdir()]
+    assert "own-fw-ecc-prvk.pem" in made and not [n for n in made if "pkcs11" in n]
+    # an owner key on a token: new-project cannot generate it
+    owner = text.replace('ecc_priv_key = "own-fw-ecc-prvk.pem"', f'ecc_priv_key = "{uri}"', 1)
+    ref_cfg.write_text(owner)
+    rc, out, err = _run(capsys, "new-project", "oem2", "--from", "vendorref", "--ecc-only")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "owner_fw_key_config.ecc_priv_key: a key on a PKCS#11 token" in err
+    ref_cfg.write_text(text)
+    rc, out, err = _run(
+        capsys, "new-project", "oem3", "--from", "vendorref", "--ecc-only", "--vendor-keys"
+    )
+    assert rc == 2 and "vendor_fw_key_config.ecc_priv_key: a key on a PKCS#11 token" in err, err
+    assert not (t.root / "config" / "oem2.toml").exists()
+    assert not (t.root / "config" / "oem3.toml").exists()
