@@ -563,12 +563,12 @@ class SigningService:
 
         pub_path = _mldsa_pub_path(priv)
         try:
-            sig = _stat_sig(priv) + _stat_sig(pub_path)
+            ident = _stat_sig(priv) + _stat_sig(pub_path)
         except OSError as exc:
             log.error("caliptra: %s: %s", priv.name, exc.strerror)
             raise Reject(500, "Signing error: cannot read the key") from None
         cached = self._mldsa_keys.get(priv)
-        if cached is not None and cached[0] == sig:
+        if cached is not None and cached[0] == ident:
             return cached[1], cached[2]
         try:
             if priv.stat().st_size != mldsa.PRIV_LEN:
@@ -582,10 +582,11 @@ class SigningService:
                     raise ImgtoolError(
                         f"{pub_path}: is not the public key of {priv.name} (key store broken)"
                     )
-        except ImgtoolError as exc:
-            log.error("caliptra: %s", exc)  # names the key file, never key material
+        except (ImgtoolError, OSError, ValueError) as exc:
+            # names the key file, never key material
+            log.error("caliptra: %s", validate.log_safe(str(exc), 300))
             raise Reject(500, "Signing error: cannot use the key") from None
-        self._mldsa_keys[priv] = (sig, key, derived)
+        self._mldsa_keys[priv] = (ident, key, derived)
         return key, derived
 
     @staticmethod
