@@ -80,8 +80,9 @@ def register(sub: Any) -> None:
         help="put the config's owner keys into a vendor-signed Caliptra bundle and owner-sign it",
         description="Replace the owner ECC and LMS public keys of a vendor-signed Caliptra 1.x "
         "firmware bundle with the config's owner_fw_key_config keys, set owner_data, and sign "
-        "the header with the owner FW keys (key files, a [sign_helper] command, or the signing "
-        "server through `cptra-imgtool sign-helper --server`). The vendor signatures cover "
+        "the header with the owner FW keys (key files, an ECC key on a PKCS#11 token named by a "
+        "pkcs11: URI in ecc_priv_key, a [sign_helper] command, or the signing server through "
+        "`cptra-imgtool sign-helper --server`). The vendor signatures cover "
         "neither the owner keys nor owner_data, so they stay valid (checked); the result must "
         "pass `verify` with its own fuse values, or nothing is written. Never writes over its "
         "input.",
