@@ -232,6 +232,42 @@ def flash2_parts(cfg2: Any, man: bytes, man_name: str) -> tuple[list[tuple[int, 
     return parts, names
 
 
+def check_manifest_current2(
+    cfg2: Any, man: bytes, man_name: str, parts: list[tuple[int, bytes]]
+) -> None:
+    """Refuse a manifest whose IMC digests are not those of the images going into the flash
+    image (a manifest older than an image, or another config's): the device would reject it.
+    The MCU runtime is checked when the IMC's fw_id 2 image is mcu_file itself."""
+    import os
+
+    from .errors import FormatError, ImgtoolError
+    from .formats import flash2 as f2
+    from .formats import manifest2 as m2
+
+    try:
+        imc = m2.Manifest2.parse(man).imc
+    except FormatError as exc:
+        raise FormatError(f"{man_name}: {exc}") from None
+    by_id = dict(parts)
+    want = {e.fw_id: e.digest for e in imc.entries}
+    checks: list[tuple[int, int, Any]] = []  # (fw_id, flash identifier, image)
+    for i, img in enumerate(cfg2.soc_images):
+        checks.append((img.fw_id, f2.ID_SOC_IMAGE_BASE + i, img))
+    mcu = next((i for i in cfg2.images if i.fw_id == 2), None)
+    if mcu is not None and mcu.file is not None and cfg2.mcu_file is not None:
+        if os.path.realpath(mcu.file) == os.path.realpath(cfg2.mcu_file):
+            checks.append((2, f2.ID_MCU_RUNTIME, mcu))
+    for fw_id, ident, img in checks:
+        data = by_id[ident]
+        got = hashlib.sha384(data + bytes(-len(data) % 4)).digest()
+        if want.get(fw_id) != got:
+            raise ImgtoolError(
+                f"{man_name}: the manifest is older than image {img.file or '(empty)'} (the "
+                f"digest of fw_id {fw_id:#x} differs); rebuild the manifest (create-auth-man-2x, "
+                "or create-auth-flash-2x without --man)"
+            )
+
+
 def create_auth_flash2(cfg2: Any, out: Path, man: bytes, man_name: str) -> tuple[int, Path]:
     """Write the 2.x flash image and fw_toc.bin beside it; return (flash size, fw_toc path)."""
     from .fileio import atomic_write
@@ -239,6 +275,7 @@ def create_auth_flash2(cfg2: Any, out: Path, man: bytes, man_name: str) -> tuple
     from .formats import fw_toc
 
     parts, names = flash2_parts(cfg2, man, man_name)
+    check_manifest_current2(cfg2, man, man_name, parts)
     fl = f2.Flash2(parts)
     data = fl.pack()
     toc = fw_toc.FwToc.from_flash(fl.entries(), names).pack()

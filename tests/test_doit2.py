@@ -293,3 +293,24 @@ def test_edited_target_is_rewritten(tmp_path: Path, target: str, expect: set[str
     path.write_bytes(bytes([good[0] ^ 1]) + good[1:])
     assert doit(p, "flash")[0] == expect
     assert path.read_bytes() == good
+
+
+def test_flash_refuses_a_stale_manifest(tmp_path: Path) -> None:
+    """create-auth-flash-2x --man with a manifest older than an image: one line, exit 2 (the
+    device would reject the image); the doit flash task cannot be given one (it rebuilds)."""
+    p = make_project2(tmp_path, "ast2705")
+    r = subprocess.run(
+        [sys.executable, "-m", "imgtool", "create-auth-man-2x", *p.args("1"), "--man", str(p.man)],
+        capture_output=True, text=True, cwd=p.root,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (p.prebuilt / "soc-image-2.bin").write_bytes(b"newer")
+    args = [*p.args("1"), "--man", str(p.man), "--flash", str(p.flash)]
+    r = subprocess.run(
+        [sys.executable, "-m", "imgtool", "create-auth-flash-2x", *args],
+        capture_output=True, text=True, cwd=p.root,
+    )  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "older than image" in lines[0] and "0x1002" in lines[0]
+    assert not p.flash.exists()
