@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,12 @@ from typing import Any, Protocol
 from .errors import ImgtoolError, SigningError
 
 log = logging.getLogger("imgtool")
+
+# dilithium-py is not thread-safe: without the optional xoflib it hashes through module-level
+# SHAKE objects whose buffers every call shares, so two threads signing at once get corrupted
+# signatures (verification catches them) or wrong derived public keys.  Every dilithium-py call
+# of a process that may sign from several threads (the server) holds this lock.
+DILITHIUM_LOCK = threading.RLock()
 
 MLDSA_SIG_LEN = 4627
 MLDSA_PUB_LEN = 2592
@@ -145,7 +152,9 @@ class LocalMldsaSigner:
     def sign_message(self, msg: bytes) -> bytes:
         from .keys import mldsa
 
-        return mldsa.MldsaPrivateKey.load(self.key_path).sign(msg, self.pub)
+        key = mldsa.MldsaPrivateKey.load(self.key_path)
+        with DILITHIUM_LOCK:
+            return key.sign(msg, self.pub)
 
 
 @dataclass

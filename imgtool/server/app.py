@@ -37,7 +37,7 @@ from starlette.routing import Route
 from ..errors import ImgtoolError, LmsStateError, ServerError
 from ..keys import ecc, lms
 from ..keys.lms_signer import LmsSigner
-from ..signing2 import MAX_MESSAGE
+from ..signing2 import DILITHIUM_LOCK, MAX_MESSAGE
 from . import csf as csfmod
 from . import csfpolicy, validate
 from .audit import AuditError, AuditLog, FailureSummary
@@ -161,8 +161,9 @@ class SigningService:
             self.quota = LmsQuota(qdb)
         self.jobs = JobSlots(settings.jobs, settings.queue_timeout, settings.max_queue)
         self.lms_jobs = JobSlots(settings.lms_jobs, settings.queue_timeout, settings.max_queue)
-        # ML-DSA-87 signing is pure Python too (dilithium-py): CPU-bound, one slot per CPU
-        self.mldsa_jobs = JobSlots(settings.lms_jobs, settings.queue_timeout, settings.max_queue)
+        # ML-DSA-87 signing is pure Python too (dilithium-py): CPU-bound, and serialized
+        # (one at a time: dilithium-py is not thread-safe, see signing2.DILITHIUM_LOCK)
+        self.mldsa_jobs = JobSlots(1, settings.queue_timeout, settings.max_queue)
         self.work_root = settings.work_dir or Path(tempfile.gettempdir())
         if not self.work_root.is_dir():
             raise ServerError(f"{self.work_root}: work directory not found")
@@ -574,7 +575,8 @@ class SigningService:
             if priv.stat().st_size != mldsa.PRIV_LEN:
                 raise ImgtoolError(f"{priv}: not a {mldsa.PRIV_LEN}-byte ML-DSA-87 private key")
             key = mldsa.MldsaPrivateKey.load(priv)
-            derived = mldsa.public_from_private(key.raw)
+            with DILITHIUM_LOCK:
+                derived = mldsa.public_from_private(key.raw)
             if pub_path.is_file():
                 if pub_path.stat().st_size != mldsa.PUB_LEN:
                     raise ImgtoolError(f"{pub_path}: not a {mldsa.PUB_LEN}-byte public key")
@@ -592,7 +594,8 @@ class SigningService:
     @staticmethod
     def _mldsa_sign(key: Any, pub: bytes, msg: bytes) -> bytes:
         try:
-            return bytes(key.sign(msg, pub))  # deterministic; verified against pub inside
+            with DILITHIUM_LOCK:  # deterministic; verified against pub inside
+                return bytes(key.sign(msg, pub))
         except ImgtoolError as exc:
             log.error("caliptra: %s", exc)
             raise Reject(500, "Signing error") from None

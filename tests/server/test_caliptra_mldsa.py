@@ -403,3 +403,24 @@ def test_whole_2x_manifest_signed_through_the_server(
     assert sorted(r["key"] for r in signed) == sorted(  # type: ignore[type-var]
         f"{p}-{a}" for (_, p) in SECTIONS for a in ("ecc", "mldsa")
     )
+
+
+def test_parallel_mldsa_requests(srv: Server) -> None:
+    """Many clients at once: every answer is a correct signature of its own message (or a
+    429 with Retry-After when the queue is full), and the server still answers afterwards."""
+    import concurrent.futures
+
+    def one(i: int) -> tuple[int, bytes, bytes]:
+        msg = MSG + i.to_bytes(2, "big")
+        with srv.client() as c:
+            r = c.post("/sign/caliptra", data=_form(msg))
+        return r.status_code, msg, r.content
+
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        results = list(ex.map(one, range(24)))
+    assert {code for code, _, _ in results} <= {200, 429}
+    ok = [(m, sig) for code, m, sig in results if code == 200]
+    assert len(ok) >= 12
+    for m, sig in ok:
+        assert indep2.mldsa_verify_openssl(_pub(srv), m, sig)
+    assert httpx.get(f"{srv.url}/healthz").status_code == 200
