@@ -229,10 +229,11 @@ _HELD: list[int] = []  # flock depth of this process (under _TOKEN_LOCK)
 @contextlib.contextmanager
 def _module_lock(mod: str) -> Iterator[None]:
     """An exclusive flock(2) on the module file while this process uses the token: processes of
-    this tool (``doit -P process``, parallel builds) take turns. SoftHSM2 rewrites its token
-    file on login, and a second process that reads it meanwhile gets CKR_GENERAL_ERROR or no
-    token at all; a network HSM does not need it, and a signature takes milliseconds. A module
-    named without a path (found by the loader's search) is not locked."""
+    this tool (``doit -P process``, parallel builds) take turns. SoftHSM2's file token is not
+    safe for concurrent processes: unserialized, 3 processes x 30 signatures lost 24-30 of
+    each 30 to CKR_GENERAL_ERROR or "no such token" (tests/test_pkcs11.py). A network HSM
+    would not need it; a SoftHSM2 signature takes ~7.5 ms. A module named without a path (found
+    by the loader's search) is not locked."""
     if _HELD:
         _HELD.append(1)  # nested in this thread: already held
         try:
