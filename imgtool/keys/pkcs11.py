@@ -230,8 +230,8 @@ _HELD: list[int] = []  # flock depth of this process (under _TOKEN_LOCK)
 def _module_lock(mod: str) -> Iterator[None]:
     """An exclusive flock(2) on the module file while this process uses the token: processes of
     this tool (``doit -P process``, parallel builds) take turns. SoftHSM2's file token is not
-    safe for concurrent processes: unserialized, 3 processes x 30 signatures lost 24-30 of
-    each 30 to CKR_GENERAL_ERROR or "no such token" (tests/test_pkcs11.py). A network HSM
+    safe for concurrent processes: unserialized, of 3 processes x 30 signatures two lost 24-30 of
+    their 30 to CKR_GENERAL_ERROR or "no such token" (tests/test_pkcs11.py). A network HSM
     would not need it; a SoftHSM2 signature takes ~7.5 ms. A module named without a path (found
     by the loader's search) is not locked."""
     if _HELD:
