@@ -239,8 +239,8 @@ def test_f3_flash_without_bundle_fails(
     f = tmp_path / "flash.bin"
     f.write_bytes(build_flash2(std_images(body, man)))
     fz = str(fuses_file(tmp_path, cal))
-    for extra in ([], ["--trust-caliptra-fw"]):
-        rc, doc = run(capsys, f, "--fuses", fz, "--caliptra-fw", str(tmp_path / "cal.bin"), *extra)
+    for extra in ([], ["--caliptra-fw", str(tmp_path / "cal.bin")]):
+        rc, doc = run(capsys, f, "--fuses", fz, *extra)
         assert rc == 1 and "flash.caliptra.present" in failed(doc), failed(doc)
 
 
@@ -358,7 +358,7 @@ def test_f6_option_in_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["verify", "--help"])
     out = capsys.readouterr().out
-    assert "--accept-unprovisioned" in out and "--trust-caliptra-fw" in out and "--fw-toc" in out
+    assert "--accept-unprovisioned" in out and "--fw-toc" in out
 
 
 # --- F7: --caliptra-fw alone -----------------------------------------------------------------
@@ -384,32 +384,27 @@ def _foreign(pqc: str, flags: int = 1) -> tuple[bytes, bytes, bytes]:
 
 @pytest.mark.parametrize("pqc", PQCS)
 @pytest.mark.parametrize("what", ["manifest", "flash", "bundle"])
-def test_f7_caliptra_fw_alone_anchors_nothing(
+def test_f7_caliptra_fw_alone_is_an_explicit_anchor(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], pqc: str, what: str
 ) -> None:
+    """As for 1.x (issue 9), --caliptra-fw F is an anchor: F's keys are the reference and the
+    report says that no fuse vouches for them. A foreign image passes only against its own
+    bundle; against the real bundle or the real part's fuses it fails."""
     cal, man, flash = _foreign(pqc)
     c = tmp_path / "cal.bin"
     c.write_bytes(cal)
     f = tmp_path / "x.bin"
     f.write_bytes({"manifest": man, "flash": flash, "bundle": cal}[what])
     rc, doc = run(capsys, f, "--caliptra-fw", str(c))
-    assert rc == 1 and "caliptra_fw.anchor" in failed(doc), failed(doc)
-    assert "no fuse anchors the vendor keys" in check(doc, "caliptra_fw.anchor")["detail"]
-    rc, doc = run(capsys, f, "--caliptra-fw", str(c), "--trust-caliptra-fw")
     assert rc == 0, failed(doc)
-    # the foreign bundle against the real part's fuses: rejected
+    assert "no fuse anchors the vendor keys" in check(doc, "caliptra_fw.anchor")["detail"]
     real, _, _ = build(pqc)
+    r = tmp_path / "real.bin"
+    r.write_bytes(real)
+    rc, doc = run(capsys, f, "--caliptra-fw", str(r))
+    assert rc == 1, "a foreign image passed against the real bundle"
     rc, doc = run(capsys, f, "--caliptra-fw", str(c), "--fuses", str(fuses_file(tmp_path, real)))
     assert rc == 1 and "caliptra_fw.fuse.vendor_pk_hash" in failed(doc), failed(doc)
-
-
-def test_f7_trust_flag_needs_caliptra_fw(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _, man, _ = build("mldsa")
-    m = tmp_path / "m.bin"
-    m.write_bytes(man)
-    one_line_exit2(capsys, ["verify", str(m), "--trust-caliptra-fw"], "--caliptra-fw")
 
 
 # --- F8: runtime_svn and 2.x config / key-dir anchors ----------------------------------------

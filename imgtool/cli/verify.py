@@ -73,9 +73,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.caliptra_fw is not None:
         anchors.caliptra_fw = _read(args.caliptra_fw)
         anchors.caliptra_fw_name = str(args.caliptra_fw)
-    elif args.trust_caliptra_fw:
-        raise ConfigError("--trust-caliptra-fw: only with --caliptra-fw")
-    anchors.trust_caliptra_fw = args.trust_caliptra_fw
     anchors.accept_unprovisioned = args.accept_unprovisioned
     if args.fw_toc is not None:
         anchors.fw_toc = _read(args.fw_toc)
@@ -207,13 +204,6 @@ def register(sub: Any) -> None:
     p.add_argument("--key-dir", type=Path, help="public keys the image's keys must equal")
     p.add_argument("--prebuilt-dir", type=Path, help="prebuilt binaries of --cfg")
     p.add_argument("--caliptra-fw", type=Path, help="the Caliptra bundle the device runs")
-    p.add_argument(
-        "--trust-caliptra-fw",
-        action="store_true",
-        help="Caliptra 2.x: trust the --caliptra-fw bundle's keys as given, without a fuse "
-        "(a bundle is self-describing: without --fuses, a config or a key directory, one signed "
-        "by anyone would pass, so verify fails unless this is given)",
-    )
     p.add_argument(
         "--accept-unprovisioned",
         action="store_true",

@@ -201,10 +201,11 @@ def _policy2(ctx: Ctx) -> None:
 
 
 def _trusted_bundle2(ctx: Ctx) -> BundleKeys2 | None:
-    """--caliptra-fw F for a 2.x file: F is checked as a 2.x bundle on its own. F says which
-    bundle the device runs; it vouches for its own keys only with --trust-caliptra-fw (a bundle
-    is self-describing: one signed by anyone checks out against itself). Without that, the
-    fuses (or a config / key directory) must anchor its keys."""
+    """--caliptra-fw F for a 2.x file: F is checked as a 2.x bundle on its own, and its keys are
+    the reference, as for 1.x (issue 9: "the image's bundle must equal F"). F is an explicit
+    anchor the user names; without --fuses nothing else vouches for its vendor keys, and the
+    report says so (a bundle is self-describing: one signed by anyone checks out against
+    itself, so F must come from a source the user trusts)."""
     a = ctx.anchors
     if a.caliptra_fw is None:
         return None
@@ -215,23 +216,15 @@ def _trusted_bundle2(ctx: Ctx) -> BundleKeys2 | None:
         in_image=False,
         prefix="caliptra_fw",
     )
-    if a.trust_caliptra_fw:
+    if keys is not None:
+        for k in keys.all():
+            k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
+    if a.fuses is None:
         ctx.r.note(
-            "caliptra_fw.trusted",
-            f"--caliptra-fw {a.caliptra_fw_name} trusted as given (--trust-caliptra-fw)",
-            "its vendor and owner keys are taken as authentic without a fuse",
-        )
-        if keys is not None:
-            for k in keys.all():
-                k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name} (trusted)")
-    elif a.fuses is None and not a.key_anchors:
-        ctx.r.add(
             "caliptra_fw.anchor",
-            False,
-            "a fuse anchors the vendor keys of --caliptra-fw",
-            f"no fuse anchors the vendor keys of {a.caliptra_fw_name}: the bundle is "
-            "self-describing (a foreign-signed bundle would pass); give --fuses, or "
-            "--trust-caliptra-fw to trust the bundle as given",
+            f"--caliptra-fw {a.caliptra_fw_name} is the only anchor of its vendor keys",
+            "no fuse anchors the vendor keys: the bundle is trusted as given (a foreign-signed "
+            "bundle checks out against itself); add --fuses to check it as the ROM does",
         )
     return keys
 

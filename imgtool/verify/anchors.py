@@ -92,7 +92,6 @@ class Anchors:
     caliptra_fw: bytes | None = None
     caliptra_fw_name: str = ""
     cfg2: Any = None  # a Caliptra 2.x config (imgtool.config2.Config2)
-    trust_caliptra_fw: bool = False  # --trust-caliptra-fw: --caliptra-fw vouches for its keys
     accept_unprovisioned: bool = False  # --accept-unprovisioned (2.x, see verify --help)
     fw_toc: bytes | None = None  # --fw-toc: the fw_toc.bin written beside a 2.x flash image
     fw_toc_name: str = ""

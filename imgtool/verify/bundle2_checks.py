@@ -346,17 +346,14 @@ def _anchors(
     end = b.runtime.offset + b.runtime.size
     if in_image and a.caliptra_fw is not None:
         same = data[:end] == a.caliptra_fw
-        if (
-            r.add(
-                "bundle.equals.caliptra_fw",
-                same,
-                f"the bundle is --caliptra-fw {a.caliptra_fw_name}",
-                "" if same else "it differs",
-            )
-            and a.trust_caliptra_fw
-        ):  # without --trust-caliptra-fw it names, not vouches
+        if r.add(
+            "bundle.equals.caliptra_fw",
+            same,
+            f"the bundle is --caliptra-fw {a.caliptra_fw_name}",
+            "" if same else "it differs",
+        ):
             for k in keys.all():
-                k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name} (trusted)")
+                k.anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
             keys.block_anchors.append(f"--caliptra-fw {a.caliptra_fw_name}")
     cfg = a.cfg2 if a.cfg2 is not None else a.cfg
     caliptra_file = getattr(cfg, "caliptra_file", None) if cfg is not None else None
