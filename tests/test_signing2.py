@@ -394,3 +394,26 @@ def test_sign_helper_refuses_a_slot_of_another_algorithm(tmp_path: Path) -> None
     text = str(err.value)
     assert text.startswith("own_imc_sig: sign_helper.owner_mldsa_man_key_sign_helper: ")
     assert "asks for an mldsa signature" in text and len(text.splitlines()) == 1
+
+
+def test_lms_helper_that_reuses_a_leaf_is_refused(tmp_path: Path) -> None:
+    """LMS in 2.x keeps real leaf state: a helper that signs every message at the same leaf
+    (valid signatures, one-time key reused) gets its second signature refused."""
+    ks = _keys(tmp_path / "k")
+    script = tmp_path / "reuse.py"
+    script.write_text(
+        "import sys\nfrom imgtool.keys import lms, lms_tree\n"
+        f"key = lms.load_private({str(ks.lms_priv)!r})\n"
+        f"pub = lms.load_public({str(ks.lms_pub)!r})\n"
+        f"nodes = lms_tree.get_tree({str(ks.lms_priv)!r}, key, pub)\n"
+        "d = bytes.fromhex(sys.stdin.readline().strip())\n"
+        "sig = key.sign_at(3, d, lms.auth_path(nodes, key.height, 3))\n"
+        "print(lms.sig_to_slot(sig).hex())\n"
+    )
+    h = KeyHelpers(lms=f"{sys.executable} {script}", section="owner_fw_key_config")
+    public = KeySet2(ks.ecc_pub, ks.ecc_priv, ks.lms_pub, None, ks.mldsa_pub, None)
+    e, p = sign2(public, "lms", MSG, h, slot="own_pub_sig")
+    assert lms.sig_q(p) == 3 and indep2.lms_verify(ks.lms_pub.read_bytes(), MSG, p)
+    assert sign2(public, "lms", MSG, h, slot="own_pub_sig")[1] == p  # same message: same leaf
+    with pytest.raises(SigningError, match=r"^own_pub_sig: .*reused a one-time leaf"):
+        sign2(public, "lms", MSG + b"!", h, slot="own_pub_sig")
