@@ -3,6 +3,6 @@ a firmware tree's own ``tasks`` package is never shadowed or shadowing). This fo
 alias kept for scripts that did ``from tasks import graph`` inside the checkout; it is not
 installed."""
 
-from imgtool.doit_tasks import checker, graph, loader
+from imgtool.doit_tasks import checker, graph, graph2, loader
 
-__all__ = ["checker", "graph", "loader"]
+__all__ = ["checker", "graph", "graph2", "loader"]

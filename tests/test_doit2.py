@@ -268,6 +268,7 @@ def test_manifest_verify_list_clean(tmp_path: Path) -> None:
     ran, out = doit(p, "verify", ok=False)
     assert ran == {"flash", "verify"} and "Caliptra 2.x flash image" in out
     assert re.search(r"^ok   trust\.chain", out, re.M)
+    assert re.search(r"^ok   .*fw_toc", out, re.M), out
     fails = set(re.findall(r"^FAIL (\S+)", out, re.M))
     assert fails and all(f.startswith("bundle.") for f in fails), fails
     _, out = doit(p, "list")

@@ -6,7 +6,7 @@ imc                 the 10164-byte IMC                       -> out/<prj>/imc.bi
 sign:<pair>_<alg>   one per signature in use (alg ecc|pqc)   -> out/<prj>/sig/<pair>_<alg>.bin
 manifest            the ATM2 manifest (padded)               -> out/<prj>-auth-manifest.bin
 flash               FLSH v1 flash image and fw_toc.bin beside it
-verify              `cptra-imgtool verify` on the flash image (always runs)
+verify              `cptra-imgtool verify` on the flash image and fw_toc.bin (always runs)
 
 The pairs are vnd_pub_sig, own_pub_sig (they cover the header and manifest public keys, not the
 IMC: an image change does not re-sign them), vnd_imc_sig (flags bit 0 only) and own_imc_sig.
@@ -238,11 +238,11 @@ def act_flash(settings: Vars, man_file: str, target: str) -> None:
     build2.create_auth_flash2(load(settings), Path(target), man.read_bytes(), man.name)
 
 
-def act_verify(settings: Vars, flash_file: str) -> bool | TaskFailed:
+def act_verify(settings: Vars, flash_file: str, toc_file: str) -> bool | TaskFailed:
     from imgtool.cli.main import main
 
     s = Settings(*settings)  # type: ignore[arg-type]
-    args = ["verify", flash_file, "--cfg", s.cfg]
+    args = ["verify", flash_file, "--cfg", s.cfg, "--fw-toc", toc_file]
     for opt, val in (
         ("--key-dir", s.key_dir),
         ("--prebuilt-dir", s.prebuilt_dir),
@@ -380,7 +380,7 @@ def generate(s: Settings) -> Iterator[TaskDict]:
     yield {
         "basename": "verify",
         "doc": "verify the flash image (every check)",
-        "actions": [(act_verify, [st, str(flash)])],
+        "actions": [(act_verify, [st, str(flash), str(toc_path(cfg2, s))])],
         "task_dep": ["flash"],
         "uptodate": [False],
         "verbosity": 2,
