@@ -151,8 +151,25 @@ def assemble2(skel: Any, sigs: dict[str, tuple[bytes, bytes]]) -> bytes:
     return bytes(skel.pack())
 
 
+def lms_budget2(cfg2: Any, pqc: str, names: list[str]) -> None:
+    """Refuse, before the first leaf is spent, LMS keys with fewer one-time signatures left than
+    the signature pairs ``names`` need of them (a key file may sign for several key sections;
+    sparse demo keys reuse one leaf and are not counted). As :func:`imgtool.build.lms_budget`."""
+    from .build import SlotPlan, lms_budget
+
+    if pqc != "lms":
+        return
+    slots = []
+    for n in names:
+        ks = cfg2.keys[SIGNERS2[n]]
+        if ks.lms_priv is not None:
+            slots.append(SlotPlan(f"{n}_pqc", "lms", "imc", "key", key=ks.lms_priv, pub=ks.lms_pub))
+    lms_budget(slots)
+
+
 def build_manifest2(cfg2: Any, pqc: str, imc: bytes | None = None) -> bytes:
     """The 34456-byte ATM2 manifest (unpadded)."""
+    lms_budget2(cfg2, pqc, sig_names2(cfg2))
     skel = skeleton2(cfg2, pqc, imc if imc is not None else build_imc2(cfg2))
     data = skel.pack()
     return assemble2(skel, {n: sign_pair2(cfg2, pqc, n, data) for n in sig_names2(cfg2)})

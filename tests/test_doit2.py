@@ -315,3 +315,31 @@ def test_flash_refuses_a_stale_manifest(tmp_path: Path) -> None:
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "older than image" in lines[0] and "0x1002" in lines[0]
     assert not p.flash.exists()
+
+
+def test_lms_leaves_checked_before_the_first_is_spent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One LMS key for the vendor FW and MAN sections signs two slots per build; with one leaf
+    left, doit/build and create-auth-man-2x refuse before signing anything with it."""
+    import hashlib
+
+    from imgtool.keys.lms_signer import LmsSigner
+
+    lms_keys(tmp_path / "keys", "h5")
+    p = make_project2(tmp_path, "ast2705")
+    _edit(p.cfg, 'lms_priv_key = "vnd-man-lms-prvk.pem"', 'lms_priv_key = "vnd-fw-lms-prvk.pem"')
+    _edit(p.cfg, 'lms_pub_key = "vnd-man-lms-pubk.pem"', 'lms_pub_key = "vnd-fw-lms-pubk.pem"')
+    key = p.keys / "vnd-fw-lms-prvk.pem"
+    signer = LmsSigner.load(key)
+    for i in range(31):
+        signer.sign_digest(hashlib.sha384(b"spend %d" % i).digest())
+    assert LmsSigner.load(key).leaves_left() == 1
+    monkeypatch.chdir(p.root)
+    capsys.readouterr()
+    assert main(["build", *p.args("3"), "flash"]) == 2
+    assert "has 1 one-time signature left, this build needs 2" in capsys.readouterr().out
+    assert LmsSigner.load(key).leaves_left() == 1
+    assert main(["create-auth-man-2x", *p.args("3")]) == 2
+    assert "this build needs 2" in capsys.readouterr().err
+    assert LmsSigner.load(key).leaves_left() == 1

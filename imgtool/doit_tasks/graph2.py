@@ -209,6 +209,19 @@ def act_sign(settings: Vars, pair: str, alg: str, imc_file: str | None, target: 
     s = Settings(*settings)  # type: ignore[arg-type]
     cfg2, pqc = _load(s), pqc_of(s)
     ks = _slot_keys(cfg2.keys[build2.SIGNERS2[pair]], alg, pqc)
+    if alg == "pqc" and pqc == "lms" and ks.lms_priv is not None:
+        # before the first leaf of this key is spent: enough leaves for every signature of this
+        # key that this build still has to make (those whose target does not exist yet)
+        key = os.path.realpath(ks.lms_priv)
+        sig_dir = out_dir(cfg2) / "sig"
+        group = [
+            n
+            for n in build2.sig_names2(cfg2)
+            if (k := cfg2.keys[build2.SIGNERS2[n]].lms_priv) is not None
+            and os.path.realpath(k) == key
+            and (n == pair or not (sig_dir / f"{n}_pqc.bin").exists())
+        ]
+        build2.lms_budget2(cfg2, pqc, group)
     msg = m2.covered(_skeleton_bytes(cfg2, pqc, imc_file), pair)
     ecc_sig, pqc_sig = build2.sign2(ks, pqc, msg)
     atomic_write(target, ecc_sig if alg == "ecc" else pqc_sig)
