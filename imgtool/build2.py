@@ -7,7 +7,6 @@ fw_toc hold the bytes).  PQC type 1 = ML-DSA-87 (signs the RAW covered bytes, de
 from __future__ import annotations
 
 import hashlib
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,6 @@ from .build import _ecc_pub_hw, _lms_pub
 from .formats import padding
 
 PQC_TYPES = {1: "mldsa", 3: "lms"}
-# dilithium-py's ML_DSA_87 is one shared object whose sign() is not thread-safe: two threads
-# signing at once (`build -P thread`) made signatures that did not verify
-_MLDSA_LOCK = threading.Lock()
 
 
 def pqc_algo(value: str | int) -> str:
@@ -90,7 +86,9 @@ def sign2(ks: Any, pqc: str, msg: bytes) -> tuple[bytes, bytes]:
     pqc_sig = b""
     if pqc == "mldsa" and ks.mldsa_priv is not None:
         key = mldsa.MldsaPrivateKey.load(ks.mldsa_priv)
-        with _MLDSA_LOCK:
+        from .signing2 import DILITHIUM_LOCK  # dilithium-py is not thread-safe (-P thread)
+
+        with DILITHIUM_LOCK:
             pqc_sig = key.sign(msg, mldsa.MldsaPublicKey.load(ks.mldsa_pub).raw)
     elif pqc == "lms" and ks.lms_priv is not None:
         pqc_sig = LocalLmsSigner(ks.lms_priv, ks.lms_pub).sign_digest(digest)
