@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ImgtoolError, SigningError
+from .keys import mldsa
 
 log = logging.getLogger("imgtool")
 
-# dilithium-py is not thread-safe: without the optional xoflib it hashes through module-level
-# SHAKE objects whose buffers every call shares, so two threads signing at once get corrupted
-# signatures (verification catches them) or wrong derived public keys.  Every dilithium-py call
-# of a process that may sign from several threads (the server) holds this lock.
-DILITHIUM_LOCK = threading.RLock()
+# dilithium-py is not thread-safe (module-level SHAKE state): keys.mldsa.LOCK guards every call
+# into it; callers that make several calls in a row may hold it around them (re-entrant).
+DILITHIUM_LOCK = mldsa.LOCK
 
 MLDSA_SIG_LEN = 4627
 MLDSA_PUB_LEN = 2592

@@ -83,3 +83,33 @@ def test_keygen_cli(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_signing_from_threads_is_safe(tmp_path: Path) -> None:
+    """dilithium-py shares hashing state between calls: without keys.mldsa.LOCK, threads signing
+    at once made signatures that did not verify (found in the server). Every one must verify."""
+    import threading
+
+    from dilithium_py.ml_dsa import ML_DSA_87
+
+    priv, pubf = mldsa.generate_keypair(tmp_path / "k", seed=bytes(range(32)))
+    key = mldsa.MldsaPrivateKey.load(priv)
+    pub = mldsa.MldsaPublicKey.load(pubf).raw
+    sigs: dict[bytes, bytes] = {}
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        for j in range(3):
+            msg = b"thread %d message %d" % (i, j)
+            try:
+                sigs[msg] = key.sign(msg, None if j == 0 else pub)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(sigs) == 12
+    assert all(ML_DSA_87.verify(pub, m, s) for m, s in sigs.items())

@@ -16,6 +16,7 @@ implementation, else with dilithium-py.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ PUB_LEN = 2592
 PRIV_LEN = 4896
 SIG_LEN = 4627
 SEED_LEN = 32
+
+# dilithium-py is not thread-safe (without its optional xoflib it hashes through shared module
+# state: two threads signing at once made signatures that did not verify).  Every call into it
+# in this process holds this lock; re-entrant, so callers may hold it around several calls.
+LOCK = threading.RLock()
 
 
 def _impl() -> Any:
@@ -48,7 +54,8 @@ def verify(pub: bytes, msg: bytes, sig: bytes) -> bool:
 
         key = mldsa.MLDSA87PublicKey.from_public_bytes(pub)
     except (ImportError, AttributeError, ValueError):
-        return bool(_impl().verify(pub, msg, sig))
+        with LOCK:
+            return bool(_impl().verify(pub, msg, sig))
     try:
         key.verify(sig, msg)
     except InvalidSignature:
@@ -90,8 +97,9 @@ class MldsaPrivateKey:
 
     def sign(self, msg: bytes, pub: bytes | None = None, hedged: bool = False) -> bytes:
         """Sign the raw ``msg``; verified against ``pub`` (given, or derived) before returning."""
-        sig = bytes(_impl().sign(self.raw, msg, deterministic=not hedged))
-        check = pub if pub is not None else public_from_private(self.raw)
+        with LOCK:
+            sig = bytes(_impl().sign(self.raw, msg, deterministic=not hedged))
+            check = pub if pub is not None else public_from_private(self.raw)
         if len(sig) != SIG_LEN or not verify(check, msg, sig):
             where = f"{self.path}: " if self.path else ""
             raise SigningError(f"{where}ML-DSA-87 signature did not verify against the public key")
@@ -102,12 +110,14 @@ def public_from_private(priv: bytes) -> bytes:
     """The public key is not stored in the expanded private key (t1 is missing); recompute it."""
     # sk = rho (32) || K (32) || tr (64) || s1 || s2 || t0.  t = A s1 + s2; pk = rho || t1.
     m = _impl()
-    rho, _k, _tr, s1, s2, _t0s = m._unpack_sk(priv)
-    a_hat = m._expand_matrix_from_seed(rho)
-    t = (a_hat @ s1.to_ntt()).from_ntt() + s2
-    t1, _t0 = t.power_2_round(m.d)
-    pk = bytes(m._pack_pk(rho, t1))
-    if m._h(pk, 64) != _tr:
+    with LOCK:
+        rho, _k, _tr, s1, s2, _t0s = m._unpack_sk(priv)
+        a_hat = m._expand_matrix_from_seed(rho)
+        t = (a_hat @ s1.to_ntt()).from_ntt() + s2
+        t1, _t0 = t.power_2_round(m.d)
+        pk = bytes(m._pack_pk(rho, t1))
+        tr_ok = m._h(pk, 64) == _tr
+    if not tr_ok:
         raise KeyFileError("ML-DSA-87 private key is inconsistent (tr does not match)")
     return pk
 
@@ -133,7 +143,8 @@ def generate_keypair(prefix: str | Path, seed: bytes | None = None) -> tuple[Pat
     xi = seed if seed is not None else os.urandom(SEED_LEN)
     if len(xi) != SEED_LEN:
         raise KeyFileError(f"ML-DSA-87 seed must be {SEED_LEN} bytes")
-    pub, priv = _impl().key_derive(xi)
+    with LOCK:
+        pub, priv = _impl().key_derive(xi)
     if len(pub) != PUB_LEN or len(priv) != PRIV_LEN:
         raise SigningError("ML-DSA-87 key generation produced wrong sizes")
     atomic_write(priv_path, bytes(priv), mode=0o600)
