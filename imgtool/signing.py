@@ -125,7 +125,8 @@ class HelperSigner:
         try:
             proc = subprocess.run(
                 argv,
-                input=stdin,
+                # by file: an empty stdin (a helper that reads it must not wait on the build's)
+                input=stdin if stdin is not None else b"",
                 capture_output=True,
                 timeout=self.timeout,
                 cwd=self.cwd,

@@ -111,3 +111,34 @@ def test_by_file_protocol_details(tmp_path: Path) -> None:
     signer = _signer(tmp_path, body, by_file=True)
     sig = signer.sign_digest(hashlib.sha384(b"m").digest())
     assert len(sig) == 96 and log.read_text() == "48"
+
+
+def test_by_file_helper_gets_no_stdin(tmp_path: Path) -> None:
+    """A by-file helper that reads stdin sees an empty one (it used to inherit the build's stdin
+    and wait on it until its timeout), then signs the file it was given."""
+    key = tmp_path / "k-prvk.pem"
+    ecc.generate_keypair(tmp_path / "k")
+    body = (
+        "from pathlib import Path\n"
+        "from imgtool.keys import ecc\n"
+        "extra = sys.stdin.read()\n"
+        "assert extra == '', extra\n"
+        "p = Path(sys.argv[sys.argv.index('--input') + 1])\n"
+        f"k = ecc.load_private({str(key)!r})\n"
+        "p.write_bytes(ecc.sign_digest_der(k, p.read_bytes()))\n"
+    )
+    digest = hashlib.sha384(b"m").digest()
+    import os
+
+    r, w = os.pipe()  # the build's stdin: something a helper must never read
+    os.write(w, b"the build's stdin\n")
+    os.close(w)
+    saved = os.dup(0)
+    os.dup2(r, 0)
+    try:
+        sig = _signer(tmp_path, body, by_file=True).sign_digest(digest)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(r)
+    assert len(sig) == ecc.SIG_LEN
