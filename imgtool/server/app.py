@@ -42,6 +42,7 @@ from . import csf as csfmod
 from . import csfpolicy, validate
 from .audit import AuditError, AuditLog, FailureSummary
 from .auth import Token, TokenStore, authenticate
+from .hsmkeys import HsmKey, HsmKeyError, HsmKeys
 from .imx import ImxError, check_csf_binary
 from .keycache import KeyCache
 from .quota import LmsQuota, QuotaExceeded
@@ -164,6 +165,10 @@ class SigningService:
         # ML-DSA-87 signing is pure Python too (dilithium-py): CPU-bound, and serialized
         # (one at a time: dilithium-py is not thread-safe, see signing2.DILITHIUM_LOCK)
         self.mldsa_jobs = JobSlots(1, settings.queue_timeout, settings.max_queue)
+        # ECC keys on PKCS#11 tokens (hsmkeys.py): a token is used by one thread at a time
+        # anyway (keys/pkcs11.py), so one slot, off the event loop
+        self.hsm = HsmKeys(settings.keyfile_root, settings.pkcs11_modules, settings.pkcs11_pin_dir)
+        self.hsm_jobs = JobSlots(1, settings.queue_timeout, settings.max_queue)
         self.work_root = settings.work_dir or Path(tempfile.gettempdir())
         if not self.work_root.is_dir():
             raise ServerError(f"{self.work_root}: work directory not found")
@@ -504,9 +509,12 @@ class SigningService:
             raise Reject(400, "missing form field 'digest'")
         if not validate.DIGEST_RE.fullmatch(digest_hex):
             raise Reject(400, "digest must be 96 hex characters (SHA-384)")
+        digest = bytes.fromhex(digest_hex)
+        if algo == "ecc" and self.hsm.has_key(priv):  # <key>-ecc-prvk.pkcs11: on a token
+            ctx.inputs["digest"] = hashlib.sha256(digest).hexdigest()
+            return await self._sign_hsm(ctx, priv, digest)
         if not priv.is_file():
             raise Reject(404, f"no {key} {algo} key for machine {machine!r}")
-        digest = bytes.fromhex(digest_hex)
         ctx.inputs["digest"] = hashlib.sha256(digest).hexdigest()
         if algo == "ecc":
             k = self._ecc_key(priv)
@@ -529,6 +537,26 @@ class SigningService:
                 actor = f"token:{ctx.token.id}" if ctx.token else None
                 sig = await asyncio.to_thread(self._lms_sign, priv, digest, actor=actor)
                 ctx.lms_q = lms.sig_q(lms.slot_to_sig(sig))
+        return Response(sig, media_type="application/octet-stream")
+
+    async def _sign_hsm(self, ctx: Ctx, priv: Path, digest: bytes) -> Response:
+        """ECC P-384 on a PKCS#11 token (hsmkeys.py): the key store's URI file checked, the
+        signature verified against the public key file before it is returned. A failure is a
+        generic 500 for the client and one log line naming the key file and URI (no PIN)."""
+        async with self.hsm_jobs.slot():
+            self._recheck(ctx, "caliptra")  # revoked while it waited?
+            try:
+                key: HsmKey = await asyncio.to_thread(self.hsm.load, ctx.machine, priv)
+                self.about_to_sign(ctx)
+                sig = await asyncio.to_thread(self.hsm.sign_digest_der, key, digest)
+            except HsmKeyError as exc:
+                log.error(
+                    "caliptra: machine=%s key=%s: %s",
+                    ctx.machine,
+                    ctx.key,
+                    validate.log_safe(str(exc), 400),
+                )
+                raise Reject(exc.status, exc.public) from None
         return Response(sig, media_type="application/octet-stream")
 
     async def _sign_mldsa(

@@ -47,6 +47,20 @@ def keyfile_root(uri: str) -> Path:
     raise ServerError(f"DIGSIGSERVER_KEYFILE_URI: scheme {parsed.scheme!r} is not supported")
 
 
+def pkcs11_modules(value: str) -> tuple[Path, ...]:
+    """CPTRA_IMGTOOL_PKCS11_MODULES (else CPTRA_IMGTOOL_PKCS11_MODULE): the PKCS#11 modules
+    (absolute paths, ``os.pathsep``-separated) that HSM keys in the key store may use. Only the
+    server's environment sets it: a key store file cannot make the server load another module."""
+    out: list[Path] = []
+    for part in value.split(os.pathsep):
+        if not part:
+            continue
+        if not os.path.isabs(part):
+            raise ServerError(f"CPTRA_IMGTOOL_PKCS11_MODULES: {part!r} is not an absolute path")
+        out.append(Path(part))
+    return tuple(out)
+
+
 AUDIT_NAME = "server-audit.jsonl"
 
 
@@ -104,6 +118,10 @@ class Settings:
     quota_db: Path | None = None  # default: beside the tokens file
     allow_unsandboxed_cst: bool = False
     no_audit_log: bool = False  # explicitly run without an audit log (a start-up warning)
+    # PKCS#11 modules the server may load for HSM keys in the key store (hsmkeys.py): a key
+    # store file names one of these (or none: the first); never an arbitrary .so
+    pkcs11_modules: tuple[Path, ...] = ()
+    pkcs11_pin_dir: Path | None = None  # <dir>/<machine>.pin per machine, else the env PIN
 
     @property
     def jobs(self) -> int:
@@ -146,6 +164,10 @@ class Settings:
             if quota
             else Quota(256, 86400),
         }
+        mods = e.get("CPTRA_IMGTOOL_PKCS11_MODULES") or e.get("CPTRA_IMGTOOL_PKCS11_MODULE") or ""
+        values["pkcs11_modules"] = pkcs11_modules(mods)
+        pin_dir = e.get("CPTRA_IMGTOOL_PKCS11_PIN_DIR")
+        values["pkcs11_pin_dir"] = Path(pin_dir) if pin_dir else None
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values.get("audit_log") is None and not values.get("no_audit_log"):
             values["audit_log"] = default_audit_log(values.get("lms_state"))  # type: ignore[arg-type]
@@ -155,3 +177,10 @@ class Settings:
         """Refuse to start on a key store that is not there."""
         if not self.keyfile_root.is_dir():
             raise ServerError(f"{self.keyfile_root}: key store not found (not a directory)")
+        for mod in self.pkcs11_modules:
+            if not mod.is_file():
+                raise ServerError(f"CPTRA_IMGTOOL_PKCS11_MODULES: {mod}: no such file")
+        if self.pkcs11_pin_dir is not None and not self.pkcs11_pin_dir.is_dir():
+            raise ServerError(
+                f"CPTRA_IMGTOOL_PKCS11_PIN_DIR: {self.pkcs11_pin_dir}: not a directory"
+            )
