@@ -12,6 +12,9 @@ from typing import Any
 
 from .build import _ecc_pub_hw, _lms_pub
 from .formats import padding
+from .signing2 import sign2  # the one 2.x signer (local keys, PKCS#11, helpers, server)
+
+__all__ = ["sign2"]  # sign_pair2 calls it as a module attribute (tests substitute it)
 
 PQC_TYPES = {1: "mldsa", 3: "lms"}
 
@@ -73,28 +76,6 @@ def _pqc_pub2(ks: Any, pqc: str) -> bytes:
     return _lms_pub(ks.lms_pub)
 
 
-def sign2(ks: Any, pqc: str, msg: bytes) -> tuple[bytes, bytes]:
-    """(ECC hw signature, PQC slot signature) over ``msg`` with key set ``ks``; zero-length for a
-    missing private key (the slot stays zero).  Every signature is verified before it is kept."""
-    from .keys import ecc, mldsa
-    from .signing import LocalEccSigner, LocalLmsSigner
-
-    digest = hashlib.sha384(msg).digest()
-    ecc_sig = b""
-    if ks.ecc_priv is not None:
-        ecc_sig = LocalEccSigner(ks.ecc_priv, ecc.load_public(ks.ecc_pub)).sign_digest(digest)
-    pqc_sig = b""
-    if pqc == "mldsa" and ks.mldsa_priv is not None:
-        key = mldsa.MldsaPrivateKey.load(ks.mldsa_priv)
-        from .signing2 import DILITHIUM_LOCK  # dilithium-py is not thread-safe (-P thread)
-
-        with DILITHIUM_LOCK:
-            pqc_sig = key.sign(msg, mldsa.MldsaPublicKey.load(ks.mldsa_pub).raw)
-    elif pqc == "lms" and ks.lms_priv is not None:
-        pqc_sig = LocalLmsSigner(ks.lms_priv, ks.lms_pub).sign_digest(digest)
-    return ecc_sig, pqc_sig
-
-
 # which key section signs each signature pair (ECC + PQC) of the ATM2 manifest
 SIGNERS2 = {
     "vnd_pub_sig": "vendor_fw_key_config",
@@ -132,11 +113,32 @@ def skeleton2(cfg2: Any, pqc: str, imc: bytes) -> Any:
     )
 
 
+def sign_slot2(ks: Any, pqc: str, msg: bytes, helper: Any, slot: str) -> tuple[bytes, bytes]:
+    """:func:`sign2` for signature pair ``slot``: its errors start with the slot's name.  The
+    helper is passed only when there is one (a substitute ``sign2(ks, pqc, msg)`` still fits)."""
+    from .errors import ImgtoolError
+
+    try:
+        return sign2(ks, pqc, msg) if helper is None else sign2(ks, pqc, msg, helper)
+    except ImgtoolError as exc:
+        exc.args = (f"{slot}: {exc}",)  # keeps the type (an LmsStateError stays one)
+        raise
+
+
 def sign_pair2(cfg2: Any, pqc: str, name: str, skel_bytes: bytes) -> tuple[bytes, bytes]:
-    """Signature pair ``name`` (a SIGNERS2 key) over what it covers in the packed skeleton."""
+    """Signature pair ``name`` (a SIGNERS2 key) over what it covers in the packed skeleton:
+    each part from its key section's sign helper, else its private key (file or PKCS#11)."""
     from .formats import manifest2 as m2
 
-    return sign2(cfg2.keys[SIGNERS2[name]], pqc, m2.covered(skel_bytes, name))
+    section = SIGNERS2[name]
+    msg = m2.covered(skel_bytes, name)
+    return sign_slot2(cfg2.keys[section], pqc, msg, cfg2.helpers(section), name)
+
+
+def has_helper2(cfg2: Any, section: str, algo: str) -> bool:
+    """Whether a [sign_helper] command signs ``algo`` (ecc|lms|mldsa) for key ``section``."""
+    h = cfg2.helpers(section)
+    return h is not None and h.command(algo) is not None
 
 
 def assemble2(skel: Any, sigs: dict[str, tuple[bytes, bytes]]) -> bytes:
@@ -160,7 +162,7 @@ def lms_budget2(cfg2: Any, pqc: str, names: list[str]) -> None:
     slots = []
     for n in names:
         ks = cfg2.keys[SIGNERS2[n]]
-        if ks.lms_priv is not None:
+        if ks.lms_priv is not None and not has_helper2(cfg2, SIGNERS2[n], "lms"):
             slots.append(SlotPlan(f"{n}_pqc", "lms", "imc", "key", key=ks.lms_priv, pub=ks.lms_pub))
     lms_budget(slots)
 
@@ -171,6 +173,19 @@ def build_manifest2(cfg2: Any, pqc: str, imc: bytes | None = None) -> bytes:
     skel = skeleton2(cfg2, pqc, imc if imc is not None else build_imc2(cfg2))
     data = skel.pack()
     return assemble2(skel, {n: sign_pair2(cfg2, pqc, n, data) for n in sig_names2(cfg2)})
+
+
+def check_outputs2(cfg2: Any, outputs: dict[str, Path]) -> None:
+    """Refuse output paths that name one file twice, a directory, or an input (an image, a key
+    file, the config): :func:`imgtool.build.check_outputs` on the 2.x config's inputs."""
+    from types import SimpleNamespace
+
+    from .build import check_outputs
+
+    inputs = SimpleNamespace(
+        input_files=lambda: padding_inputs2(cfg2), key_files=cfg2.key_files, path=cfg2.path
+    )
+    check_outputs(inputs, outputs)  # type: ignore[arg-type]  # the three members it reads
 
 
 def padding_inputs2(cfg2: Any) -> list[tuple[str, Path]]:

@@ -10,12 +10,23 @@ required; the MCU runtime has fw_id 2 and the SoC images fw_id 0x1000, 0x1001, .
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KEY_SECTIONS, _check_table, _err, _u32, default_key_dir
+from .config import (
+    KEY_SECTIONS,
+    MAX_HELPER_TIMEOUT,
+    HsmKey,
+    _check_table,
+    _err,
+    _hsm_key,
+    _looks_like_uri,
+    _u32,
+    default_key_dir,
+)
 from .errors import ConfigError
+from .signing2 import HELPER_FIELDS2, KeyHelpers, helpers_for
 
 SVN_MAX = 128
 MCU_FW_ID = 2
@@ -77,14 +88,31 @@ IMAGE_RANGES2 = {
     "image_staging_address": (0, U64_MAX),
 }
 KEY_SECTION_FIELDS2: dict[str, type | tuple[type, ...]] = dict.fromkeys(KEY_FIELDS2, str)
-SECTIONS2 = ("manifest_config", *KEY_SECTIONS, "image_runtime_list", "image_metadata_list")
+SECTIONS2 = (
+    "manifest_config",
+    *KEY_SECTIONS,
+    "sign_helper",
+    "image_runtime_list",
+    "image_metadata_list",
+)
+# [sign_helper]: a command per key section and algorithm (HELPER_FIELDS2: the reference's
+# owner_{ecc,lms}_*, plus owner_mldsa_* and, 2.x having no prebuilt vendor signatures,
+# vendor_*), by_file and timeout for all of them (as 1.x config._helpers)
+HELPER_SECTION_FIELDS2: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(HELPER_FIELDS2, str),
+    "by_file": bool,
+    "timeout": (int, float),
+}
 _ONE_X_ONLY = {"format", "vendor_signature", "vendor_sig_dir", "strict_fw_ids", "svn"}
 
 
 @dataclass(frozen=True)
 class KeySet2:
+    """One key section's files (joined with the key dir); None for an unset private key. The
+    ECC private key may be a key on a PKCS#11 token (:class:`imgtool.config.HsmKey`)."""
+
     ecc_pub: Path
-    ecc_priv: Path | None
+    ecc_priv: Path | HsmKey | None
     lms_pub: Path
     lms_priv: Path | None
     mldsa_pub: Path
@@ -118,6 +146,8 @@ class Config2:
     caliptra_file: Path | None
     mcu_file: Path | None
     images: tuple[ImageEntry2, ...]  # IMC order: the MCU runtime (fw_id 2), then SoC images
+    # the validated [sign_helper] table (signing2.helpers_for takes it), {} without one
+    sign_helper: dict[str, Any] = field(default_factory=dict)
 
     @property
     def soc_images(self) -> tuple[ImageEntry2, ...]:
@@ -130,6 +160,7 @@ class Config2:
         return Path("out") / f"{self.prj_name}-flash-image.bin"
 
     def key_files(self) -> list[Path]:
+        """Every configured key file (keys on a PKCS#11 token are not files: see hsm_keys)."""
         out: list[Path] = []
         for ks in self.keys.values():
             for p in (
@@ -140,9 +171,17 @@ class Config2:
                 ks.mldsa_pub,
                 ks.mldsa_priv,
             ):
-                if p is not None:
+                if isinstance(p, Path):
                     out.append(p)
         return out
+
+    def hsm_keys(self) -> list[HsmKey]:
+        """The ECC private keys that live on a PKCS#11 token."""
+        return [ks.ecc_priv for ks in self.keys.values() if isinstance(ks.ecc_priv, HsmKey)]
+
+    def helpers(self, section: str) -> KeyHelpers | None:
+        """The sign helpers standing in for key section ``section``'s private keys, or None."""
+        return helpers_for(self.sign_helper, section)
 
     def input_files(self) -> list[Path]:
         files = [p for p in (self.caliptra_file, self.mcu_file) if p is not None]
@@ -228,16 +267,23 @@ def load_config2(
         for fld in PUBLIC_FIELDS2:
             if fld not in names[section]:
                 raise _err(cfg_path, f"{section}.{fld}", "required in a Caliptra 2.x config")
+    hsm = {
+        (section, fld): _hsm_key2(cfg_path, section, fld, n)
+        for section, t in names.items()
+        for fld, n in t.items()
+        if _looks_like_uri(n)
+    }
     if key_dir is not None:
         kdir = Path(key_dir)
     else:
-        kdir, _ = default_key_dir(prj, [n for t in names.values() for n in t.values()])
+        files = [n for s, t in names.items() for f, n in t.items() if (s, f) not in hsm]
+        kdir, _ = default_key_dir(prj, files)
     keys: dict[str, KeySet2] = {}
     for section in KEY_SECTIONS:
         vals: dict[str, Path | None] = {}
         for fld in KEY_FIELDS2:
             n = names[section].get(fld)
-            if n is None:
+            if n is None or (section, fld) in hsm:  # a URI is never joined onto the key dir
                 vals[fld] = None
                 continue
             p = kdir / n
@@ -249,12 +295,14 @@ def load_config2(
         assert ecc_pub is not None and lms_pub is not None and mldsa_pub is not None
         keys[section] = KeySet2(
             ecc_pub,
-            vals["ecc_priv_key"],
+            hsm.get((section, "ecc_priv_key"), vals["ecc_priv_key"]),
             lms_pub,
             vals["lms_priv_key"],
             mldsa_pub,
             vals["mldsa_priv_key"],
         )
+
+    sign_helper = _helpers2(cfg_path, raw.get("sign_helper", {}), warn)
 
     pdir = Path(prebuilt_dir) if prebuilt_dir is not None else Path("prebuilt") / prj
 
@@ -323,4 +371,36 @@ def load_config2(
         caliptra_file=caliptra,
         mcu_file=mcu,
         images=tuple(images),
+        sign_helper=sign_helper,
     )
+
+
+def _hsm_key2(cfg: Path, section: str, fld: str, name: str) -> HsmKey:
+    """A PKCS#11 URI in a 2.x key field: ecc_priv_key only, checked as in 1.x."""
+    if fld.startswith("mldsa_"):
+        raise _err(
+            cfg,
+            f"{section}.{fld}",
+            "a PKCS#11 URI here is not supported: ML-DSA keys cannot live on a PKCS#11 token; a "
+            "URI is accepted in ecc_priv_key only",
+        )
+    return _hsm_key(cfg, section, fld, name)
+
+
+def _helpers2(cfg: Path, table: Any, warn: Any) -> dict[str, Any]:
+    """The validated [sign_helper] table (the rules of 1.x config._helpers; 2.x adds the
+    owner_mldsa_* and vendor_* fields)."""
+    import math
+
+    sh = _check_table(cfg, "sign_helper", table, HELPER_SECTION_FIELDS2, warn)
+    timeout = float(sh.get("timeout", 60.0))
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_HELPER_TIMEOUT):
+        raise _err(
+            cfg,
+            "sign_helper.timeout",
+            f"must be a number of seconds in (0, {MAX_HELPER_TIMEOUT:g}], got {sh['timeout']!r}",
+        )
+    for fld in HELPER_FIELDS2:
+        if fld in sh and not sh[fld].strip():
+            raise _err(cfg, f"sign_helper.{fld}", "empty command")
+    return {**sh, "timeout": timeout, "by_file": sh.get("by_file", False)}

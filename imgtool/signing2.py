@@ -289,8 +289,9 @@ def _sign_ecc(ks: Any, msg: bytes, helper: KeyHelpers | None) -> bytes:
         der = _remote(helper.server, "ecc", digest, ks.ecc_pub)
         hw = ecc.der_to_hw(der)
         source = f"signing server {helper.server.url}"
-    elif ks.ecc_priv is not None:
-        hw = ecc_key_signer(ks.ecc_priv, pub).sign_digest(digest)
+    elif ks.ecc_priv is not None:  # a PEM file, or a key on a PKCS#11 token (config.HsmKey)
+        key = ks.ecc_priv if isinstance(ks.ecc_priv, Path) else str(ks.ecc_priv)
+        hw = ecc_key_signer(key, pub).sign_digest(digest)
         source = str(ks.ecc_priv)
     else:
         return b""

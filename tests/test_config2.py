@@ -165,3 +165,117 @@ def test_unused_slot_layout_in_built_manifest(tmp_path: Path) -> None:
     assert man[24292 + 4 + 80 * 4 : 24292 + 4 + 80 * 5] == b"\xff" * 8 + bytes(72)
     # flags bit 0 clear: no vendor IMC signatures
     assert not any(man[14844 : 14844 + 96 + 4628])
+
+
+# ----------------------------------------------------------------------------- [sign_helper]
+def _with_helpers(p: Path, body: str) -> None:
+    p.write_text(p.read_text() + "\n[sign_helper]\n" + body)
+
+
+def test_sign_helper_table_is_kept(tmp_path: Path) -> None:
+    """Every 2.x helper field (owner and vendor, ecc/lms/mldsa, fw/man), by_file, timeout."""
+    from imgtool.signing2 import HELPER_FIELDS2
+
+    p = make_project2(tmp_path, "ast2705")
+    body = "".join(f'{f} = "helper {i}"\n' for i, f in enumerate(HELPER_FIELDS2))
+    _with_helpers(p.cfg, body + "by_file = true\ntimeout = 5\n")
+    cfg2 = load_config2(p.cfg, key_dir=p.keys, prebuilt_dir=p.prebuilt)
+    assert len(HELPER_FIELDS2) == 12
+    assert {k: cfg2.sign_helper[k] for k in HELPER_FIELDS2} == {
+        f: f"helper {i}" for i, f in enumerate(HELPER_FIELDS2)
+    }
+    assert cfg2.sign_helper["by_file"] is True and cfg2.sign_helper["timeout"] == 5.0
+    h = cfg2.helpers("vendor_man_key_config")
+    assert h is not None and h.by_file and h.timeout == 5.0
+    want = [f"helper {HELPER_FIELDS2.index(f'vendor_{a}_man_key_sign_helper')}"
+            for a in ("ecc", "lms", "mldsa")]  # fmt: skip
+    assert [h.ecc, h.lms, h.mldsa] == want
+    # without the table: no helpers, defaults
+    q = make_project2(tmp_path / "q", "ast2705")
+    cfg2 = load_config2(q.cfg, key_dir=q.keys, prebuilt_dir=q.prebuilt)
+    assert cfg2.sign_helper == {"by_file": False, "timeout": 60.0}
+    assert cfg2.helpers("owner_fw_key_config") is None
+
+
+def test_private_key_may_be_absent_with_a_helper(tmp_path: Path) -> None:
+    """A private key the helper stands in for may be left out; the public keys stay required."""
+    p = make_project2(tmp_path, "ast2705")
+    _edit(p.cfg, 'ecc_priv_key = "own-man-ecc-prvk.pem"\n', "")
+    _with_helpers(p.cfg, 'owner_ecc_man_key_sign_helper = "h"\n')
+    cfg2 = load_config2(p.cfg, key_dir=p.keys, prebuilt_dir=p.prebuilt)
+    assert cfg2.keys["owner_man_key_config"].ecc_priv is None
+    _edit(p.cfg, 'ecc_pub_key = "own-man-ecc-pubk.pem"\n', "")
+    with pytest.raises(ConfigError, match="owner_man_key_config.ecc_pub_key: required"):
+        load_config2(p.cfg, key_dir=p.keys, prebuilt_dir=p.prebuilt)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ('owner_mldsa_man_key_sign_helpr = "h"\n',
+         ["sign_helper.owner_mldsa_man_key_sign_helpr", "unknown key",
+          "'owner_mldsa_man_key_sign_helper'"]),
+        ('vendor_lms_fw_key_sign_helper = "  "\n',
+         ["sign_helper.vendor_lms_fw_key_sign_helper", "empty command"]),
+        ("owner_ecc_fw_key_sign_helper = 3\n",
+         ["sign_helper.owner_ecc_fw_key_sign_helper", "expected string"]),
+        ('by_file = "yes"\n', ["sign_helper.by_file", "expected boolean"]),
+        ("timeout = 0\n", ["sign_helper.timeout", "(0, 86400]"]),
+        ("timeout = nan\n", ["sign_helper.timeout", "(0, 86400]"]),
+        ("timeout = 86401\n", ["sign_helper.timeout", "(0, 86400]"]),
+        ("timeout = true\n", ["sign_helper.timeout", "expected integer or number"]),
+    ],
+)  # fmt: skip
+def test_bad_sign_helper_fields(tmp_path: Path, body: str, words: list[str]) -> None:
+    p = make_project2(tmp_path, "ast2705")
+    _with_helpers(p.cfg, body)
+    r = run("create-auth-man-2x", *p.args("1"), cwd=tmp_path)
+    one_line_exit2(r, str(p.cfg), *words)
+
+
+# ----------------------------------------------------------------------------- PKCS#11 URIs
+URI = "pkcs11:token=cptra;object=own-man-ecc"
+
+
+def test_pkcs11_uri_in_ecc_priv_key(tmp_path: Path) -> None:
+    """As in 1.x: checked when the config loads, never joined onto the key dir, not a file."""
+    from imgtool.config import HsmKey
+
+    p = make_project2(tmp_path, "ast2705")
+    _edit(p.cfg, 'ecc_priv_key = "own-man-ecc-prvk.pem"', f'ecc_priv_key = "{URI}"')
+    cfg2 = load_config2(p.cfg, key_dir=p.keys, prebuilt_dir=p.prebuilt)
+    assert cfg2.keys["owner_man_key_config"].ecc_priv == HsmKey(URI)
+    assert cfg2.hsm_keys() == [HsmKey(URI)]
+    assert all("pkcs11:" not in str(f) for f in cfg2.key_files())
+    assert len(cfg2.key_files()) == 4 * 6 - 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ('ecc_pub_key = "own-man-ecc-pubk.pem"', f'ecc_pub_key = "{URI}"',
+         ["owner_man_key_config.ecc_pub_key", "public key stays a PEM file"]),
+        ('lms_priv_key = "own-man-lms-prvk.pem"', f'lms_priv_key = "{URI}"',
+         ["owner_man_key_config.lms_priv_key", "LMS keys cannot live on a PKCS#11 token"]),
+        ('lms_pub_key = "vnd-fw-lms-pubk.pem"', f'lms_pub_key = "{URI}"',
+         ["vendor_fw_key_config.lms_pub_key", "ecc_priv_key only"]),
+        ('mldsa_priv_key = "own-fw-mldsa-prvk.bin"', f'mldsa_priv_key = "{URI}"',
+         ["owner_fw_key_config.mldsa_priv_key", "ML-DSA keys cannot live on a PKCS#11 token"]),
+        ('mldsa_pub_key = "own-fw-mldsa-pubk.bin"', f'mldsa_pub_key = "{URI}"',
+         ["owner_fw_key_config.mldsa_pub_key", "ML-DSA keys cannot"]),
+        ('ecc_priv_key = "own-man-ecc-prvk.pem"', f'ecc_priv_key = "PKCS11:{URI[7:]}"',
+         ["owner_man_key_config.ecc_priv_key", "lower case"]),
+        ('ecc_priv_key = "own-man-ecc-prvk.pem"', 'ecc_priv_key = "pkcs11:object=a;pin-value=1234"',
+         ["owner_man_key_config.ecc_priv_key", "pin-value"]),
+        ('ecc_priv_key = "own-man-ecc-prvk.pem"', 'ecc_priv_key = "pkcs11:token=%zz"',
+         ["owner_man_key_config.ecc_priv_key"]),
+    ],
+)  # fmt: skip
+def test_pkcs11_uri_where_no_token_key_can_be(
+    tmp_path: Path, old: str, new: str, words: list[str]
+) -> None:
+    p = make_project2(tmp_path, "ast2705")
+    _edit(p.cfg, old, new)
+    r = run("create-auth-man-2x", *p.args("1"), cwd=tmp_path)
+    one_line_exit2(r, *words)
+    assert "key file not found" not in r.stderr and "1234" not in r.stderr

@@ -215,12 +215,23 @@ def _load_2x(args: argparse.Namespace) -> tuple[Any, str]:
     return load_config2(args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir), pqc
 
 
+def _check_outputs_2x(cfg2: Any, outputs: dict[str, Path]) -> None:
+    """Refuse outputs that would overwrite an input (image, key file, the config), name one
+    file twice or a directory, before anything is written (1.x: build.check_outputs)."""
+    from ..build2 import check_outputs2, padded_copies2
+
+    outputs = dict(outputs)
+    outputs.update({f"padded copy of {c.field}": c.copy for c in padded_copies2(cfg2)})
+    check_outputs2(cfg2, outputs)
+
+
 def cmd_create_auth_man_2x(args: argparse.Namespace) -> int:
     from ..build2 import create_auth_man2, write_padded_copies2
     from ..formats.manifest2 import RUNTIME_GENERATION
 
     cfg2, pqc = _load_2x(args)
     out = args.man or cfg2.default_manifest_path()
+    _check_outputs_2x(cfg2, {"--man": out})
     write_padded_copies2(cfg2)  # padding_out_folder: the padded copies, as the reference does
     data = create_auth_man2(cfg2, pqc, out)
     print(f"SoC manifest (ATM2, {pqc}, {len(cfg2.images)} images, {len(data)} bytes): {out}")
@@ -232,9 +243,18 @@ def cmd_create_auth_flash_2x(args: argparse.Namespace) -> int:
     from ..build2 import create_auth_flash2, create_auth_man2, write_padded_copies2
 
     cfg2, pqc = _load_2x(args)
-    write_padded_copies2(cfg2)  # padding_out_folder: the padded copies, as the reference does
     out = args.flash or cfg2.default_flash_path()
     man_path = args.man or cfg2.default_manifest_path()
+    # the manifest is an output unless an existing one is used; never an input's path
+    _check_outputs_2x(
+        cfg2,
+        {
+            "--flash": out,
+            "--man": man_path,
+            "fw_toc.bin (beside --flash)": out.parent / "fw_toc.bin",
+        },
+    )
+    write_padded_copies2(cfg2)  # padding_out_folder: the padded copies, as the reference does
     if args.man is not None and args.man.is_file():
         man = args.man.read_bytes()
     else:

@@ -10,10 +10,12 @@ verify              `cptra-imgtool verify` on the flash image and fw_toc.bin (al
 
 The pairs are vnd_pub_sig, own_pub_sig (they cover the header and manifest public keys, not the
 IMC: an image change does not re-sign them), vnd_imc_sig (flags bit 0 only) and own_imc_sig.
-A signature is made only when its key section has that private key (else its slot stays zero,
-as in create-auth-man-2x). ``pqc=mldsa|lms`` (or 1|3) is required: it selects the PQC public keys
-in the manifest and the PQC signatures. Every signature goes through :func:`build2.sign2`; the
-bytes are those of create-auth-man-2x / create-auth-flash-2x.
+A signature is made only when its key section has that private key (a file or a PKCS#11 URI) or
+a [sign_helper] command for it (else its slot stays zero, as in create-auth-man-2x); a changed
+helper command, by_file, timeout or URI re-signs that signature only. ``pqc=mldsa|lms`` (or 1|3)
+is required: it selects the PQC public keys in the manifest and the PQC signatures. Every
+signature goes through :func:`build2.sign_slot2` (signing2.sign2); the bytes are those of
+create-auth-man-2x / create-auth-flash-2x.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from doit.task import clean_targets
 from doit.tools import config_changed
 
 from imgtool import build2
-from imgtool.errors import ConfigError, OutputError
+from imgtool.errors import ConfigError
 from imgtool.fileio import atomic_write
 
 from . import checker
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from doit.exceptions import TaskFailed
 
     from imgtool.config2 import Config2, KeySet2
+    from imgtool.signing2 import KeyHelpers
 
 PQC_NAMES = {"1": "mldsa", "mldsa": "mldsa", "3": "lms", "lms": "lms"}
 ALGOS = ("ecc", "pqc")
@@ -108,20 +111,7 @@ def toc_path(cfg2: Config2, s: Settings) -> Path:
 
 def check_outputs(cfg2: Config2, outputs: dict[str, Path]) -> None:
     """Refuse outputs that name one file twice, a directory, an input, a key or the config."""
-    inputs = [(f, p) for f, p in build2.padding_inputs2(cfg2)]
-    inputs += [("a key file", p) for p in cfg2.key_files()]
-    inputs.append(("the config", cfg2.path))
-    seen: dict[str, str] = {}
-    for opt, out in outputs.items():
-        if out.is_dir():
-            raise OutputError(f"{out}: {opt} names a directory, not an output file")
-        key = os.path.realpath(out)
-        if key in seen:
-            raise OutputError(f"{out}: {opt} and {seen[key]} name the same file")
-        seen[key] = opt
-        for fld, p in inputs:
-            if key == os.path.realpath(p):
-                raise OutputError(f"{out}: {opt} would overwrite the input {p} ({fld})")
+    build2.check_outputs2(cfg2, outputs)
 
 
 def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
@@ -152,23 +142,66 @@ def _pqc_files(ks: KeySet2, pqc: str) -> tuple[Path | None, Path]:
     return (ks.mldsa_priv, ks.mldsa_pub) if pqc == "mldsa" else (ks.lms_priv, ks.lms_pub)
 
 
-def _slot_keys(ks: KeySet2, alg: str, pqc: str) -> KeySet2:
-    """The key section with only the private key of ``alg``: sign2 then fills that slot only."""
+def _algo(alg: str, pqc: str) -> str:
+    """The signing algorithm of slot part ``alg`` (ecc|pqc): ecc, lms or mldsa."""
+    return "ecc" if alg == "ecc" else pqc
+
+
+def _slot_helper(cfg2: Config2, pair: str, alg: str, pqc: str) -> KeyHelpers | None:
+    """The sign helper of this signature only (None without a command for its algorithm)."""
+    h = cfg2.helpers(build2.SIGNERS2[pair])
+    if h is None or h.command(_algo(alg, pqc)) is None:
+        return None
+    a = _algo(alg, pqc)
+    return dataclasses.replace(
+        h,
+        ecc=h.ecc if a == "ecc" else None,
+        lms=h.lms if a == "lms" else None,
+        mldsa=h.mldsa if a == "mldsa" else None,
+    )
+
+
+def _slot_keys(cfg2: Config2, pair: str, alg: str, pqc: str) -> KeySet2:
+    """The key section with only the private key that signs ``alg`` (none when a helper stands
+    in for it): sign2 then fills that slot only."""
+    ks = cfg2.keys[build2.SIGNERS2[pair]]
     if alg == "ecc":
-        return dataclasses.replace(ks, lms_priv=None, mldsa_priv=None)
-    return dataclasses.replace(ks, ecc_priv=None)
+        ks = dataclasses.replace(ks, lms_priv=None, mldsa_priv=None)
+    else:
+        ks = dataclasses.replace(ks, ecc_priv=None)
+    if _slot_helper(cfg2, pair, alg, pqc) is not None:
+        ks = dataclasses.replace(ks, ecc_priv=None, lms_priv=None, mldsa_priv=None)
+    return ks
 
 
 def slots(cfg2: Config2, pqc: str) -> list[tuple[str, str]]:
-    """(pair, alg) of every signature this build makes, in signing order."""
+    """(pair, alg) of every signature this build makes (a private key or a sign helper for it),
+    in signing order."""
     out = []
     for pair in build2.sig_names2(cfg2):
         ks = cfg2.keys[build2.SIGNERS2[pair]]
         for alg in ALGOS:
             priv = ks.ecc_priv if alg == "ecc" else _pqc_files(ks, pqc)[0]
-            if priv is not None:
+            if priv is not None or _slot_helper(cfg2, pair, alg, pqc) is not None:
                 out.append((pair, alg))
     return out
+
+
+def _signer_inputs(
+    cfg2: Config2, pair: str, alg: str, pqc: str
+) -> tuple[list[Path], tuple[Any, ...] | None]:
+    """(key files, how it signs) of a signature: its file_dep keys, and for a helper or a
+    PKCS#11 key the up-to-date value that re-signs when the command, by_file/timeout or the
+    URI changes (None for a key file: its content is in file_dep)."""
+    ks = _slot_keys(cfg2, pair, alg, pqc)
+    priv, pub = (ks.ecc_priv, ks.ecc_pub) if alg == "ecc" else _pqc_files(ks, pqc)
+    files = [pub] + ([priv] if isinstance(priv, Path) else [])
+    h = _slot_helper(cfg2, pair, alg, pqc)
+    if h is not None:
+        return files, ("helper", h.command(_algo(alg, pqc)), h.by_file, h.timeout)
+    if priv is not None and not isinstance(priv, Path):
+        return files, ("pkcs11", str(priv))  # a token key: no file to depend on
+    return files, None
 
 
 def _man_pub_files(cfg2: Config2, pqc: str, party: str) -> list[str]:
@@ -208,7 +241,7 @@ def act_sign(settings: Vars, pair: str, alg: str, imc_file: str | None, target: 
 
     s = Settings(*settings)  # type: ignore[arg-type]
     cfg2, pqc = _load(s), pqc_of(s)
-    ks = _slot_keys(cfg2.keys[build2.SIGNERS2[pair]], alg, pqc)
+    ks = _slot_keys(cfg2, pair, alg, pqc)
     if alg == "pqc" and pqc == "lms" and ks.lms_priv is not None:
         # before the first leaf of this key is spent: enough leaves for every signature of this
         # key that this build still has to make (those whose target does not exist yet)
@@ -218,12 +251,13 @@ def act_sign(settings: Vars, pair: str, alg: str, imc_file: str | None, target: 
             n
             for n in build2.sig_names2(cfg2)
             if (k := cfg2.keys[build2.SIGNERS2[n]].lms_priv) is not None
+            and not build2.has_helper2(cfg2, build2.SIGNERS2[n], "lms")
             and os.path.realpath(k) == key
             and (n == pair or not (sig_dir / f"{n}_pqc.bin").exists())
         ]
         build2.lms_budget2(cfg2, pqc, group)
     msg = m2.covered(_skeleton_bytes(cfg2, pqc, imc_file), pair)
-    ecc_sig, pqc_sig = build2.sign2(ks, pqc, msg)
+    ecc_sig, pqc_sig = build2.sign_slot2(ks, pqc, msg, _slot_helper(cfg2, pair, alg, pqc), pair)
     atomic_write(target, ecc_sig if alg == "ecc" else pqc_sig)
 
 
@@ -325,12 +359,13 @@ def generate(s: Settings) -> Iterator[TaskDict]:
     yield {"basename": "sign", "name": None, "doc": "every signature in use"}
     sig_files: dict[str, list[str | None]] = {p: [None, None] for p in build2.sig_names2(cfg2)}
     for pair, alg in slots(cfg2, pqc):
-        ks = cfg2.keys[build2.SIGNERS2[pair]]
         slot = f"{pair}_{alg}"
         target = str(od / "sig" / f"{slot}.bin")
         sig_files[pair][ALGOS.index(alg)] = target
-        keys = [ks.ecc_priv, ks.ecc_pub] if alg == "ecc" else list(_pqc_files(ks, pqc))
+        keys, signer = _signer_inputs(cfg2, pair, alg, pqc)
         values: dict[str, Any] = {"pair": pair, "alg": alg, "pqc": pqc}
+        if signer is not None:
+            values["signer"] = signer
         if pair.endswith("_imc_sig"):
             tbs = [imc_file]
             if alg == "ecc":
@@ -346,7 +381,7 @@ def generate(s: Settings) -> Iterator[TaskDict]:
             "actions": [
                 (act_sign, [st, pair, alg, imc_file if pair.endswith("_imc_sig") else None, target])
             ],
-            "file_dep": sorted({*tbs, *(str(k) for k in keys if k is not None)}),
+            "file_dep": sorted({*tbs, *(str(k) for k in keys)}),
             "targets": [target],
             "uptodate": _uptodate(values),
             "clean": [clean_targets, (rmdir_empty, [str(od / "sig")])],
