@@ -167,7 +167,12 @@ class SigningService:
         self.mldsa_jobs = JobSlots(1, settings.queue_timeout, settings.max_queue)
         # ECC keys on PKCS#11 tokens (hsmkeys.py): a token is used by one thread at a time
         # anyway (keys/pkcs11.py), so one slot, off the event loop
-        self.hsm = HsmKeys(settings.keyfile_root, settings.pkcs11_modules, settings.pkcs11_pin_dir)
+        self.hsm = HsmKeys(
+            settings.keyfile_root,
+            settings.pkcs11_modules,
+            settings.pkcs11_pin_dir,
+            settings.pkcs11_scan_interval,
+        )
         self.hsm_jobs = JobSlots(1, settings.queue_timeout, settings.max_queue)
         self.work_root = settings.work_dir or Path(tempfile.gettempdir())
         if not self.work_root.is_dir():

@@ -39,6 +39,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _interval(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ServerError(f"{name}: not a number: {raw!r}") from None
+    if not 0 <= value <= 3600:
+        raise ServerError(f"{name}: must be 0..3600 seconds")
+    return value
+
+
 def keyfile_root(uri: str) -> Path:
     """DIGSIGSERVER_KEYFILE_URI: file:///path or a plain path (s3:// is not supported)."""
     parsed = urlparse(uri)
@@ -122,6 +135,7 @@ class Settings:
     # store file names one of these (or none: the first); never an arbitrary .so
     pkcs11_modules: tuple[Path, ...] = ()
     pkcs11_pin_dir: Path | None = None  # <dir>/<machine>.pin per machine, else the env PIN
+    pkcs11_scan_interval: float = 1.0  # s between key store scans for shared tokens (0: always)
 
     @property
     def jobs(self) -> int:
@@ -168,6 +182,7 @@ class Settings:
         values["pkcs11_modules"] = pkcs11_modules(mods)
         pin_dir = e.get("CPTRA_IMGTOOL_PKCS11_PIN_DIR")
         values["pkcs11_pin_dir"] = Path(pin_dir) if pin_dir else None
+        values["pkcs11_scan_interval"] = _interval(e, "CPTRA_IMGTOOL_PKCS11_SCAN_INTERVAL", 1.0)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values.get("audit_log") is None and not values.get("no_audit_log"):
             values["audit_log"] = default_audit_log(values.get("lms_state"))  # type: ignore[arg-type]

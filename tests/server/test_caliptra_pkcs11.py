@@ -113,7 +113,7 @@ def test_module_allow_list_and_token_ownership(
     evil = _write(tmp_path / "lib" / "evil.so", "not really a module")
     root = tmp_path / "store"
     priv = _store(tmp_path, "m1", "own-fw", f"pkcs11:token=t1;object=k?module-path={evil}")
-    keys = HsmKeys(root, (allowed,))
+    keys = HsmKeys(root, (allowed,), scan_interval=0)
     with pytest.raises(HsmKeyError, match="is not one of the server's"):
         keys.load("m1", priv)
     with pytest.raises(HsmKeyError, match="no PKCS#11 module is allowed"):
@@ -148,6 +148,24 @@ def test_module_allow_list_and_token_ownership(
         keys.load("m1", priv)
 
 
+def test_token_scan_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another machine's files are indexed at most every scan_interval seconds; the asking
+    machine's own file is read on every request."""
+    monkeypatch.setenv(pkcs11.PIN_ENV, "not-used-here")
+    mod = _write(tmp_path / "lib" / "m.so", "x")
+    root = tmp_path / "store"
+    a = _store(tmp_path, "m1", "own-fw", "pkcs11:token=t1;object=k")
+    keys = HsmKeys(root, (mod,), scan_interval=3600)
+    keys.load("m1", a)  # indexes the key store
+    b = _store(tmp_path, "m2", "vnd-fw", "pkcs11:token=t1;object=k3")
+    with pytest.raises(HsmKeyError, match="also named by machine 'm1'"):
+        keys.load("m2", b)  # the newcomer: at once
+    assert keys.load("m1", a).machine == "m1"  # m1's index is not an hour old yet
+    keys._index_at -= 3600  # an hour later
+    with pytest.raises(HsmKeyError, match="also named by machine 'm2'"):
+        keys.load("m1", a)
+
+
 def test_pin_dir_file_must_be_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(pkcs11.PIN_ENV, raising=False)
     mod = _write(tmp_path / "lib" / "m.so", "x")
@@ -168,6 +186,93 @@ def test_pin_dir_file_must_be_private(tmp_path: Path, monkeypatch: pytest.Monkey
     pin.chmod(0o600)
     key = keys.load("m1", priv)
     assert f"pin-source=file:{pins}/m1.pin" in key.uri and key.shown == "pkcs11:token=t1;object=k"
+
+
+class _Stub:
+    """Stands in for the PKCS#11 signer: counts logins, answers with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    def __call__(self, uri: str, pub: object) -> _Stub:
+        return self
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        self.calls += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error,remembered",
+    [
+        ("token is locked (CKR_PIN_LOCKED; not retried)", True),
+        ("wrong PIN (CKR_PIN_INCORRECT; not retried)", True),
+        ("the PIN is not accepted by the token", True),
+        ("no such token", False),  # may appear later (a token plugged in): asked again
+    ],
+)
+def test_a_locked_token_is_not_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: str, remembered: bool
+) -> None:
+    """SoftHSM2 never locks a token, so the lock-out path runs against a stand-in signer."""
+    import imgtool.signing
+
+    monkeypatch.setenv(pkcs11.PIN_ENV, "pin-not-logged-9")
+    mod = _write(tmp_path / "lib" / "m.so", "x")
+    priv = _store(tmp_path, "m1", "own-fw", "pkcs11:token=t1;object=k")
+    keys = HsmKeys(tmp_path / "store", (mod,))
+    key = keys.load("m1", priv)
+    stub = _Stub(pkcs11.Pkcs11Error(f"{key.uri}: {error}"))
+    monkeypatch.setattr(imgtool.signing, "ecc_key_signer", stub)
+    for _ in range(5):
+        with pytest.raises(HsmKeyError) as exc:
+            keys.sign_digest_der(keys.load("m1", priv), DIGEST)
+        assert error in str(exc.value) and "pkcs11:token=t1;object=k" in str(exc.value)
+        assert "module-path" not in str(exc.value)  # the URI as the file gives it
+    assert stub.calls == (1 if remembered else 5)
+    assert keys.logins_refused == (4 if remembered else 0)
+    if remembered:  # a changed key store file is tried again (once)
+        uri_file = hsmkeys.uri_file(priv)
+        uri_file.write_text(uri_file.read_text())  # rewritten (the operator fixed something)
+        os.utime(uri_file, ns=(1, 1))
+        for _ in range(2):
+            with pytest.raises(HsmKeyError):
+                keys.sign_digest_der(keys.load("m1", priv), DIGEST)
+        assert stub.calls == 2
+    # any other token failure is one line too
+    monkeypatch.setattr(imgtool.signing, "ecc_key_signer", _Stub(RuntimeError("boom")))
+    os.utime(hsmkeys.uri_file(priv), ns=(2, 2))
+    with pytest.raises(HsmKeyError, match="token error RuntimeError"):
+        keys.sign_digest_der(keys.load("m1", priv), DIGEST)
+
+
+def test_settings_pkcs11_modules(tmp_path: Path) -> None:
+    from imgtool.errors import ServerError
+    from imgtool.server.settings import Settings
+
+    mod = _write(tmp_path / "a.so", "x")
+    base = {"DIGSIGSERVER_KEYFILE_URI": str(tmp_path)}
+    s = Settings.from_env({**base, "CPTRA_IMGTOOL_PKCS11_MODULES": f"{mod}:{mod}2"})
+    assert s.pkcs11_modules == (mod, Path(f"{mod}2")) and s.pkcs11_pin_dir is None
+    with pytest.raises(ServerError, match="a.so2: no such file"):
+        s.check()  # refused at start-up, not at the first request
+    s = Settings.from_env({**base, "CPTRA_IMGTOOL_PKCS11_MODULE": str(mod)})
+    assert s.pkcs11_modules == (mod,)
+    s.check()
+    assert Settings.from_env(base).pkcs11_modules == ()  # none: no HSM key is usable
+    assert s.pkcs11_scan_interval == 1.0
+    assert (
+        Settings.from_env({**base, "CPTRA_IMGTOOL_PKCS11_SCAN_INTERVAL": "0"}).pkcs11_scan_interval
+        == 0
+    )
+    with pytest.raises(ServerError, match="must be 0..3600"):
+        Settings.from_env({**base, "CPTRA_IMGTOOL_PKCS11_SCAN_INTERVAL": "-1"})
+    with pytest.raises(ServerError, match="not an absolute path"):
+        Settings.from_env({**base, "CPTRA_IMGTOOL_PKCS11_MODULES": "libsofthsm2.so"})
+    s = Settings.from_env({**base, "CPTRA_IMGTOOL_PKCS11_PIN_DIR": str(tmp_path / "nope")})
+    with pytest.raises(ServerError, match="PIN_DIR: .*not a directory"):
+        s.check()
 
 
 # ---------------------------------------------------------------- SoftHSM2
@@ -249,6 +354,7 @@ def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hsm]:
             env_extra={
                 "CPTRA_IMGTOOL_PKCS11_MODULES": a.module,
                 "CPTRA_IMGTOOL_PKCS11_PIN_DIR": str(pin_dir),
+                "CPTRA_IMGTOOL_PKCS11_SCAN_INTERVAL": "0",  # see test_token_scan_interval
             },
         )
     finally:
@@ -395,3 +501,17 @@ def test_missing_public_key_file_is_refused_before_signing(hsm: Hsm) -> None:
         pub.write_bytes(saved)
     assert hsm.sign(MACHINE, "own-man").status_code == 200
     _no_pin_anywhere(hsm)
+
+
+def test_parallel_requests_all_verify(hsm: Hsm) -> None:
+    """8 clients at once on one token (the server takes turns on it): all signatures good."""
+    import concurrent.futures
+
+    digests = [bytes([i]) * 48 for i in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        rs = list(ex.map(lambda d: hsm.sign(MACHINE, "own-fw", digest=d), digests))
+    assert [r.status_code for r in rs] == [200] * 16
+    assert all(
+        _verify(hsm.pubs[f"{MACHINE}/own-fw"], r.content, d)
+        for r, d in zip(rs, digests, strict=True)
+    )
