@@ -28,10 +28,11 @@ treated as data, not configuration, so a wrong or planted file cannot escalate:
   machine's token is refused at once, that machine's own requests within the interval; which
   machine signed first does not matter. With per-machine PINs the token's own
   login is a second barrier.
-- **no lock-out loop**: a wrong PIN or a locked token is remembered for that key file (and PIN
-  file); later requests fail at once without a login, until the ``.pkcs11`` file or the PIN file
-  changes (or the server restarts). A token whose PIN retry counter a client could run down by
-  repeating a request would be a denial of service on the HSM.
+- **no lock-out loop**: a wrong PIN or a locked token is remembered for that token (module,
+  label, serial, PIN source); later requests for any key on it fail at once without a login,
+  until the ``.pkcs11`` file that failed or the PIN file changes (or the server restarts): one
+  failed login per fix, not one per request. A token whose PIN retry counter a client could
+  run down by repeating a request would be a denial of service on the HSM.
 
 Errors are :class:`HsmKeyError`: a generic public text for the response, and a one-line log
 detail naming the machine, the key file and the URI -- never a PIN (the URI cannot hold one).
@@ -155,6 +156,8 @@ class HsmKey:
     uri: str  # with the server's module-path (and pin-source) added: what the signer gets
     pub: ec.EllipticCurvePublicKey
     ident: tuple[int, ...]  # stat of the URI file, the public key file and the PIN file
+    token: tuple[object, ...] = ()  # (module, label, serial, PIN file): one login state
+    pin_ident: tuple[int, ...] = ()  # stat of the PIN file (() for the environment's PIN)
 
 
 class HsmKeys:
@@ -176,7 +179,9 @@ class HsmKeys:
         self._lock = threading.Lock()
         self._keys: dict[Path, HsmKey] = {}
         self._parsed: dict[Path, tuple[tuple[int, ...], pkcs11.Pkcs11Uri | None]] = {}
-        self._refused: dict[Path, tuple[tuple[int, ...], str]] = {}  # wrong PIN / locked
+        # a wrong PIN or a locked token, per token: (PIN file stat, failing file, its stat, text)
+        self._refused: dict[tuple[object, ...], tuple[tuple[int, ...], Path, tuple[int, ...], str]]
+        self._refused = {}
         self.logins_refused = 0  # requests answered from _refused (tests)
 
     # ------------------------------------------------------------------ lookup
@@ -299,7 +304,9 @@ class HsmKeys:
                     f"{pkcs11.PIN_ENV})"
                 )
             full = self._with_server_query(uri, module, pin_file)
-            key = HsmKey(machine, path, uri.text, full, pub, ident)
+            token = (str(module), uri.path.get("token"), uri.path.get("serial"), str(pin_file))
+            pin_ident = _sig(pin_file) if pin_file else ()
+            key = HsmKey(machine, path, uri.text, full, pub, ident, token, pin_ident)
             self._keys[path] = key
             return key
 
@@ -319,12 +326,17 @@ class HsmKeys:
         from ..signing import ecc_key_signer
 
         with self._lock:
-            refused = self._refused.get(key.file)
-            if refused is not None and refused[0] == key.ident:
+            refused = self._refused.get(key.token)
+            if (
+                refused is not None
+                and refused[0] == key.pin_ident
+                and _sig(refused[1]) == refused[2]
+            ):
                 self.logins_refused += 1
                 raise HsmKeyError(
-                    f"{key.file}: {refused[1]} (earlier; not retried until {key.file.name} or "
-                    "the PIN file changes, or the server restarts)"
+                    f"{key.file}: {refused[3]} (earlier, with {refused[1].name}; the token is "
+                    f"not tried again until that file or the PIN file changes, or the server "
+                    "restarts)"
                 )
         try:
             hw = ecc_key_signer(key.uri, key.pub).sign_digest(digest)
@@ -332,7 +344,7 @@ class HsmKeys:
             text = str(exc).replace(key.uri, key.shown)
             if _login_refused(text):
                 with self._lock:
-                    self._refused[key.file] = (key.ident, text)
+                    self._refused[key.token] = (key.pin_ident, key.file, _sig(key.file), text)
             raise HsmKeyError(f"{key.file}: {text}") from None
         except ImgtoolError as exc:  # e.g. the signature does not verify with the public key
             raise HsmKeyError(f"{key.file}: {str(exc).replace(key.uri, key.shown)}") from None

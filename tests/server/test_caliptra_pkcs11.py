@@ -210,6 +210,7 @@ class _Stub:
         ("wrong PIN (CKR_PIN_INCORRECT; not retried)", True),
         ("the PIN is not accepted by the token", True),
         ("no such token", False),  # may appear later (a token plugged in): asked again
+        ("no EC private key object on the token", False),
     ],
 )
 def test_a_locked_token_is_not_asked_again(
@@ -232,14 +233,21 @@ def test_a_locked_token_is_not_asked_again(
         assert "module-path" not in str(exc.value)  # the URI as the file gives it
     assert stub.calls == (1 if remembered else 5)
     assert keys.logins_refused == (4 if remembered else 0)
-    if remembered:  # a changed key store file is tried again (once)
-        uri_file = hsmkeys.uri_file(priv)
-        uri_file.write_text(uri_file.read_text())  # rewritten (the operator fixed something)
-        os.utime(uri_file, ns=(1, 1))
-        for _ in range(2):
-            with pytest.raises(HsmKeyError):
-                keys.sign_digest_der(keys.load("m1", priv), DIGEST)
-        assert stub.calls == 2
+    # another key on that token: no login either (one failed login per fix, not per key)
+    other = _store(tmp_path, "m1", "own-man", "pkcs11:token=t1;object=k2")
+    with pytest.raises(HsmKeyError):
+        keys.sign_digest_der(keys.load("m1", other), DIGEST)
+    assert stub.calls == (1 if remembered else 6)
+    if not remembered:
+        return
+    # a changed key store file is tried again (once)
+    uri_file = hsmkeys.uri_file(priv)
+    uri_file.write_text(uri_file.read_text())  # rewritten (the operator fixed something)
+    os.utime(uri_file, ns=(1, 1))
+    for _ in range(2):
+        with pytest.raises(HsmKeyError):
+            keys.sign_digest_der(keys.load("m1", priv), DIGEST)
+    assert stub.calls == 2
     # any other token failure is one line too
     monkeypatch.setattr(imgtool.signing, "ecc_key_signer", _Stub(RuntimeError("boom")))
     os.utime(hsmkeys.uri_file(priv), ns=(2, 2))
@@ -445,7 +453,7 @@ def test_wrong_pin_is_one_error_and_not_retried(hsm: Hsm) -> None:
     assert "pin-source" not in line  # the URI as the key store gives it
     assert hsm.sign(LAB[0], "own-fw").status_code == 500
     again = hsm.log()[len(log) :]
-    assert "earlier; not retried" in again
+    assert "the token is not tried again until that file or the PIN file changes" in again
     # fixing the PIN file lets the next request log in
     pin = hsm.pin_dir / "bmc-c.pin"
     pin.write_text(hsm.tokens[LAB[0]].pin + "\n")
