@@ -59,7 +59,6 @@ INLINE_ARTIFACT = 256 * 1024  # artifacts up to this size go to cst through memo
 # /sign/caliptra: ECC and LMS sign a digest, ML-DSA-87 the raw message (hex, at most
 # signing2.MAX_MESSAGE bytes); a body beyond what the largest message needs is refused (413)
 # before it is read, whatever DIGSIGSERVER_REQUEST_MAX_SIZE allows for /sign/imx
-CALIPTRA_ALGOS = ("ecc", "lms", "mldsa")  # validate.CALIPTRA_ALGOS plus ML-DSA-87
 CALIPTRA_MAX_BODY = 2 * MAX_MESSAGE + 16 * 1024
 HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})*")
 FORBIDDEN = "forbidden: this token may not use that machine or endpoint\n"
@@ -416,6 +415,12 @@ class SigningService:
                 raise Reject(400, f"unsupported soctype (allowed: {', '.join(validate.SOCTYPES)})")
             if not validate.CST_VERSION_RE.fullmatch(cstversion):
                 raise Reject(400, "invalid cstversion")
+            if backend == "pkcs11":  # digsigserver's HSM route: `cst -b pkcs11`
+                raise Reject(
+                    501,
+                    "backend pkcs11 is not available: this server's cst (Debian "
+                    "imx-code-signing-tool) has no PKCS#11 backend; use backend=ssl",
+                )
             if backend not in validate.BACKENDS:
                 raise Reject(400, "unsupported backend (this server offers: ssl)")
             cst = self.s.imx_cst_base / f"cst-{cstversion}" / "linux64" / "bin" / "cst"
@@ -491,8 +496,8 @@ class SigningService:
         self._allow(ctx, machine, "caliptra")
         if key not in validate.CALIPTRA_KEYS:
             raise Reject(400, f"key must be one of {', '.join(validate.CALIPTRA_KEYS)}")
-        if algo not in CALIPTRA_ALGOS:
-            raise Reject(400, f"algo must be one of {', '.join(CALIPTRA_ALGOS)}")
+        if algo not in validate.CALIPTRA_ALGOS:
+            raise Reject(400, f"algo must be one of {', '.join(validate.CALIPTRA_ALGOS)}")
         ctx.key = f"{key}-{algo}"
         ext = "bin" if algo == "mldsa" else "pem"  # ML-DSA: raw files as keygen writes them
         return self.s.keyfile_root / machine / "caliptra" / f"{key}-{algo}-prvk.{ext}"

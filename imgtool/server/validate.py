@@ -14,7 +14,7 @@ DIGEST_RE = re.compile(r"[0-9a-fA-F]{96}")
 SOCTYPES = ("mx8m",)
 BACKENDS = ("ssl",)
 CALIPTRA_KEYS = ("vnd-fw", "vnd-man", "own-fw", "own-man")
-CALIPTRA_ALGOS = ("ecc", "lms")
+CALIPTRA_ALGOS = ("ecc", "lms", "mldsa")
 RESERVED_NAMES = ("csf-input.txt", "csf-output.bin", "crts", "keys")
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 

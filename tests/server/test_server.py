@@ -404,12 +404,22 @@ def test_machine_traversal_and_bad_parameters(server: Server) -> None:
             {"machine": "../bmc-a"},
             {"soctype": "mx6"},
             {"cstversion": "3.3.1;rm"},
-            {"backend": "pkcs11"},
+            {"backend": "hsm"},
         ):
             form = _imx_form(version=FAKE_CST_OK)
             form["data"] = {**form["data"], **extra}  # type: ignore[dict-item]
             r = c.post("/sign/imx", **form)  # type: ignore[arg-type]
             assert r.status_code == 400, (extra, r.text)
+
+
+def test_backend_pkcs11_is_501_naming_why(server: Server) -> None:
+    """digsigserver's backend=pkcs11 runs `cst -b pkcs11`; Debian's cst 3.3.1 has no -b (its HSM
+    backend was removed, Debian bug #985763): a clear 501, before cst runs."""
+    form = _imx_form(version=FAKE_CST_OK)
+    form["data"] = {**form["data"], "backend": "pkcs11"}  # type: ignore[dict-item]
+    with server.client() as c:
+        r = c.post("/sign/imx", **form)  # type: ignore[arg-type]
+    assert r.status_code == 501 and "no PKCS#11 backend" in r.text, r.text
 
 
 def test_cst_missing_for_version_is_400(server: Server) -> None:
