@@ -361,6 +361,14 @@ def test_pkcs11_token_keys_in_a_2x_config(
         rc = main(["verify", str(p.root / "out" / "ast2705-test-flash-image.bin"), *cfg])
         assert rc == 0, capsys.readouterr().out
         assert not [f for f in p.root.rglob("*") if "pkcs11:" in f.name]
+        # in parallel (one token, its use serialized by keys.pkcs11): the same checks pass
+        for mode in ("thread", "process"):
+            shutil.rmtree(p.root / "out")
+            r = build(p, "-n", "2", "-P", mode, "flash")
+            assert {"sign:own_pub_sig_ecc", "sign:own_imc_sig_ecc"} <= ran(r)
+            capsys.readouterr()
+            rc = main(["verify", str(p.root / "out" / "ast2705-test-flash-image.bin"), *cfg])
+            assert rc == 0, (mode, capsys.readouterr().out)
         # the token key of another object than the configured public key: one line, exit 2
         other = token.uri("own-fw-ecc", pin)
         _edit(p.cfg, token.uri("own-man-ecc", pin), other)

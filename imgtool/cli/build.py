@@ -265,12 +265,28 @@ def cmd_create_auth_flash_2x(args: argparse.Namespace) -> int:
     return 0
 
 
+SIGNING_2X = (
+    "Each signature comes from its key section's [sign_helper] command for that algorithm "
+    "(owner_|vendor_ + ecc|lms|mldsa + _fw_|_man_ + key_sign_helper; an ML-DSA helper gets the "
+    "raw message), else its private key: a file in the key directory or, for ecc_priv_key, a "
+    "pkcs11: URI. Without either the slot stays zero. Every signature is verified against the "
+    "configured public key. Outputs never overwrite an input."
+)
+
+
 def register_2x(sub: Any) -> None:
-    p = sub.add_parser("create-auth-man-2x", help="build a Caliptra 2.x SoC manifest (ATM2)")
+    p = sub.add_parser(
+        "create-auth-man-2x",
+        help="build a Caliptra 2.x SoC manifest (ATM2)",
+        description="Build a Caliptra 2.x SoC manifest (ATM2). " + SIGNING_2X,
+    )
     _add_2x_options(p)
     p.set_defaults(func=cmd_create_auth_man_2x)
     p = sub.add_parser(
-        "create-auth-flash-2x", help="build a Caliptra 2.x flash image (FLSH v1) and fw_toc.bin"
+        "create-auth-flash-2x",
+        help="build a Caliptra 2.x flash image (FLSH v1) and fw_toc.bin",
+        description="Build a Caliptra 2.x flash image (FLSH v1) and fw_toc.bin beside it; "
+        "without --man, or with a --man that does not exist yet, the manifest first. " + SIGNING_2X,
     )
     _add_2x_options(p)
     p.add_argument("--flash", type=Path, help="output (default out/<prj>-flash-image.bin)")
