@@ -47,24 +47,30 @@ def _helper_cmd(key: Path, algo: str, *extra: str) -> str:
 
 
 def with_owner_helpers(
-    p: Project2, by_file: bool, side: Path | None = None, keys: dict[str, Path] | None = None
+    p: Project2,
+    by_file: bool,
+    side: Path | None = None,
+    keys: dict[str, Path] | None = None,
+    parties: tuple[str, ...] = ("owner",),
 ) -> Path:
-    """Move the owner private keys out of the key dir and drop them from the config; a
-    [sign_helper] command per owner key and algorithm signs instead (``keys`` overrides the
+    """Move the owner (or ``parties``') private keys out of the key dir and drop them from the
+    config; a [sign_helper] command per key and algorithm signs instead (``keys`` overrides the
     key a helper uses, by "<role>-<algo>"). Returns the helpers' key directory."""
     side = side or p.root / "helper-keys"
     side.mkdir(exist_ok=True)
     body = "\n[sign_helper]\n"
-    for role in OWNER:
-        for algo in ("ecc", "lms", "mldsa"):
-            name = f"own-{role}-{algo}-prvk.{EXT[algo]}"
-            _edit(p.cfg, f'{algo}_priv_key = "{name}"\n', "")
-            if (p.keys / name).exists():
-                shutil.move(p.keys / name, side / name)
-                pub = name.replace("-prvk.", "-pubk.")
-                shutil.copy(p.keys / pub, side / pub)  # the LMS helper looks for it there
-            key = (keys or {}).get(f"{role}-{algo}", side / name)
-            body += f'owner_{algo}_{role}_key_sign_helper = "{_helper_cmd(key, algo)}"\n'
+    for party in parties:
+        for role in OWNER:
+            for algo in ("ecc", "lms", "mldsa"):
+                prefix = "own" if party == "owner" else "vnd"
+                name = f"{prefix}-{role}-{algo}-prvk.{EXT[algo]}"
+                _edit(p.cfg, f'{algo}_priv_key = "{name}"\n', "")
+                if (p.keys / name).exists():
+                    shutil.move(p.keys / name, side / name)
+                    pub = name.replace("-prvk.", "-pubk.")
+                    shutil.copy(p.keys / pub, side / pub)  # the LMS helper looks for it there
+                key = (keys or {}).get(f"{role}-{algo}", side / name)
+                body += f'{party}_{algo}_{role}_key_sign_helper = "{_helper_cmd(key, algo)}"\n'
     body += f"by_file = {'true' if by_file else 'false'}\n"
     p.cfg.write_text(p.cfg.read_text() + body)
     return side
@@ -121,6 +127,18 @@ def test_helpers_give_the_local_build(
         else:
             lpub = (p.keys / f"own-{role}-lms-pubk.pem").read_bytes()
             assert indep2.lms_verify(lpub, cov[what], q[:1620])
+
+
+def test_vendor_helpers_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """2.x has no prebuilt vendor signatures: vendor_* helpers stand in for the vendor keys."""
+    p = make_project2(tmp_path, "ast2755")
+    local = tmp_path / "local.bin"
+    man_2x(p, "mldsa", local, capsys)
+    with_owner_helpers(p, by_file=True, parties=("vendor", "owner"))
+    assert not list(p.keys.glob("*-prvk.*"))
+    via = tmp_path / "helpers.bin"
+    man_2x(p, "mldsa", via, capsys)
+    assert via.read_bytes() == local.read_bytes()
 
 
 def _foreign_keys(d: Path) -> dict[str, Path]:
