@@ -569,3 +569,20 @@ def test_no_bundle_no_key_check(tmp_path: Path) -> None:
     """caliptra_file = "" (the A1 configs): nothing to compare, the build goes on."""
     p = make_project(tmp_path, caliptra=None, lms=True)
     assert main(["create-auth-man", *p.args("--man", str(p.man))]) == 0
+
+
+def test_log_lines_name_their_level() -> None:
+    """An error-level log line (the server's "internal error", a key store it cannot use) says
+    "error", not "warning"."""
+    import logging
+
+    from imgtool.cli.main import _Formatter
+
+    f = _Formatter()
+
+    def line(level: int) -> str:
+        return f.format(logging.LogRecord("imgtool", level, __file__, 1, "m", None, None))
+
+    assert line(logging.ERROR) == "cptra-imgtool: error: m"
+    assert line(logging.WARNING) == "cptra-imgtool: warning: m"
+    assert line(logging.INFO) == "cptra-imgtool: info: m"

@@ -24,7 +24,13 @@ COMMAND_MODULES = ("keys", "verify", "server", "build", "owner")
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        level = "warning" if record.levelno >= logging.WARNING else "info"
+        level = (
+            "error"
+            if record.levelno >= logging.ERROR
+            else "warning"
+            if record.levelno >= logging.WARNING
+            else "info"
+        )
         return f"{PROG}: {level}: {record.getMessage()}"
 
 
