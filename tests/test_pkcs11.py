@@ -157,6 +157,8 @@ def test_locked_token_not_retried(token: Token, tmp_path: Path) -> None:
     # below; here: one wrong PIN is one attempt and one line.
     msg = _err(token.uri("k", bad))
     assert "wrong PIN" in msg and "not retried" in msg
+    with pytest.raises(pkcs11.Pkcs11LoginError):  # the type the server's lock-out keys on
+        pkcs11.sign_digest_der(token.uri("k", bad), DIGEST)
     # the good PIN still works: our one wrong attempt was not repeated into a lockout
     sig = pkcs11.sign_digest_der(token.uri("k", _pin_file(tmp_path, token.pin)), DIGEST)
     assert ecc.verify_digest(ecc.load_private(priv).public_key(), DIGEST, sig)

@@ -65,6 +65,11 @@ class Pkcs11Error(KeyFileError):
     """A PKCS#11 URI, module, token, object or PIN problem (one line, no PIN)."""
 
 
+class Pkcs11LoginError(Pkcs11Error):
+    """The token refused the login (wrong, locked or unacceptable PIN): never to be retried
+    in a loop (each try may count down the token's retry counter)."""
+
+
 def is_uri(value: str | Path | None) -> bool:
     return value is not None and str(value).startswith("pkcs11:")
 
@@ -288,11 +293,11 @@ def _session(uri: Pkcs11Uri, *, rw: bool = False) -> Iterator[Any]:
     try:
         sess = token.open(rw=rw, user_pin=pin)
     except x.PinIncorrect:
-        raise Pkcs11Error(f"{uri}: wrong PIN (CKR_PIN_INCORRECT; not retried)") from None
+        raise Pkcs11LoginError(f"{uri}: wrong PIN (CKR_PIN_INCORRECT; not retried)") from None
     except x.PinLocked:
-        raise Pkcs11Error(f"{uri}: token is locked (CKR_PIN_LOCKED; not retried)") from None
+        raise Pkcs11LoginError(f"{uri}: token is locked (CKR_PIN_LOCKED; not retried)") from None
     except (x.PinInvalid, x.PinLenRange, x.PinExpired):
-        raise Pkcs11Error(f"{uri}: the PIN is not accepted by the token") from None
+        raise Pkcs11LoginError(f"{uri}: the PIN is not accepted by the token") from None
     except pkcs11.exceptions.PKCS11Error as exc:
         raise Pkcs11Error(f"{uri}: cannot open a session: {type(exc).__name__}") from None
     finally:

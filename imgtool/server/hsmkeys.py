@@ -342,7 +342,7 @@ class HsmKeys:
             hw = ecc_key_signer(key.uri, key.pub).sign_digest(digest)
         except pkcs11.Pkcs11Error as exc:
             text = str(exc).replace(key.uri, key.shown)
-            if _login_refused(text):
+            if isinstance(exc, pkcs11.Pkcs11LoginError):
                 with self._lock:
                     self._refused[key.token] = (key.pin_ident, key.file, _sig(key.file), text)
             raise HsmKeyError(f"{key.file}: {text}") from None
@@ -356,8 +356,3 @@ class HsmKeys:
         if not ecc.verify_digest(key.pub, digest, der):  # signer verified; the DER form too
             raise HsmKeyError(f"{key.file}: signature does not verify (internal error)")
         return der
-
-
-def _login_refused(text: str) -> bool:
-    """A login that must not be repeated (keys/pkcs11.py words these errors)."""
-    return any(s in text for s in ("CKR_PIN_INCORRECT", "CKR_PIN_LOCKED", "PIN is not accepted"))
