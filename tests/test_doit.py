@@ -287,7 +287,7 @@ def test_manifest_verify_list_clean(tmp_path: Path) -> None:
     assert not man.exists() and not flash.exists()
     # the digest and signature directories are gone too; doit's state and the cache stay
     left = {p.name for p in (prj.root / "out" / "test").iterdir()}
-    assert ".doit.sqlite3" in left and left <= {".doit.sqlite3", "fingerprints.json"}
+    assert ".doit.sqlite3" in left and left <= {".doit.sqlite3", "fingerprints.json", "keycheck.json"}
 
 
 def test_verify_task_with_the_fuses_anchor(tmp_path: Path) -> None:

@@ -235,7 +235,7 @@ def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
         return graph2.doit_config(s, command)
     cfg = _load(s)
     if command not in NO_BUILD_COMMANDS:
-        key_match.check(_load_raw(s), allow=s.allow_mismatch)
+        key_match.check_cached(_load_raw(s), out_dir(cfg) / "keycheck.json", s.allow_mismatch)
     outputs = {"man=": man_path(cfg, s), "flash=": flash_path(cfg, s)}
     outputs.update({f"padded copy of {c.field}": c.copy for c in _copies(s)})
     build.check_outputs(_load_raw(s), outputs)

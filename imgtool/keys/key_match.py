@@ -15,7 +15,9 @@ public key, whose SHA-256 is also the key id ``lms-status`` shows).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,3 +216,46 @@ def check(cfg: Config, allow: bool = False) -> list[Mismatch]:
         + "; ".join(m.text for m in found)
         + f". Fix: {fix_text(cfg, found)} ({ALLOW_OPTION} builds it anyway)"
     )
+
+
+def _inputs_ident(cfg: Config, allow: bool) -> list[object]:
+    """What :func:`mismatches` reads, identified without reading it: the config, caliptra_file,
+    every key file and the prebuilt vendor signatures, each by path and stat (size, mtime,
+    ctime, inode, device; None when missing), and ``allow``."""
+    from ..build import PREBUILT_ECC_FILE, PREBUILT_LMS_FILE
+
+    paths = [cfg.path, cfg.caliptra_file, *cfg.key_files()]
+    paths += [cfg.vendor_sig_dir / PREBUILT_ECC_FILE, cfg.vendor_sig_dir / PREBUILT_LMS_FILE]
+    out: list[object] = [bool(allow)]
+    for p in paths:
+        if p is None:
+            out.append(None)
+            continue
+        try:
+            st = os.stat(p)
+            ident: object = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+        except OSError:
+            ident = None
+        out.append([os.path.abspath(p), ident])
+    return out
+
+
+def check_cached(cfg: Config, cache: Path, allow: bool = False) -> list[Mismatch]:
+    """:func:`check`, skipped when ``cache`` records that it passed for exactly these inputs
+    (same paths and stats, see :func:`_inputs_ident`): a no-op build need not load the keys.
+    Only a clean pass is recorded; a cache that cannot be read or written is ignored."""
+    ident = _inputs_ident(cfg, allow)
+    try:
+        if json.loads(cache.read_text()) == ident:
+            return []
+    except (OSError, ValueError):
+        pass
+    found = check(cfg, allow)
+    if not found:
+        from ..fileio import atomic_write
+
+        try:
+            atomic_write(cache, json.dumps(ident).encode())
+        except ImgtoolError:
+            pass
+    return found
