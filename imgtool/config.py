@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import logging
 import math
@@ -377,22 +378,10 @@ def _sections(cfg: Path, raw: dict[str, Any], warn: Any) -> None:
         del raw[name]
 
 
-def load_config(
-    path: str | Path,
-    *,
-    key_dir: str | Path | None = None,
-    prebuilt_dir: str | Path | None = None,
-    vnd_sig_dir: str | Path | None = None,
-    check_files: bool = True,
-    private_keys: bool = True,
-) -> Config:
-    """Parse and validate a project config. Raises ConfigError with a one-line message.
-
-    ``check_files``: the files it names must exist; ``private_keys`` False: except private
-    keys (a machine that only verifies holds public keys)."""
-    cfg_path = Path(path)
+def read_toml(cfg_path: Path) -> dict[str, Any]:
+    """A config file's TOML; ConfigError naming the file when it cannot be read or parsed."""
     try:
-        raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        return tomllib.loads(cfg_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{cfg_path}: config file not found") from None
     except IsADirectoryError:
@@ -402,6 +391,25 @@ def load_config(
         raise ConfigError(f"{cfg_path}: cannot read config: {reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{cfg_path}: invalid TOML: {exc}") from None
+
+
+def load_config(
+    path: str | Path,
+    *,
+    key_dir: str | Path | None = None,
+    prebuilt_dir: str | Path | None = None,
+    vnd_sig_dir: str | Path | None = None,
+    check_files: bool = True,
+    private_keys: bool = True,
+    parsed: dict[str, Any] | None = None,
+) -> Config:
+    """Parse and validate a project config. Raises ConfigError with a one-line message.
+
+    ``check_files``: the files it names must exist; ``private_keys`` False: except private
+    keys (a machine that only verifies holds public keys); ``parsed``: the TOML of ``path``
+    already read with :func:`read_toml` (copied, not changed)."""
+    cfg_path = Path(path)
+    raw = copy.deepcopy(parsed) if parsed is not None else read_toml(cfg_path)
 
     warnings: list[str] = []
 

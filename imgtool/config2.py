@@ -9,7 +9,6 @@ required; the MCU runtime has fw_id 2 and the SoC images fw_id 0x1000, 0x1001, .
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from .config import (
     _looks_like_uri,
     _u32,
     default_key_dir,
+    read_toml,
 )
 from .errors import ConfigError
 from .signing2 import HELPER_FIELDS2, KeyHelpers, helpers_for
@@ -206,20 +206,6 @@ def is_2x(raw: dict[str, Any]) -> bool:
         if isinstance(t, dict) and any(k.startswith("mldsa_") for k in t):
             return True
     return False
-
-
-def read_toml(cfg_path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{cfg_path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{cfg_path}: is a directory, not a config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise ConfigError(f"{cfg_path}: cannot read config: {reason}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{cfg_path}: invalid TOML: {exc}") from None
 
 
 def load_config2(

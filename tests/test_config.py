@@ -297,3 +297,18 @@ def test_uri_in_lms_fields_refused(tmp_path: Path) -> None:
     prj.cfg.write_text(text)
     with pytest.raises(ConfigError, match="LMS keys cannot live on a PKCS#11 token"):
         load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+
+
+def test_load_config_leaves_a_parsed_toml_unchanged(tmp_path: Path) -> None:
+    """doit parses the config once (is_2x and the loader share it): the loader must not change
+    the dict it is given, and must load the same config as from the file."""
+    import copy
+
+    from imgtool.config import read_toml
+
+    prj = make_project(tmp_path)
+    parsed = read_toml(prj.cfg)
+    before = copy.deepcopy(parsed)
+    a = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt, parsed=parsed)
+    assert parsed == before
+    assert a == load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)

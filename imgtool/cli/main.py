@@ -86,7 +86,8 @@ def add_project_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    from ..config2 import is_2x, read_toml
+    from ..config import read_toml
+    from ..config2 import is_2x
     from ..errors import ConfigError
     from ..keys import key_match
 

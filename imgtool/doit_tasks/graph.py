@@ -39,7 +39,7 @@ from doit.task import clean_targets
 from doit.tools import config_changed
 
 from imgtool import build
-from imgtool.config import Config, load_config
+from imgtool.config import Config, load_config, read_toml
 from imgtool.errors import ConfigError, ImgtoolError
 from imgtool.fileio import atomic_write
 from imgtool.formats import manifest1 as manifest
@@ -132,9 +132,8 @@ def is_2x(s: Settings) -> bool:
     """Whether the config is a Caliptra 2.x one (:func:`imgtool.config2.is_2x`); a 1.x config
     given pqc= is refused here."""
     from imgtool.config2 import is_2x as raw_is_2x
-    from imgtool.config2 import read_toml
 
-    two = raw_is_2x(read_toml(Path(s.cfg)))
+    two = raw_is_2x(_toml(s))
     if not two and s.pqc is not None:
         raise ConfigError(
             f"pqc={s.pqc}: only for Caliptra 2.x configs; {s.cfg} is a 1.x config "
@@ -144,9 +143,19 @@ def is_2x(s: Settings) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
+def _toml(s: Settings) -> dict[str, Any]:
+    """The config's TOML, parsed once per run (is_2x and the loader both need it)."""
+    return read_toml(Path(s.cfg))
+
+
+@functools.lru_cache(maxsize=8)
 def _load_raw(s: Settings) -> Config:
     return load_config(
-        s.cfg, key_dir=s.key_dir, prebuilt_dir=s.prebuilt_dir, vnd_sig_dir=s.vnd_sig_dir
+        s.cfg,
+        key_dir=s.key_dir,
+        prebuilt_dir=s.prebuilt_dir,
+        vnd_sig_dir=s.vnd_sig_dir,
+        parsed=_toml(s),
     )
 
 
@@ -227,7 +236,7 @@ def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
     keys against caliptra_file (:mod:`imgtool.keys.key_match`)."""
     from imgtool.keys import key_match
 
-    for cached in (is_2x, _load_raw, _copies, _load, _plan):
+    for cached in (_toml, is_2x, _load_raw, _copies, _load, _plan):
         cached.cache_clear()  # a new doit run (possibly in the same process): re-read the config
     if is_2x(s):
         from . import graph2
