@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
+    _PRJ_RE,
     KEY_SECTIONS,
     MAX_HELPER_TIMEOUT,
     HsmKey,
@@ -243,6 +244,8 @@ def load_config2(
     if not 0 <= svn <= SVN_MAX:
         raise _err(cfg_path, "manifest_config.security_version", f"must be 0..128, got {svn}")
     prj = mc.get("prj_name", "default_project")
+    if not _PRJ_RE.match(prj):  # it names out/<prj>/ and the output files: no path, no ".."
+        raise _err(cfg_path, "manifest_config.prj_name", f"not a plain name: {prj!r}")
     align = _u32(cfg_path, "manifest_config.padding_align_size", mc.get("padding_align_size", 0))
     pf = mc.get("padding_out_folder", "")
 
