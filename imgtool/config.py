@@ -378,6 +378,23 @@ def _sections(cfg: Path, raw: dict[str, Any], warn: Any) -> None:
         del raw[name]
 
 
+MAX_PADDING_ALIGN = 16 << 20  # 16 MiB: beyond any flash erase block; each image is padded to it
+
+
+def padding_align(cfg_path: Path, value: int) -> int:
+    """manifest_config.padding_align_size: 0 (off) .. 16 MiB. Every image is padded to a
+    multiple of it (in the flash image and in the padded copies), so an unbounded value would
+    make gigabytes out of kilobytes; a bound is checked before any file is read."""
+    align = _u32(cfg_path, "manifest_config.padding_align_size", value)
+    if align > MAX_PADDING_ALIGN:
+        raise _err(
+            cfg_path,
+            "manifest_config.padding_align_size",
+            f"must be 0 (off) to {MAX_PADDING_ALIGN} (16 MiB), got {align}",
+        )
+    return align
+
+
 def read_toml(cfg_path: Path) -> dict[str, Any]:
     """A config file's TOML; ConfigError naming the file when it cannot be read or parsed."""
     try:
@@ -441,8 +458,7 @@ def load_config(
             f"{cfg_path}: manifest_config.flags: only bit 0 (VENDOR_SIGNATURE_REQUIRED) is kept "
             f"in the manifest; 0x{flags:x} is stored as 0x{flags & 1:x}"
         )
-    align = mc.get("padding_align_size", 0)
-    _u32(cfg_path, "manifest_config.padding_align_size", align)
+    align = padding_align(cfg_path, mc.get("padding_align_size", 0))
     pad_folder_name = mc.get("padding_out_folder", "")
     pad_folder = Path(pad_folder_name) if pad_folder_name else None
     if pad_folder is not None and not align:

@@ -24,6 +24,7 @@ from .config import (
     _looks_like_uri,
     _u32,
     default_key_dir,
+    padding_align,
     read_toml,
 )
 from .errors import ConfigError
@@ -246,7 +247,7 @@ def load_config2(
     prj = mc.get("prj_name", "default_project")
     if not _PRJ_RE.match(prj):  # it names out/<prj>/ and the output files: no path, no ".."
         raise _err(cfg_path, "manifest_config.prj_name", f"not a plain name: {prj!r}")
-    align = _u32(cfg_path, "manifest_config.padding_align_size", mc.get("padding_align_size", 0))
+    align = padding_align(cfg_path, mc.get("padding_align_size", 0))
     pf = mc.get("padding_out_folder", "")
 
     names: dict[str, dict[str, str]] = {}

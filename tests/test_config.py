@@ -312,3 +312,27 @@ def test_load_config_leaves_a_parsed_toml_unchanged(tmp_path: Path) -> None:
     a = load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt, parsed=parsed)
     assert parsed == before
     assert a == load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+
+
+@pytest.mark.parametrize("value", [(16 << 20) + 1, 2**31, 2**32 - 1])
+def test_padding_align_size_is_bounded(tmp_path: Path, value: int) -> None:
+    """Every image is padded to this: 2^31 made gigabytes of padded copies (and, in 2.x, a
+    MemoryError). One line naming the field, before any image is read."""
+    prj = make_project(tmp_path)
+    text = prj.cfg.read_text()
+    prj.cfg.write_text(
+        text.replace("[manifest_config]\n", f"[manifest_config]\npadding_align_size = {value}\n", 1)
+    )
+    with pytest.raises(
+        ConfigError, match=r"manifest_config\.padding_align_size: must be 0 \(off\) to"
+    ):
+        load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    prj.cfg.write_text(
+        text.replace(
+            "[manifest_config]\n", f"[manifest_config]\npadding_align_size = {16 << 20}\n", 1
+        )
+    )
+    assert (
+        load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt).padding_align_size
+        == 16 << 20
+    )
