@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import logging
@@ -378,6 +379,34 @@ def _sections(cfg: Path, raw: dict[str, Any], warn: Any) -> None:
         del raw[name]
 
 
+def refuse_private_keys_as_inputs(
+    cfg_path: Path, inputs: list[tuple[str, Path]], private_keys: list[Path]
+) -> None:
+    """An image, caliptra_file or mcu_file that is a configured private key, or any file that
+    starts like a PEM private key, would ship the key in the flash image: ConfigError naming
+    the field. (Only the first line of each input is looked at.)"""
+    keys = {os.path.realpath(k): k for k in private_keys}
+    for fld, p in inputs:
+        hit = keys.get(os.path.realpath(p))
+        if hit is None:
+            for k in private_keys:
+                with contextlib.suppress(OSError):
+                    if os.path.samefile(p, k):
+                        hit = k
+                        break
+        if hit is not None:
+            raise _err(
+                cfg_path, fld, f"{p} is the private key {hit}: it would ship in the flash image"
+            )
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(256).lstrip()
+        except OSError:
+            continue  # missing files are reported where they are checked
+        if head.startswith(b"-----BEGIN") and b"PRIVATE KEY-----" in head.split(b"\n", 1)[0]:
+            raise _err(cfg_path, fld, f"{p} is a PEM private key: it would ship in the flash image")
+
+
 MAX_PADDING_ALIGN = 16 << 20  # 16 MiB: beyond any flash erase block; each image is padded to it
 
 
@@ -576,6 +605,13 @@ def load_config(
         vendor_sig_reason=vwhy,
         warnings=(),
     )
+    privs = [
+        p
+        for ks in (cfg.vendor_fw, cfg.vendor_man, cfg.owner_fw, cfg.owner_man)
+        for p in (ks.ecc_priv, ks.lms_priv)
+        if isinstance(p, Path)
+    ]
+    refuse_private_keys_as_inputs(cfg_path, cfg.input_files(), privs)
     if check_files:
         _check_sizes(cfg, warn)
         _check_bundle(cfg)

@@ -26,6 +26,7 @@ from .config import (
     default_key_dir,
     padding_align,
     read_toml,
+    refuse_private_keys_as_inputs,
 )
 from .errors import ConfigError
 from .signing2 import HELPER_FIELDS2, KeyHelpers, helpers_for
@@ -349,6 +350,15 @@ def load_config2(
         )
     if len(images) > 127:
         raise _err(cfg_path, "image_metadata_list", f"at most 127 images, got {len(images)}")
+    inputs = [("image_runtime_list.caliptra_file", caliptra), ("image_runtime_list.mcu_file", mcu)]
+    inputs += [(f"image_metadata_list[{i}].file", img.file) for i, img in enumerate(images)]
+    privs = [
+        p
+        for ks in keys.values()
+        for p in (ks.ecc_priv, ks.lms_priv, ks.mldsa_priv)
+        if isinstance(p, Path)
+    ]
+    refuse_private_keys_as_inputs(cfg_path, [(f, p) for f, p in inputs if p is not None], privs)
     return Config2(
         path=cfg_path,
         prj_name=prj,

@@ -336,3 +336,22 @@ def test_padding_align_size_is_bounded(tmp_path: Path, value: int) -> None:
         load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt).padding_align_size
         == 16 << 20
     )
+
+
+def test_a_private_key_is_never_an_image(tmp_path: Path) -> None:
+    """An image that is a configured private key (by path, symlink or hard link), or any file
+    that starts as a PEM private key, would ship the key in the flash image: one line naming the
+    image field."""
+    import os
+    import shutil
+
+    prj = make_project(tmp_path)
+    text = prj.cfg.read_text()
+    priv = prj.keys / "own-man-ecc-prvk.pem"
+    os.symlink(priv, prj.prebuilt / "link.bin")
+    os.link(priv, prj.prebuilt / "hard.bin")
+    shutil.copy(priv, prj.prebuilt / "copy.bin")  # not the configured file: caught by its PEM head
+    for name in (f"../{prj.keys.name}/own-man-ecc-prvk.pem", "link.bin", "hard.bin", "copy.bin"):
+        prj.cfg.write_text(text.replace('file = "img1.bin"', f'file = "{name}"', 1))
+        with pytest.raises(ConfigError, match=r"image_metadata_list\[\d+\]\.file: .*would ship"):
+            load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
