@@ -287,7 +287,11 @@ def test_manifest_verify_list_clean(tmp_path: Path) -> None:
     assert not man.exists() and not flash.exists()
     # the digest and signature directories are gone too; doit's state and the cache stay
     left = {p.name for p in (prj.root / "out" / "test").iterdir()}
-    assert ".doit.sqlite3" in left and left <= {".doit.sqlite3", "fingerprints.json", "keycheck.json"}
+    assert ".doit.sqlite3" in left and left <= {
+        ".doit.sqlite3",
+        "fingerprints.json",
+        "keycheck.json",
+    }
 
 
 def test_verify_task_with_the_fuses_anchor(tmp_path: Path) -> None:
@@ -688,3 +692,15 @@ def test_doit_and_build_refuse_keys_that_do_not_match_the_bundle(
     assert main(["build", "--allow-key-mismatch", *prj.args("flash")]) == 0
     assert "warning:" in capsys.readouterr().err
     assert main(["build", *prj.args("clean")]) == 0
+
+
+@pytest.mark.parametrize(
+    "opt", ["flash=out/test/.doit.sqlite3", "man=out/test/imc.bin", "man=out/test/sig/x.bin"]
+)
+def test_outputs_inside_the_build_dir_are_refused(prj: Project, opt: str) -> None:
+    """man=/flash= inside out/<prj>/ would overwrite doit's database or another task's target
+    (a sqlite3 traceback, or doit's 'two different tasks'): one line, exit 2, before any task."""
+    ran, _, out = doit(prj, "flash", opt.replace("out/", f"{prj.root}/out/", 1), ok=False)
+    lines = out.strip().splitlines()
+    assert not ran and len(lines) == 1 and "Traceback" not in out, out
+    assert lines[0].startswith("cptra-imgtool: error:") and "where the build keeps" in lines[0]

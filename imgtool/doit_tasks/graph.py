@@ -40,7 +40,7 @@ from doit.tools import config_changed
 
 from imgtool import build
 from imgtool.config import Config, load_config, read_toml
-from imgtool.errors import ConfigError, ImgtoolError
+from imgtool.errors import ConfigError, ImgtoolError, OutputError
 from imgtool.fileio import atomic_write
 from imgtool.formats import manifest1 as manifest
 from imgtool.formats import padding
@@ -226,6 +226,20 @@ def setup_logging() -> None:
     log.propagate = False
 
 
+def refuse_internal_outputs(outputs: dict[str, Path], internal: Path) -> None:
+    """man= / flash= (and fw_toc.bin beside it) must not land in ``internal`` (out/<prj>/: the
+    dependency database, digests, signatures, the IMC): one would overwrite another task's
+    target or doit's own database."""
+    root = os.path.realpath(internal)
+    for opt, out in outputs.items():
+        real = os.path.realpath(out)
+        if real == root or real.startswith(root + os.sep):
+            raise OutputError(
+                f"{out}: {opt} is inside {internal}/, where the build keeps its own files "
+                "(dependency database, digests, signatures); choose another path"
+            )
+
+
 # doit commands that never sign: the key check of the bundle does not stop them
 NO_BUILD_COMMANDS = ("clean", "list", "info", "forget", "ignore", "help", "dumpdb", "reset-dep")
 
@@ -246,6 +260,7 @@ def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
     if command not in NO_BUILD_COMMANDS:
         key_match.check_cached(_load_raw(s), out_dir(cfg) / "keycheck.json", s.allow_mismatch)
     outputs = {"man=": man_path(cfg, s), "flash=": flash_path(cfg, s)}
+    refuse_internal_outputs(outputs, out_dir(cfg))
     outputs.update({f"padded copy of {c.field}": c.copy for c in _copies(s)})
     build.check_outputs(_load_raw(s), outputs)
     dep = out_dir(cfg) / ".doit.sqlite3"

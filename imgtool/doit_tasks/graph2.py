@@ -45,6 +45,7 @@ from .graph import (
     _replace_if_changed,
     _uptodate,
     act_pad,
+    refuse_internal_outputs,
     rmdir_empty,
     targets_intact,
 )
@@ -121,6 +122,7 @@ def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
     cfg2 = _load(s)
     outputs = {"man=": man_path(cfg2, s), "flash=": flash_path(cfg2, s)}
     outputs["fw_toc.bin (beside flash=)"] = toc_path(cfg2, s)
+    refuse_internal_outputs(outputs, out_dir(cfg2))
     outputs.update({f"padded copy of {c.field}": c.copy for c in build2.padded_copies2(cfg2)})
     check_outputs(cfg2, outputs)
     dep = out_dir(cfg2) / ".doit.sqlite3"
