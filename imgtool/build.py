@@ -475,10 +475,20 @@ def with_padded_copies(cfg: Config, folder: Path | None = None) -> Config:
 
 
 # ---------------------------------------------------------------------------- outputs
+# Files the LMS code keeps beside a private key K (lms_state.state_path / lock_path,
+# lms_tree.cache_path; tests/test_lms_state.py checks they agree): never an output.
+KEY_SIDE_FILES = ((".state", "LMS leaf state"), (".lock", "LMS state lock"), (".tree", "LMS tree"))
+
+
 def check_outputs(cfg: Config, outputs: dict[str, Path]) -> None:
     """Refuse output paths that name the same file twice, an input, or a directory."""
     inputs = [(f, p) for f, p in cfg.input_files()]
     inputs += [("a key file", p) for p in cfg.key_files()]
+    inputs += [
+        (f"the {what} of key {p}", p.with_name(p.name + suffix))
+        for p in cfg.key_files()
+        for suffix, what in KEY_SIDE_FILES
+    ]
     inputs.append(("the config", cfg.path))
     seen: dict[str, str] = {}
     for opt, out in outputs.items():

@@ -689,3 +689,31 @@ def test_math_and_state_do_not_import_each_other() -> None:
     assert not imports("lms") & {"lms_store", "lms_state", "lms_tree", "lms_signer"}
     assert not imports("lms_store") & {"lms", "lms_state", "lms_tree", "lms_signer"}
     assert not imports("lms_state") & {"lms", "lms_tree", "lms_signer"}
+
+
+def test_key_side_files_are_never_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--man / --flash over an LMS key's state, lock or tree file would destroy the leaf record
+    (the next build refuses or, worse, reuses leaves): refused before anything is written.
+    build.KEY_SIDE_FILES names the same files as lms_state / lms_tree."""
+    from projects import make_project
+
+    from imgtool.build import KEY_SIDE_FILES
+
+    k = Path("k-prvk.pem")
+    assert {k.name + s for s, _ in KEY_SIDE_FILES} == {
+        lms_state.state_path(k).name,
+        lms_state.lock_path(k).name,
+        lms_tree.cache_path(k).name,
+    }
+    prj = make_project(tmp_path, lms=True, lms_kind="h5")
+    monkeypatch.chdir(tmp_path)
+    state = prj.keys / "own-man-lms-prvk.pem.state"
+    before = state.read_bytes()
+    for opt in ("--man", "--flash"):
+        capsys.readouterr()
+        assert main(["create-auth-flash", *prj.args(opt, str(state))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "LMS leaf state" in err[0], err
+        assert state.read_bytes() == before
