@@ -43,8 +43,9 @@ def test_fw_toc_golden() -> None:
 
 
 def test_fw_toc_bad_input() -> None:
-    with pytest.raises(FormatError, match="does not fit"):
-        t.FwToc([t.TocItem(0, 0, 0, "x" * 64)]).pack()
+    for bad in ("x" * 64, ".", "..", "a/b", "a\0b"):  # base names of at most 63 bytes only
+        with pytest.raises(FormatError, match="is not a base name of at most 63 bytes"):
+            t.FwToc([t.TocItem(0, 0, 0, bad)]).pack()
     with pytest.raises(FormatError, match="at most 32"):
         t.FwToc([t.TocItem(i, 0, 0, "a") for i in range(33)]).pack()
     with pytest.raises(FormatError, match="2704"):

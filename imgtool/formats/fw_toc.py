@@ -54,8 +54,10 @@ class FwToc:
                 it.identifier, NAMES_OFFSET + NAME_LEN * i, it.size, it.image_checksum
             ).pack()
             raw = it.name.encode()
-            if len(raw) >= NAME_LEN or b"\0" in raw:
-                raise FormatError(f"fw_toc: name {it.name!r} does not fit {NAME_LEN - 1} bytes")
+            if len(raw) >= NAME_LEN or b"\0" in raw or b"/" in raw or raw in (b".", b".."):
+                raise FormatError(
+                    f"fw_toc: name {it.name!r} is not a base name of at most {NAME_LEN - 1} bytes"
+                )
             names += raw + bytes(NAME_LEN - len(raw))
         ents += bytes(MAX_ENTRIES * ENTRY_LEN - len(ents))
         names += bytes(MAX_ENTRIES * NAME_LEN - len(names))

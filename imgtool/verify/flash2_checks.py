@@ -195,7 +195,14 @@ def check_fw_toc(ctx: Ctx, toc: memoryview, prefix: str = "toc") -> list[TocEntr
             bad.append(f"slot {i} offset {off}")
         if esum != neg_sum(toc[o : o + 16]):
             bad.append(f"slot {i} checksum")
-        if not text or b"\0" in text or b"/" in text or len(text) >= 64:
+        if (
+            not text
+            or text in (b".", b"..")
+            or b"\0" in text
+            or b"/" in text
+            or b"\\" in text
+            or len(text) >= 64
+        ):  # a base name a reader can open beside the flash image, nothing else
             bad.append(f"slot {i} name")
         label = text.decode(errors="replace")
         names.append(f"{ident:#x}={label}")
