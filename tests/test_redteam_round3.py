@@ -1,8 +1,9 @@
 """Red-team round 3 (helper rt3): the Caliptra 2.x build (config2 / build2 / doit graph2), 2.x
 verify and the ML-DSA signing server, as landed on 2026-12-02.
 
-Every ``xfail(strict=True)`` test is a finding (RT3-Fn, /work/notes/report-rt3.md): it fails on
-the code it was written against and passes once the finding is fixed (then drop the marker).
+Every test named test_fN_* is a finding (RT3-Fn, /work/notes/report-rt3.md): it failed on the
+code it was written against; still open ones are ``xfail(strict=True)`` (drop the marker with the
+fix), fixed ones name their fix commit.
 The other tests pin attacks that held, so a later change cannot silently reopen them.
 
 Projects come from tests/helpers/projects2.py: one key set and prebuilt folder per module, each
@@ -80,7 +81,7 @@ def _files_under(d: Path) -> set[Path]:
 
 # ============================================================================== findings
 # --- RT3-F1: prj_name is not checked in 2.x configs (1.x: config._PRJ_RE) -------------------
-@pytest.mark.xfail(strict=True, reason="RT3-F1: 2.x prj_name with '..', '/' or empty accepted")
+# RT3-F1 fixed in 475c3f4: 2.x prj_name with '..', '/' or empty accepted
 @pytest.mark.parametrize("prj", ["../../escape", "/tmp/rt3-abs", "sub/dir", ""])
 def test_f1_prj_name_must_be_a_plain_name(base: Project2, tmp_path: Path, prj: str) -> None:
     cfg = _cfg(base, tmp_path, _sub(f'prj_name = "{PRJ}"', f'prj_name = "{prj}"'))
@@ -88,7 +89,7 @@ def test_f1_prj_name_must_be_a_plain_name(base: Project2, tmp_path: Path, prj: s
         load_config2(cfg, key_dir=base.keys, prebuilt_dir=base.prebuilt)
 
 
-@pytest.mark.xfail(strict=True, reason="RT3-F1: create-auth-flash-2x writes outside out/")
+# RT3-F1 fixed in 475c3f4: create-auth-flash-2x writes outside out/
 def test_f1_cli_writes_nothing_outside_out(
     base: Project2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -102,7 +103,7 @@ def test_f1_cli_writes_nothing_outside_out(
     assert rc == 2 and len(err) == 1 and "prj_name" in err[0], err
 
 
-@pytest.mark.xfail(strict=True, reason="RT3-F1: doit's out/<prj>/ (db, sigs) outside out/")
+# RT3-F1 fixed in 475c3f4: doit's out/<prj>/ (db, sigs) outside out/
 def test_f1_doit_writes_nothing_outside_out(base: Project2, tmp_path: Path) -> None:
     work = tmp_path / "a" / "work"
     cfg = _cfg(base, work, _sub(f'prj_name = "{PRJ}"', 'prj_name = "../../escape"'))
@@ -114,7 +115,7 @@ def test_f1_doit_writes_nothing_outside_out(base: Project2, tmp_path: Path) -> N
 
 
 # --- RT3-F2: padding_align_size has no upper bound ----------------------------------------------
-@pytest.mark.xfail(strict=True, reason="RT3-F2: padding_align_size 2^31 -> MemoryError, exit 3")
+# RT3-F2 fixed in 76e971a: padding_align_size 2^31 -> MemoryError, exit 3
 def test_f2_huge_alignment_is_one_line_exit_2(base: Project2, tmp_path: Path) -> None:
     """2^31 pads every image to 2 GiB in memory (more than 10 GiB and minutes without a
     limit); under a 1 GiB address-space limit it is today 'internal error (MemoryError)',
@@ -136,7 +137,7 @@ def test_f2_huge_alignment_is_one_line_exit_2(base: Project2, tmp_path: Path) ->
 
 
 # --- RT3-F3: an image may be a configured private key: it ships in the flash image --------------
-@pytest.mark.xfail(strict=True, reason="RT3-F3: a private key file accepted as an image")
+# RT3-F3 fixed in c553727: a private key file accepted as an image
 @pytest.mark.parametrize(
     "old, new",
     [
@@ -159,7 +160,7 @@ def test_f3_private_key_as_image_is_refused(
 
 
 # --- RT3-F4: doit outputs over the build's own internal files -----------------------------------
-@pytest.mark.xfail(strict=True, reason="RT3-F4: man=/flash= inside out/<prj>/: traceback/exit 3")
+# RT3-F4 fixed in b9ccb60: man=/flash= inside out/<prj>/: traceback/exit 3
 @pytest.mark.parametrize(
     "opt",
     [
@@ -179,7 +180,7 @@ def test_f4_doit_output_over_an_internal_file(base: Project2, tmp_path: Path, op
 
 
 # --- RT3-F5: an output over an LMS key's state file ---------------------------------------------
-@pytest.mark.xfail(strict=True, reason="RT3-F5: --man over <lms key>.state accepted")
+# RT3-F5 fixed in 590a264: --man over <lms key>.state accepted
 def test_f5_output_over_lms_state_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -194,7 +195,7 @@ def test_f5_output_over_lms_state_is_refused(
 
 
 # --- RT3-F6: verify accepts fw_toc names that are no base name ----------------------------------
-@pytest.mark.xfail(strict=True, reason="RT3-F6: fw_toc names '.' and '..' pass verify")
+# RT3-F6 fixed in a6599d3: fw_toc names '.' and '..' pass verify
 @pytest.mark.parametrize("name", [b"..", b"."])
 def test_f6_fw_toc_dot_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: bytes
@@ -311,3 +312,20 @@ def test_held_shared_lms_key_parallel_killed_reruns_never_reuse_a_leaf(tmp_path:
         assert r.returncode == 0, r.stdout + r.stderr
         collect()
     assert seen and all(len(v) == 1 for v in seen.values()), {q: len(v) for q, v in seen.items()}
+
+
+# --- RT3-F7: a mistyped doit variable is ignored: the build signs with the default keys ---------
+@pytest.mark.xfail(strict=True, reason="RT3-F7: unknown doit variables (keydir=) ignored")
+def test_f7_mistyped_doit_variable_is_refused(base: Project2, tmp_path: Path) -> None:
+    """``keydir=`` for ``key_dir=``: doit ignores it and signs with keys/<prj>/ (here another
+    key set, e.g. demo keys) without a word; it must be one line, exit 2, naming the variable."""
+    other = make_project2(tmp_path / "other", "ast2705")  # another ECC/LMS key set
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / PRJ).symlink_to(other.keys, target_is_directory=True)
+    cfg = _cfg(base, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "-d", str(tmp_path), "flash"]
+    cmd += [f"cfg={cfg}", f"keydir={base.keys}", f"prebuilt_dir={base.prebuilt}", "pqc=mldsa"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "keydir" in lines[0], lines[-3:]
