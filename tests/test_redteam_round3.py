@@ -329,3 +329,17 @@ def test_f7_mistyped_doit_variable_is_refused(base: Project2, tmp_path: Path) ->
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     lines = (r.stdout + r.stderr).strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "keydir" in lines[0], lines[-3:]
+
+
+# --- RT3-F8: an output below an existing file is found only after every signature is made ------
+@pytest.mark.xfail(strict=True, reason="RT3-F8: flash=<file>/f.bin fails late, 'File exists'")
+def test_f8_output_below_a_file_is_refused_before_signing(base: Project2, tmp_path: Path) -> None:
+    """flash=<an input file>/f.bin: today every signature is made (LMS leaves spent), then the
+    flash task fails with '<file>: File exists', doit exit 1 and a 20-line report; it is bad
+    input, known before any task: one line, exit 2, no task run."""
+    cfg = _cfg(base, tmp_path)
+    (tmp_path / "notes.txt").write_text("a file, not a directory\n")
+    r = _doit(tmp_path, base, cfg, "flash=notes.txt/f.bin")
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert not re.findall(r"^\.  sign:", r.stdout, re.M), "signatures made before the refusal"
+    assert r.returncode == 2 and len(lines) == 1 and "notes.txt" in lines[0], lines[-3:]
