@@ -382,3 +382,47 @@ def test_held_no_flash_bit_is_unauthenticated(tmp_path: Path, pqc: str) -> None:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             rc = main(["verify", str(f), "--fuses", fz])
         assert rc in (1, 2), (f"identifier {ident:#x} byte {pos - off}", rc)
+
+
+# --- RT3-F9: the RT3-F3 fix misses private keys the config does not name -----------------------
+@pytest.mark.xfail(strict=True, reason="RT3-F9: an unconfigured raw/DER private key as an image")
+@pytest.mark.parametrize("key", ["own-man-mldsa-prvk.bin", "own-man-ecc-prvk.der"])
+def test_f9_unconfigured_private_key_as_image_is_refused(
+    base: Project2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], key: str,
+) -> None:  # fmt: skip
+    """The owner signs its manifest keys' signatures elsewhere (a helper, a server): the
+    config names only the public keys of owner_man_key_config, but keygen left the private
+    key files in the key folder. An image pointing at one (raw ML-DSA, or a DER ECC key: no
+    PEM header) is accepted and ships the key in the flash image."""
+    from cryptography.hazmat.primitives import serialization
+
+    from imgtool.keys import ecc
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for f in base.keys.iterdir():
+        if f.is_file():
+            (keys / f.name).write_bytes(f.read_bytes())
+    der = ecc.load_private(keys / "own-man-ecc-prvk.pem").private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    (keys / "own-man-ecc-prvk.der").write_bytes(der)
+
+    def edit(text: str) -> str:
+        sect = text.split("[owner_man_key_config]\n", 1)
+        body, rest = sect[1].split("\n\n", 1)
+        body = "\n".join(x for x in body.splitlines() if "_priv_key" not in x)
+        text = sect[0] + "[owner_man_key_config]\n" + body + "\n\n" + rest
+        return _sub('file = "soc-image-0.bin"', f'file = "{keys / key}"')(text)
+
+    cfg = _cfg(base, tmp_path / "w", edit)
+    monkeypatch.chdir(tmp_path / "w")
+    args = ["--cfg", str(cfg), "--key-dir", str(keys), "--prebuilt-dir", str(base.prebuilt)]
+    rc, err = _cli(capsys, "create-auth-flash-2x", *args, "--pqc-key-type", "1")
+    flash = tmp_path / "w" / "out" / f"{PRJ}-flash-image.bin"
+    secret = (keys / key).read_bytes()
+    assert not (flash.exists() and secret in flash.read_bytes()), "the private key is in the flash"
+    assert rc == 2 and len(err) == 1 and "private key" in err[0], err
