@@ -426,3 +426,41 @@ def test_f9_unconfigured_private_key_as_image_is_refused(
     secret = (keys / key).read_bytes()
     assert not (flash.exists() and secret in flash.read_bytes()), "the private key is in the flash"
     assert rc == 2 and len(err) == 1 and "private key" in err[0], err
+
+
+# --- RT3-F10: the RT3-F2 bound is per image: 127 images x 16 MiB is a 2 GiB flash in memory -----
+@pytest.mark.xfail(strict=True, reason="RT3-F10: 124 images x 16 MiB padding -> MemoryError")
+def test_f10_flash_size_is_bounded_before_reading(base: Project2, tmp_path: Path) -> None:
+    """padding_align_size = 16 MiB (the new maximum) with 124 one-byte SoC images: a 2 GiB
+    flash image built in memory (several GiB at peak); under a 1 GiB address-space limit today
+    'internal error (MemoryError)', exit 3. The flash size is known from the file sizes before
+    anything is read or signed: one line, exit 2, naming the size."""
+    (tmp_path / "pre").mkdir()
+    for f in base.prebuilt.iterdir():
+        (tmp_path / "pre" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "pre" / "one.bin").write_bytes(b"1")
+
+    def edit(text: str) -> str:
+        text = text.replace("version = 1", "version = 1\npadding_align_size = 16777216", 1)
+        for i in range(3, 124):
+            text += (
+                f'[[image_metadata_list]]\nfile = "one.bin"\nfw_id = {0x1000 + i:#x}\n'
+                "exec_bit = 0\ncomponent_id = 0\nclassification = 0\nimage_load_address = 0\n"
+                "image_staging_address = 0\n\n"
+            )
+        return text
+
+    cfg = _cfg(base, tmp_path, edit)
+    args = ["--cfg", str(cfg), "--key-dir", str(base.keys), "--prebuilt-dir", str(tmp_path / "pre")]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "imgtool", "create-auth-flash-2x", *args, "--pqc-key-type", "1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, preexec_fn=limit,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "MemoryError" not in lines[0], lines[0]
