@@ -464,3 +464,21 @@ def test_f10_flash_size_is_bounded_before_reading(base: Project2, tmp_path: Path
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "MemoryError" not in lines[0], lines[0]
+
+
+# --- RT3-F11: an output over the LMS state store itself ----------------------------------------
+@pytest.mark.xfail(strict=True, reason="RT3-F11: --man over the LMS state store accepted")
+def test_f11_output_over_the_lms_state_store_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The RT3-F5 fix protects K.state / K.lock / K.tree beside each key, not the state store
+    (CPTRA_IMGTOOL_STATE, the primary witness with the log of every signature): --man over it
+    replaces the database with a manifest."""
+    lms_keys(tmp_path / "keys", "h5")  # keygen registers the keys in the store
+    p = make_project2(tmp_path, "ast2705")
+    store = Path(os.environ["CPTRA_IMGTOOL_STATE"])
+    before = store.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    rc, err = _cli(capsys, "create-auth-man-2x", *p.args("1"), "--man", str(store))
+    assert store.read_bytes()[:16] == before[:16] == b"SQLite format 3\0"
+    assert rc == 2 and len(err) == 1, err
