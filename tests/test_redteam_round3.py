@@ -482,3 +482,13 @@ def test_f11_output_over_the_lms_state_store_is_refused(
     rc, err = _cli(capsys, "create-auth-man-2x", *p.args("1"), "--man", str(store))
     assert store.read_bytes()[:16] == before[:16] == b"SQLite format 3\0"
     assert rc == 2 and len(err) == 1, err
+
+
+# --- RT3-F12: prj_name's check is re.match with '$': a trailing newline passes ------------------
+@pytest.mark.xfail(strict=True, reason="RT3-F12: prj_name 'p\\n' accepted (_PRJ_RE.match, '$')")
+def test_f12_prj_name_with_a_trailing_newline(base: Project2, tmp_path: Path) -> None:
+    """config._PRJ_RE.match: '$' also matches before a final newline, so prj_name = "p\\n"
+    names out/p\\n/ and out/p\\n-auth-manifest.bin (and splits one-line errors in two)."""
+    cfg = _cfg(base, tmp_path, _sub(f'prj_name = "{PRJ}"', 'prj_name = "p\\n"'))
+    with pytest.raises(ConfigError, match="prj_name"):
+        load_config2(cfg, key_dir=base.keys, prebuilt_dir=base.prebuilt)
