@@ -492,3 +492,34 @@ def test_f12_prj_name_with_a_trailing_newline(base: Project2, tmp_path: Path) ->
     cfg = _cfg(base, tmp_path, _sub(f'prj_name = "{PRJ}"', 'prj_name = "p\\n"'))
     with pytest.raises(ConfigError, match="prj_name"):
         load_config2(cfg, key_dir=base.keys, prebuilt_dir=base.prebuilt)
+
+
+# --- RT3-F13: 2.x builds never compare the FW keys with caliptra_file's bundle ------------------
+@pytest.mark.xfail(strict=True, reason="RT3-F13: 2.x FW keys not checked against caliptra_file")
+def test_f13_fw_keys_of_another_bundle_are_refused(
+    base: Project2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """caliptra_file is a real 2.x bundle (tests/test_bundle2) whose vendor / owner FW keys are
+    not the config's: create-auth-flash-2x exits 0 and verify of its own output fails the
+    pubkey signatures (the device rejects the manifest). 1.x refuses this before signing
+    (keys.key_match, --allow-key-mismatch); 2.x has no such check."""
+    from test_bundle2 import bundle, fuses_file
+
+    cal, _ = bundle("mldsa")
+    (tmp_path / "pre").mkdir()
+    for f in base.prebuilt.iterdir():
+        (tmp_path / "pre" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "pre" / "caliptra-fw.bin").write_bytes(cal)
+    cfg = _cfg(base, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["--cfg", str(cfg), "--key-dir", str(base.keys), "--prebuilt-dir", str(tmp_path / "pre")]
+    rc, err = _cli(capsys, "create-auth-flash-2x", *args, "--pqc-key-type", "1")
+    if rc == 0:  # today: the image it wrote fails verify (the FW keys are not the bundle's)
+        flash = tmp_path / "out" / f"{PRJ}-flash-image.bin"
+        fz = str(fuses_file(tmp_path, cal))
+        capsys.readouterr()
+        vrc = main(["verify", str(flash), "--fuses", fz])
+        fails = re.findall(r"^FAIL (\S+)", capsys.readouterr().out, re.M)
+        assert vrc == 0, f"create-auth-flash-2x exit 0 wrote a flash image verify rejects: {fails}"
+    assert rc == 2 and len(err) == 1, err
