@@ -115,7 +115,7 @@ _TWO_X_ONLY = {
     },
     "key": {"mldsa_pub_key", "mldsa_priv_key"},
 }
-_PRJ_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PRJ_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # with fullmatch: no "\n" after it
 
 
 @dataclass(frozen=True)
@@ -471,7 +471,7 @@ def load_config(
     flags = _u32(cfg_path, "manifest_config.flags", mc.get("flags", 0))
     sec_ver = _u32(cfg_path, "manifest_config.security_version", mc.get("security_version", 0))
     prj = mc.get("prj_name", "default_project")
-    if not _PRJ_RE.match(prj):
+    if not _PRJ_RE.fullmatch(prj):
         raise _err(cfg_path, "manifest_config.prj_name", f"not a plain name: {prj!r}")
     try:
         fmt = Format(mc.get("format", Format.ASPEED.value))

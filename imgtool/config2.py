@@ -246,7 +246,7 @@ def load_config2(
     if not 0 <= svn <= SVN_MAX:
         raise _err(cfg_path, "manifest_config.security_version", f"must be 0..128, got {svn}")
     prj = mc.get("prj_name", "default_project")
-    if not _PRJ_RE.match(prj):  # it names out/<prj>/ and the output files: no path, no ".."
+    if not _PRJ_RE.fullmatch(prj):  # it names out/<prj>/ and the output files: no path, no ".."
         raise _err(cfg_path, "manifest_config.prj_name", f"not a plain name: {prj!r}")
     align = padding_align(cfg_path, mc.get("padding_align_size", 0))
     pf = mc.get("padding_out_folder", "")

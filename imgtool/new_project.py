@@ -97,7 +97,7 @@ def find_reference(root: Path, ref: str, ecc_only: bool) -> Path:
         return p.resolve()
     if p.is_dir():
         raise ConfigError(f"--from {ref}: a directory; give a reference config file or name")
-    if "/" in ref or ref.endswith(".toml") or not _PRJ_RE.match(ref):
+    if "/" in ref or ref.endswith(".toml") or not _PRJ_RE.fullmatch(ref):
         raise ConfigError(f"--from {ref}: no such config file")
     suffix = "-ecc-manifest.toml" if ecc_only else "-ecc-lms-manifest.toml"
     cand = root / "config" / f"{ref}{suffix}"
@@ -260,7 +260,7 @@ def layout(root: Path, name: str) -> Path:
 
 
 def check_free(root: Path, name: str) -> None:
-    if not _PRJ_RE.match(name):
+    if not _PRJ_RE.fullmatch(name):
         raise ConfigError(f"new-project: {name!r} is not a plain project name")
     for p in (
         root / "config" / f"{name}.toml",

@@ -355,3 +355,13 @@ def test_a_private_key_is_never_an_image(tmp_path: Path) -> None:
         prj.cfg.write_text(text.replace('file = "img1.bin"', f'file = "{name}"', 1))
         with pytest.raises(ConfigError, match=r"image_metadata_list\[\d+\]\.file: .*would ship"):
             load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+
+
+def test_prj_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    """re.match with "$" let "p\\n" through (out/p\\n/, two-line errors): fullmatch."""
+    prj = make_project(tmp_path)
+    text = prj.cfg.read_text()
+    assert 'prj_name = "test"' in text
+    prj.cfg.write_text(text.replace('prj_name = "test"', 'prj_name = "test\\n"', 1))
+    with pytest.raises(ConfigError, match="manifest_config.prj_name: not a plain name"):
+        load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)

@@ -59,6 +59,8 @@ def test_parse_uri_attributes() -> None:
         ("pkcs11:object=b", "names no token"),
         ("pkcs11:token=a;object=b;type=secret-key", "type must be"),
         ("file:/x", "not a PKCS#11 URI"),
+        ("pkcs11:token=a;object=b\n", "invalid characters"),  # fullmatch, not match + "$"
+        ("pkcs11:token=a\n;object=b", "invalid characters"),
     ],
 )
 def test_parse_uri_refusals(uri: str, why: str) -> None:

@@ -57,8 +57,8 @@ _PATH_ATTRS = {
 _QUERY_ATTRS = {"module-name", "module-path", "pin-source", "pin-value"}
 _PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # pchar minus the separators of each part, plus '%' (checked by _PCT)
-_PATH_VALUE = re.compile(r"^[A-Za-z0-9\-._~%!$&'()*+,=:@]*$")
-_QUERY_VALUE = re.compile(r"^[A-Za-z0-9\-._~%!$'()*+,;=:@/?|]*$")
+_PATH_VALUE = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,=:@]*")
+_QUERY_VALUE = re.compile(r"[A-Za-z0-9\-._~%!$'()*+,;=:@/?|]*")
 
 
 class Pkcs11Error(KeyFileError):
@@ -125,6 +125,8 @@ class Pkcs11Uri:
 def parse_uri(uri: str) -> Pkcs11Uri:
     """Parse an RFC 7512 URI strictly; raises Pkcs11Error naming the (redacted) URI."""
     shown = _redact(uri)
+    if not shown.isprintable():  # a newline or control byte: escaped, the error stays one line
+        shown = shown.encode("unicode_escape").decode("ascii")
     if not uri.startswith("pkcs11:"):
         raise Pkcs11Error(f"{shown}: not a PKCS#11 URI (must start with pkcs11:)")
     rest = uri[len("pkcs11:") :]
@@ -148,7 +150,7 @@ def parse_uri(uri: str) -> Pkcs11Uri:
                 raise Pkcs11Error(f"{shown}: unknown attribute {name!r}")
             if name in out:
                 raise Pkcs11Error(f"{shown}: attribute {name!r} given twice")
-            if not pattern.match(value) or _PCT.search(value):
+            if not pattern.fullmatch(value) or _PCT.search(value):
                 raise Pkcs11Error(f"{shown}: attribute {name!r}: invalid characters or % escape")
             out[name] = unquote_to_bytes(value)
         return out
