@@ -494,6 +494,15 @@ def check_outputs(cfg: Config, outputs: dict[str, Path]) -> None:
     for opt, out in outputs.items():
         if out.is_dir():
             raise OutputError(f"{out}: {opt} names a directory, not an output file")
+        for parent in out.absolute().parents:  # found now, not after every signature is made
+            if parent.exists():
+                if not parent.is_dir():
+                    raise OutputError(f"{out}: {opt}: {parent} is a file, not a directory")
+                break
+        if _is_database(out):
+            raise OutputError(
+                f"{out}: {opt} would overwrite a SQLite database (the LMS state store?)"
+            )
         key = os.path.realpath(out)
         if key in seen:
             raise OutputError(f"{out}: {opt} and {seen[key]} name the same file")
@@ -501,6 +510,29 @@ def check_outputs(cfg: Config, outputs: dict[str, Path]) -> None:
         for fld, p in inputs:
             if key == os.path.realpath(p) or _same_inode(out, p):
                 raise OutputError(f"{out}: {opt} would overwrite the input {p} ({fld})")
+
+
+_SQLITE_MAGICS = (b"SQLite format 3\0", b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # db, WAL
+
+
+def _is_database(out: Path) -> bool:
+    """An existing SQLite database, its write-ahead log, or the -shm / -journal file beside
+    one: the LMS state store's leaf log is in such files (found by content, wherever
+    --state / CPTRA_IMGTOOL_STATE put it)."""
+
+    def magic(p: Path) -> bool:
+        try:
+            with open(p, "rb") as fh:
+                return fh.read(16).startswith(_SQLITE_MAGICS)
+        except OSError:
+            return False
+
+    if magic(out):
+        return True
+    for suffix in ("-wal", "-shm", "-journal"):
+        if out.name.endswith(suffix) and magic(out.with_name(out.name[: -len(suffix)])):
+            return True
+    return False
 
 
 def _same_inode(a: Path, b: Path) -> bool:

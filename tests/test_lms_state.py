@@ -717,3 +717,32 @@ def test_key_side_files_are_never_outputs(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "LMS leaf state" in err[0], err
         assert state.read_bytes() == before
+
+
+def test_outputs_never_overwrite_the_state_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--man over the SQLite state store (or its -wal / -shm) destroyed the leaf log; and an
+    output below a regular file failed only after every signature was made. Both refused
+    first, one line, exit 2, no leaf spent."""
+    from projects import make_project
+
+    prj = make_project(tmp_path, lms=True, lms_kind="h5")
+    monkeypatch.chdir(tmp_path)
+    assert main(["create-auth-man", *prj.args("--man", str(tmp_path / "m0.bin"))]) == 0
+    db = Path(os.environ[store.ENV])
+    assert db.read_bytes().startswith(b"SQLite format 3\0")
+    state = prj.keys / "own-man-lms-prvk.pem.state"
+    before = (db.read_bytes(), state.read_bytes())
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a directory\n")
+    for opt, out in (
+        ("--man", db),
+        ("--man", db.with_name(db.name + "-wal")),
+        ("--flash", notes / "f.bin"),
+    ):
+        capsys.readouterr()
+        assert main(["create-auth-flash", *prj.args(opt, str(out))]) == 2, out
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("SQLite database" in err[0] or "not a directory" in err[0]), err
+        assert (db.read_bytes(), state.read_bytes()) == before
