@@ -380,14 +380,17 @@ def _sections(cfg: Path, raw: dict[str, Any], warn: Any) -> None:
 
 
 def refuse_private_keys_as_inputs(
-    cfg_path: Path, inputs: list[tuple[str, Path]], private_keys: list[Path]
+    cfg_path: Path, inputs: list[tuple[str, Path]], private_keys: list[Path], key_dir: Path
 ) -> None:
-    """An image, caliptra_file or mcu_file that is a configured private key, or any file that
-    starts like a PEM private key, would ship the key in the flash image: ConfigError naming
-    the field. (Only the first line of each input is looked at.)"""
+    """An image, caliptra_file or mcu_file would ship its bytes in the flash image: refuse one
+    that is a configured private key (path, symlink or hard link), lies in the key directory
+    (keygen leaves private keys there that a config need not name), or is a private key by its
+    content (PEM, DER, a raw ML-DSA-87 private key). ConfigError naming the field."""
     keys = {os.path.realpath(k): k for k in private_keys}
+    kroot = os.path.realpath(key_dir)
     for fld, p in inputs:
-        hit = keys.get(os.path.realpath(p))
+        real = os.path.realpath(p)
+        hit = keys.get(real)
         if hit is None:
             for k in private_keys:
                 with contextlib.suppress(OSError):
@@ -398,13 +401,47 @@ def refuse_private_keys_as_inputs(
             raise _err(
                 cfg_path, fld, f"{p} is the private key {hit}: it would ship in the flash image"
             )
+        if real.startswith(kroot + os.sep):
+            raise _err(
+                cfg_path,
+                fld,
+                f"{p} is in the key directory {key_dir}: images never come from there (a "
+                "private key would ship in the flash image)",
+            )
+        what = _private_key_content(p)
+        if what:
+            raise _err(cfg_path, fld, f"{p} is {what}: it would ship in the flash image")
+
+
+def _private_key_content(p: Path) -> str:
+    """What kind of private key the file holds ("" if none it can tell; reads at most 8 KiB,
+    and parses only files that could be a key: a PEM head, a small DER SEQUENCE, or exactly
+    the size of a raw ML-DSA-87 private key)."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8193)
+    except OSError:
+        return ""  # missing files are reported where they are checked
+    text = head.lstrip()
+    if text.startswith(b"-----BEGIN") and b"PRIVATE KEY-----" in text.split(b"\n", 1)[0]:
+        return "a PEM private key"
+    if len(head) <= 8192 and head[:1] == b"\x30":
         try:
-            with open(p, "rb") as fh:
-                head = fh.read(256).lstrip()
-        except OSError:
-            continue  # missing files are reported where they are checked
-        if head.startswith(b"-----BEGIN") and b"PRIVATE KEY-----" in head.split(b"\n", 1)[0]:
-            raise _err(cfg_path, fld, f"{p} is a PEM private key: it would ship in the flash image")
+            from cryptography.hazmat.primitives.serialization import load_der_private_key
+
+            load_der_private_key(head, password=None)
+            return "a DER private key"
+        except Exception:  # noqa: BLE001 - not a key (or one we cannot read): not refused
+            pass
+    from .keys import mldsa
+
+    if len(head) == mldsa.PRIV_LEN:
+        try:
+            mldsa.public_from_private(head)
+            return "a raw ML-DSA-87 private key"
+        except Exception:  # noqa: BLE001 - tr does not match: not a key
+            pass
+    return ""
 
 
 MAX_PADDING_ALIGN = 16 << 20  # 16 MiB: beyond any flash erase block; each image is padded to it
@@ -611,7 +648,7 @@ def load_config(
         for p in (ks.ecc_priv, ks.lms_priv)
         if isinstance(p, Path)
     ]
-    refuse_private_keys_as_inputs(cfg_path, cfg.input_files(), privs)
+    refuse_private_keys_as_inputs(cfg_path, cfg.input_files(), privs, kdir)
     if check_files:
         _check_sizes(cfg, warn)
         _check_bundle(cfg)

@@ -358,7 +358,9 @@ def load_config2(
         for p in (ks.ecc_priv, ks.lms_priv, ks.mldsa_priv)
         if isinstance(p, Path)
     ]
-    refuse_private_keys_as_inputs(cfg_path, [(f, p) for f, p in inputs if p is not None], privs)
+    refuse_private_keys_as_inputs(
+        cfg_path, [(f, p) for f, p in inputs if p is not None], privs, kdir
+    )
     return Config2(
         path=cfg_path,
         prj_name=prj,

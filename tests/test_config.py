@@ -365,3 +365,36 @@ def test_prj_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
     prj.cfg.write_text(text.replace('prj_name = "test"', 'prj_name = "test\\n"', 1))
     with pytest.raises(ConfigError, match="manifest_config.prj_name: not a plain name"):
         load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+
+
+def test_unconfigured_private_keys_are_never_images(tmp_path: Path) -> None:
+    """Keys the config does not name: anything in the key directory, and DER or raw ML-DSA-87
+    private keys by content (keygen leaves them beside the keys a config uses)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from imgtool.keys import mldsa
+
+    prj = make_project(tmp_path)
+    text = prj.cfg.read_text()
+    (prj.keys / "spare.bin").write_bytes(b"anything")
+    der = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    (prj.prebuilt / "k.der").write_bytes(der)
+    priv, _ = mldsa.generate_keypair(tmp_path / "m", seed=bytes(32))
+    (prj.prebuilt / "m.bin").write_bytes(priv.read_bytes())
+    (prj.prebuilt / "same-size.bin").write_bytes(bytes(range(256)) * 19 + bytes(32))  # 4896 B
+    cases = {
+        f"../{prj.keys.name}/spare.bin": "in the key directory",
+        "k.der": "a DER private key",
+        "m.bin": "a raw ML-DSA-87 private key",
+    }
+    for name, why in cases.items():
+        prj.cfg.write_text(text.replace('file = "img1.bin"', f'file = "{name}"', 1))
+        with pytest.raises(ConfigError, match=why):
+            load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
+    prj.cfg.write_text(text.replace('file = "img1.bin"', 'file = "same-size.bin"', 1))
+    load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)  # 4896 bytes, no key
