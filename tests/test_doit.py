@@ -704,3 +704,11 @@ def test_outputs_inside_the_build_dir_are_refused(prj: Project, opt: str) -> Non
     lines = out.strip().splitlines()
     assert not ran and len(lines) == 1 and "Traceback" not in out, out
     assert lines[0].startswith("cptra-imgtool: error:") and "where the build keeps" in lines[0]
+
+
+def test_unknown_doit_variable_is_refused(prj: Project) -> None:
+    """keydir= (for key_dir=) was ignored: the build signed with keys/<prj>/ and exited 0."""
+    ran, _, out = doit(prj, "flash", "keydir=/elsewhere", ok=False)
+    lines = out.strip().splitlines()
+    assert not ran and len(lines) == 1, out
+    assert "unknown doit variable keydir= (did you mean key_dir=?)" in lines[0]

@@ -47,8 +47,15 @@ def _command(argv: list[str]) -> str:
     return "run"
 
 
+def _given_vars() -> list[str]:
+    """The names of this run's ``name=value`` doit variables."""
+    import doit.doit_cmd
+
+    return list(getattr(doit.doit_cmd, "_CMDLINE_VARS", None) or {})
+
+
 try:
-    _SETTINGS = graph.Settings.from_vars(get_var)
+    _SETTINGS = graph.Settings.from_vars(get_var, _given_vars())
     DOIT_CONFIG = graph.doit_config(_SETTINGS, _command(sys.argv[1:]))
     _TASKS = list(graph.generate(_SETTINGS))
 except ImgtoolError as exc:  # a config error: one line, like the CLI, not a doit traceback

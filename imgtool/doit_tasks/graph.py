@@ -23,13 +23,14 @@ same task names; it needs ``pqc=mldsa|lms`` (``build --pqc-key-type 1|3``), a 1.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,27 +75,40 @@ class Settings:
         return flag_value("allow_key_mismatch", self.allow_key_mismatch)
 
     @classmethod
-    def from_vars(cls, get_var: Callable[[str, Any], Any]) -> Settings:
+    def from_vars(
+        cls, get_var: Callable[[str, Any], Any], given: Iterable[str] | None = None
+    ) -> Settings:
+        """The settings from doit's ``name=value`` variables; ``given`` (the names on the command
+        line) must all be known: a mistyped ``keydir=`` silently built with the default keys."""
+        unknown = sorted(set(given or ()) - set(VAR_NAMES))
+        if unknown:
+            parts = []
+            for n in unknown:
+                near = difflib.get_close_matches(n, VAR_NAMES, 1)
+                parts.append(f"{n}= (did you mean {near[0]}=?)" if near else f"{n}=")
+            hint = "; ".join(parts)
+            raise ConfigError(
+                f"unknown doit variable {hint}; known: {', '.join(n + '=' for n in VAR_NAMES)}"
+            )
         cfg = get_var("cfg", None)
         if not cfg:
             raise ConfigError("no config: pass cfg=config/<project>.toml to doit")
-        return cls(
-            cfg,
-            *(
-                get_var(k, None)
-                for k in (
-                    "key_dir",
-                    "prebuilt_dir",
-                    "vnd_sig_dir",
-                    "man",
-                    "flash",
-                    "fuses",
-                    "caliptra_fw",
-                    "allow_key_mismatch",
-                    "pqc",
-                )
-            ),
-        )
+        return cls(cfg, *(get_var(k, None) for k in VAR_NAMES[1:]))
+
+
+# The doit variables, in Settings' field order (cfg first).
+VAR_NAMES = (
+    "cfg",
+    "key_dir",
+    "prebuilt_dir",
+    "vnd_sig_dir",
+    "man",
+    "flash",
+    "fuses",
+    "caliptra_fw",
+    "allow_key_mismatch",
+    "pqc",
+)
 
 
 def flag_value(name: str, value: str | None) -> bool:
