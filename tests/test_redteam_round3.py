@@ -315,7 +315,6 @@ def test_held_shared_lms_key_parallel_killed_reruns_never_reuse_a_leaf(tmp_path:
 
 
 # --- RT3-F7: a mistyped doit variable is ignored: the build signs with the default keys ---------
-@pytest.mark.xfail(strict=True, reason="RT3-F7: unknown doit variables (keydir=) ignored")
 def test_f7_mistyped_doit_variable_is_refused(base: Project2, tmp_path: Path) -> None:
     """``keydir=`` for ``key_dir=``: doit ignores it and signs with keys/<prj>/ (here another
     key set, e.g. demo keys) without a word; it must be one line, exit 2, naming the variable."""
@@ -332,7 +331,6 @@ def test_f7_mistyped_doit_variable_is_refused(base: Project2, tmp_path: Path) ->
 
 
 # --- RT3-F8: an output below an existing file is found only after every signature is made ------
-@pytest.mark.xfail(strict=True, reason="RT3-F8: flash=<file>/f.bin fails late, 'File exists'")
 def test_f8_output_below_a_file_is_refused_before_signing(base: Project2, tmp_path: Path) -> None:
     """flash=<an input file>/f.bin: today every signature is made (LMS leaves spent), then the
     flash task fails with '<file>: File exists', doit exit 1 and a 20-line report; it is bad
@@ -385,7 +383,6 @@ def test_held_no_flash_bit_is_unauthenticated(tmp_path: Path, pqc: str) -> None:
 
 
 # --- RT3-F9: the RT3-F3 fix misses private keys the config does not name -----------------------
-@pytest.mark.xfail(strict=True, reason="RT3-F9: an unconfigured raw/DER private key as an image")
 @pytest.mark.parametrize("key", ["own-man-mldsa-prvk.bin", "own-man-ecc-prvk.der"])
 def test_f9_unconfigured_private_key_as_image_is_refused(
     base: Project2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -467,7 +464,6 @@ def test_f10_flash_size_is_bounded_before_reading(base: Project2, tmp_path: Path
 
 
 # --- RT3-F11: an output over the LMS state store itself ----------------------------------------
-@pytest.mark.xfail(strict=True, reason="RT3-F11: --man over the LMS state store accepted")
 def test_f11_output_over_the_lms_state_store_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -485,7 +481,6 @@ def test_f11_output_over_the_lms_state_store_is_refused(
 
 
 # --- RT3-F12: prj_name's check is re.match with '$': a trailing newline passes ------------------
-@pytest.mark.xfail(strict=True, reason="RT3-F12: prj_name 'p\\n' accepted (_PRJ_RE.match, '$')")
 def test_f12_prj_name_with_a_trailing_newline(base: Project2, tmp_path: Path) -> None:
     """config._PRJ_RE.match: '$' also matches before a final newline, so prj_name = "p\\n"
     names out/p\\n/ and out/p\\n-auth-manifest.bin (and splits one-line errors in two)."""
