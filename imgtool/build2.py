@@ -6,7 +6,6 @@ fw_toc hold the bytes).  PQC type 1 = ML-DSA-87 (signs the RAW covered bytes, de
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +174,11 @@ def build_manifest2(cfg2: Any, pqc: str, imc: bytes | None = None) -> bytes:
     return assemble2(skel, {n: sign_pair2(cfg2, pqc, n, data) for n in sig_names2(cfg2)})
 
 
-def check_outputs2(cfg2: Any, outputs: dict[str, Path]) -> None:
+def check_outputs2(cfg2: Any, outputs: dict[str, Path], flash: bool | None = None) -> None:
     """Refuse output paths that name one file twice, a directory, or an input (an image, a key
-    file, the config): :func:`imgtool.build.check_outputs` on the 2.x config's inputs."""
+    file, the config): :func:`imgtool.build.check_outputs` on the 2.x config's inputs.  When a
+    flash image is among the outputs (``flash``; None: an output named like "--flash" or
+    "flash="), also :func:`check_flash_plan2`: all of this before anything is read or signed."""
     from types import SimpleNamespace
 
     from .build import check_outputs
@@ -186,6 +187,76 @@ def check_outputs2(cfg2: Any, outputs: dict[str, Path]) -> None:
         input_files=lambda: padding_inputs2(cfg2), key_files=cfg2.key_files, path=cfg2.path
     )
     check_outputs(inputs, outputs)  # type: ignore[arg-type]  # the three members it reads
+    if flash is None:
+        flash = any("flash" in name for name in outputs)
+    if flash:
+        check_flash_plan2(cfg2)
+
+
+def flash2_files2(cfg2: Any) -> list[tuple[int, str, Path | None]]:
+    """(identifier, config field, file) of the flash image's images in order: caliptra 0,
+    manifest 1 (field "manifest", no file: it is the build's output), MCU runtime 2, SoC images
+    0x1000 + i."""
+    from .config2 import MCU_FW_ID
+    from .formats import flash2 as f2
+
+    out: list[tuple[int, str, Path | None]] = [
+        (f2.ID_CALIPTRA_FW, "image_runtime_list.caliptra_file", cfg2.caliptra_file),
+        (f2.ID_SOC_MANIFEST, "manifest", None),
+        (f2.ID_MCU_RUNTIME, "image_runtime_list.mcu_file", cfg2.mcu_file),
+    ]
+    soc = [(i, img) for i, img in enumerate(cfg2.images) if img.fw_id != MCU_FW_ID]
+    for n, (i, img) in enumerate(soc):
+        out.append((f2.ID_SOC_IMAGE_BASE + n, f"image_metadata_list[{i}].file", img.file))
+    return out
+
+
+def flash2_planned_size2(cfg2: Any, man_len: int | None = None) -> int:
+    """The flash image's size from stat() of its files (nothing is read): every image padded to
+    padding_align_size and to 4; the manifest ``man_len`` bytes (default: the ATM2 manifest
+    padded to padding_align_size, as create_auth_man2 writes it)."""
+    from .errors import ConfigError
+    from .formats import flash2 as f2
+    from .formats import manifest2 as m2
+
+    a = cfg2.padding_align_size
+    if man_len is None:
+        man_len = padding.padded_len(m2.TOTAL_LEN, a) if a > 0 else m2.TOTAL_LEN
+    sizes = []
+    for ident, fld, path in flash2_files2(cfg2):
+        if ident == f2.ID_SOC_MANIFEST:
+            sizes.append(f2.padded_size(man_len))
+            continue
+        try:
+            n = f2.source_len(path)
+        except OSError as exc:
+            raise ConfigError(f"{path}: {fld}: cannot read: {exc.strerror or exc}") from None
+        sizes.append(f2.padded_size(n, a))
+    return f2.flash_size2(sizes)
+
+
+def check_flash_plan2(cfg2: Any, man_len: int | None = None) -> None:
+    """Refuse, before anything is read or signed, a flash image whose size (from stat() of the
+    files, :func:`flash2_planned_size2`) is above 2^32 - 1 bytes (FLSH offsets are u32), or with
+    more images than fw_toc.bin holds."""
+    from .errors import ConfigError
+    from .formats import flash2 as f2
+    from .formats import fw_toc
+
+    count = len(flash2_files2(cfg2))
+    if count > fw_toc.MAX_ENTRIES:
+        raise ConfigError(
+            f"{cfg2.path}: the flash image would hold {count} images (caliptra, manifest, MCU "
+            f"runtime and {count - 3} SoC images); fw_toc.bin holds at most {fw_toc.MAX_ENTRIES}"
+        )
+    size = flash2_planned_size2(cfg2, man_len)
+    if size > f2.MAX_FLASH_SIZE:
+        a = cfg2.padding_align_size
+        raise ConfigError(
+            f"{cfg2.path}: the flash image would be {size} bytes ({size / (1 << 30):.2f} GiB"
+            + (f", padding_align_size {a}" if a > 0 else "")
+            + f"); at most {f2.MAX_FLASH_SIZE} bytes fit its u32 offsets"
+        )
 
 
 def padding_inputs2(cfg2: Any) -> list[tuple[str, Path]]:
@@ -244,53 +315,63 @@ def create_auth_man2(cfg2: Any, pqc: str, out: Path) -> bytes:
 
 def flash2_parts(cfg2: Any, man: bytes, man_name: str) -> tuple[list[tuple[int, bytes]], list[str]]:
     """(identifier, bytes) and fw_toc names: caliptra 0, manifest 1, MCU runtime 2, SoC images
-    0x1000 + i in order (the padded copies when padding_align_size is set)."""
+    0x1000 + i in order (the padded copies when padding_align_size is set).  Every image in
+    memory (verify compares them); the build streams them (:func:`flash2_items2`)."""
     from .formats import flash2 as f2
 
     a = cfg2.padding_align_size
-
-    def name(p: Path | None) -> str:
-        return padded_name2(p, a) if p is not None else ""
-
-    parts = [(f2.ID_CALIPTRA_FW, read_padded(cfg2.caliptra_file, a)), (f2.ID_SOC_MANIFEST, man)]
-    names = [name(cfg2.caliptra_file), man_name]
-    parts.append((f2.ID_MCU_RUNTIME, read_padded(cfg2.mcu_file, a)))
-    names.append(name(cfg2.mcu_file))
-    for i, img in enumerate(cfg2.soc_images):
-        parts.append((f2.ID_SOC_IMAGE_BASE + i, read_padded(img.file, a)))
-        names.append(name(img.file))
+    parts: list[tuple[int, bytes]] = []
+    names: list[str] = []
+    for ident, _fld, path in flash2_files2(cfg2):
+        if ident == f2.ID_SOC_MANIFEST:
+            parts.append((ident, man))
+            names.append(man_name)
+        else:
+            parts.append((ident, read_padded(path, a)))
+            names.append(padded_name2(path, a) if path is not None else "")
     return parts, names
 
 
-def check_manifest_current2(
-    cfg2: Any, man: bytes, man_name: str, parts: list[tuple[int, bytes]]
-) -> None:
+def flash2_items2(cfg2: Any, man: bytes, man_name: str) -> tuple[list[Any], list[str]]:
+    """The :class:`imgtool.formats.flash2.FlashItem2` items (files read once, streamed, for
+    their checksums) and fw_toc names of :func:`flash2_parts`, without holding any image."""
+    from .formats import flash2 as f2
+
+    a = cfg2.padding_align_size
+    items: list[f2.FlashItem2] = []
+    names: list[str] = []
+    for ident, _fld, path in flash2_files2(cfg2):
+        if ident == f2.ID_SOC_MANIFEST:
+            items.append(f2.flash_item2(ident, man))
+            names.append(man_name)
+        else:
+            items.append(f2.flash_item2(ident, path, a))
+            names.append(padded_name2(path, a) if path is not None else "")
+    return items, names
+
+
+def check_manifest_current2(cfg2: Any, man: bytes, man_name: str) -> None:
     """Refuse a manifest whose IMC digests are not those of the images going into the flash
     image (a manifest older than an image, or another config's): the device would reject it.
-    The MCU runtime is checked when the IMC's fw_id 2 image is mcu_file itself."""
+    The MCU runtime is checked when the IMC's fw_id 2 image is mcu_file itself.  The digests
+    are streamed from the files (padded to padding_align_size, then to 4)."""
     import os
 
     from .errors import FormatError, ImgtoolError
-    from .formats import flash2 as f2
     from .formats import manifest2 as m2
 
     try:
         imc = m2.Manifest2.parse(man).imc
     except FormatError as exc:
         raise FormatError(f"{man_name}: {exc}") from None
-    by_id = dict(parts)
     want = {e.fw_id: e.digest for e in imc.entries}
-    checks: list[tuple[int, int, Any]] = []  # (fw_id, flash identifier, image)
-    for i, img in enumerate(cfg2.soc_images):
-        checks.append((img.fw_id, f2.ID_SOC_IMAGE_BASE + i, img))
+    checks: list[tuple[int, Any]] = [(img.fw_id, img) for img in cfg2.soc_images]
     mcu = next((i for i in cfg2.images if i.fw_id == 2), None)
     if mcu is not None and mcu.file is not None and cfg2.mcu_file is not None:
         if os.path.realpath(mcu.file) == os.path.realpath(cfg2.mcu_file):
-            checks.append((2, f2.ID_MCU_RUNTIME, mcu))
-    for fw_id, ident, img in checks:
-        data = by_id[ident]
-        got = hashlib.sha384(data + bytes(-len(data) % 4)).digest()
-        if want.get(fw_id) != got:
+            checks.append((2, mcu))
+    for fw_id, img in checks:
+        if want.get(fw_id) != padding.image_digest(img.file, cfg2.padding_align_size):
             raise ImgtoolError(
                 f"{man_name}: the manifest is older than image {img.file or '(empty)'} (the "
                 f"digest of fw_id {fw_id:#x} differs); rebuild the manifest (create-auth-man-2x, "
@@ -299,18 +380,20 @@ def check_manifest_current2(
 
 
 def create_auth_flash2(cfg2: Any, out: Path, man: bytes, man_name: str) -> tuple[int, Path]:
-    """Write the 2.x flash image and fw_toc.bin beside it; return (flash size, fw_toc path)."""
-    from .fileio import atomic_write
+    """Write the 2.x flash image and fw_toc.bin beside it; return (flash size, fw_toc path).
+    The images are streamed (:func:`imgtool.formats.flash2.write_flash2`): memory does not grow
+    with their size."""
+    from .fileio import atomic_write, atomic_writer
     from .formats import flash2 as f2
     from .formats import fw_toc
 
-    parts, names = flash2_parts(cfg2, man, man_name)
-    check_manifest_current2(cfg2, man, man_name, parts)
-    fl = f2.Flash2(parts)
-    data = fl.pack()
-    toc = fw_toc.FwToc.from_flash(fl.entries(), names).pack()
+    check_flash_plan2(cfg2, len(man))
+    check_manifest_current2(cfg2, man, man_name)
+    items, names = flash2_items2(cfg2, man, man_name)
+    toc = fw_toc.FwToc.from_flash(f2.flash_entries2(items), names).pack()
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, data)
+    with atomic_writer(out) as fh:
+        n = f2.write_flash2(fh, items)
     toc_path = out.parent / "fw_toc.bin"
     atomic_write(toc_path, toc)
-    return len(data), toc_path
+    return n, toc_path
