@@ -205,14 +205,23 @@ def _add_2x_options(p: argparse.ArgumentParser) -> None:
         help="PQC signature type: 1 = ML-DSA-87, 3 = LMS (the pqc_key_type fuse)",
     )
     p.add_argument("--man", type=Path, help="manifest (default out/<prj>-auth-manifest.bin)")
+    p.add_argument(
+        "--allow-key-mismatch",
+        action="store_true",
+        help="build even when the config's vendor / owner FW keys are not caliptra_file's "
+        "active vendor / owner keys (a warning instead of an error; the device rejects the image)",
+    )
 
 
 def _load_2x(args: argparse.Namespace) -> tuple[Any, str]:
     from ..build2 import pqc_algo
     from ..config2 import load_config2
+    from ..keys import key_match2
 
     pqc = pqc_algo(args.pqc_key_type)
-    return load_config2(args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir), pqc
+    cfg2 = load_config2(args.cfg, key_dir=args.key_dir, prebuilt_dir=args.prebuilt_dir)
+    key_match2.check(cfg2, pqc, allow=args.allow_key_mismatch)
+    return cfg2, pqc
 
 
 def _check_outputs_2x(cfg2: Any, outputs: dict[str, Path]) -> None:

@@ -118,8 +118,14 @@ def check_outputs(cfg2: Config2, outputs: dict[str, Path]) -> None:
 def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
     """DOIT_CONFIG of a 2.x build, after the checks that come before any task runs."""
     clear_caches()
-    pqc_of(s)
+    pqc = pqc_of(s)
     cfg2 = _load(s)
+    from .graph import NO_BUILD_COMMANDS
+
+    if command not in NO_BUILD_COMMANDS:
+        from imgtool.keys import key_match2
+
+        key_match2.check_cached(cfg2, pqc, out_dir(cfg2) / "keycheck.json", s.allow_mismatch)
     outputs = {"man=": man_path(cfg2, s), "flash=": flash_path(cfg2, s)}
     outputs["fw_toc.bin (beside flash=)"] = toc_path(cfg2, s)
     refuse_internal_outputs(outputs, out_dir(cfg2))
