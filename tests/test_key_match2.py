@@ -155,3 +155,21 @@ def test_doit_refuses_then_allows(base: Project2, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "device rejects this image" in r.stderr + r.stdout
     assert list(sig.glob("*-flash-image.bin"))
+
+
+def test_build_command_refuses_other_bundle(
+    base: Project2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    cfg, pre = _project(base, tmp_path, _other_bundle())
+    monkeypatch.chdir(tmp_path)
+    argv = ["build", "--cfg", str(cfg), "--key-dir", str(base.keys), "--prebuilt-dir", str(pre)]
+    argv += ["--pqc-key-type", "1"]
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "device would reject" in err[0], err
+    assert not list((tmp_path / "out").glob("*-flash-image.bin"))
+    rc = main([*argv, "--allow-key-mismatch"])
+    assert rc == 0, capsys.readouterr().err
+    assert list((tmp_path / "out").glob("*-flash-image.bin"))
