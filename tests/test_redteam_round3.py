@@ -426,7 +426,6 @@ def test_f9_unconfigured_private_key_as_image_is_refused(
 
 
 # --- RT3-F10: the RT3-F2 bound is per image: 127 images x 16 MiB is a 2 GiB flash in memory -----
-@pytest.mark.xfail(strict=True, reason="RT3-F10: 124 images x 16 MiB padding -> MemoryError")
 def test_f10_flash_size_is_bounded_before_reading(base: Project2, tmp_path: Path) -> None:
     """padding_align_size = 16 MiB (the new maximum) with 124 one-byte SoC images: a 2 GiB
     flash image built in memory (several GiB at peak); under a 1 GiB address-space limit today
@@ -490,7 +489,6 @@ def test_f12_prj_name_with_a_trailing_newline(base: Project2, tmp_path: Path) ->
 
 
 # --- RT3-F13: 2.x builds never compare the FW keys with caliptra_file's bundle ------------------
-@pytest.mark.xfail(strict=True, reason="RT3-F13: 2.x FW keys not checked against caliptra_file")
 def test_f13_fw_keys_of_another_bundle_are_refused(
     base: Project2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,15 +219,10 @@ def check(cfg: Config, allow: bool = False) -> list[Mismatch]:
     )
 
 
-def _inputs_ident(cfg: Config, allow: bool) -> list[object]:
-    """What :func:`mismatches` reads, identified without reading it: the config, caliptra_file,
-    every key file and the prebuilt vendor signatures, each by path and stat (size, mtime,
-    ctime, inode, device; None when missing), and ``allow``."""
-    from ..build import PREBUILT_ECC_FILE, PREBUILT_LMS_FILE
-
-    paths = [cfg.path, cfg.caliptra_file, *cfg.key_files()]
-    paths += [cfg.vendor_sig_dir / PREBUILT_ECC_FILE, cfg.vendor_sig_dir / PREBUILT_LMS_FILE]
-    out: list[object] = [bool(allow)]
+def paths_ident(paths: list[Path | None], *extra: object) -> list[object]:
+    """``extra`` then each path by absolute path and stat (size, mtime, ctime, inode, device;
+    None when missing): what identifies the inputs of a key check without reading them."""
+    out: list[object] = list(extra)
     for p in paths:
         if p is None:
             out.append(None)
@@ -240,17 +236,15 @@ def _inputs_ident(cfg: Config, allow: bool) -> list[object]:
     return out
 
 
-def check_cached(cfg: Config, cache: Path, allow: bool = False) -> list[Mismatch]:
-    """:func:`check`, skipped when ``cache`` records that it passed for exactly these inputs
-    (same paths and stats, see :func:`_inputs_ident`): a no-op build need not load the keys.
-    Only a clean pass is recorded; a cache that cannot be read or written is ignored."""
-    ident = _inputs_ident(cfg, allow)
+def cached(ident: list[object], cache: Path, run: Callable[[], list[Mismatch]]) -> list[Mismatch]:
+    """``run()`` (a key check), skipped when ``cache`` records a clean pass for ``ident``. Only
+    a clean pass is recorded; a cache that cannot be read or written is ignored."""
     try:
         if json.loads(cache.read_text()) == ident:
             return []
     except (OSError, ValueError):
         pass
-    found = check(cfg, allow)
+    found = run()
     if not found:
         from ..fileio import atomic_write
 
@@ -259,3 +253,14 @@ def check_cached(cfg: Config, cache: Path, allow: bool = False) -> list[Mismatch
         except ImgtoolError:
             pass
     return found
+
+
+def check_cached(cfg: Config, cache: Path, allow: bool = False) -> list[Mismatch]:
+    """:func:`check`, skipped when ``cache`` records that it passed for exactly these inputs:
+    the config, caliptra_file, every key file and the prebuilt vendor signatures (by path and
+    stat), and ``allow``: a no-op build need not load the keys."""
+    from ..build import PREBUILT_ECC_FILE, PREBUILT_LMS_FILE
+
+    paths = [cfg.path, cfg.caliptra_file, *cfg.key_files()]
+    paths += [cfg.vendor_sig_dir / PREBUILT_ECC_FILE, cfg.vendor_sig_dir / PREBUILT_LMS_FILE]
+    return cached(paths_ident(paths, bool(allow)), cache, lambda: check(cfg, allow))

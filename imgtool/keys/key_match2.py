@@ -11,14 +11,13 @@ bundle (a stand-in blob) is not checked.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, FormatError, ImgtoolError
+from ..errors import ConfigError, FormatError
 from ..formats import bundle2 as b2
+from . import key_match
 from .key_match import ALLOW_OPTION, KeyMismatchError, Mismatch, fingerprint, stored_public
 
 if TYPE_CHECKING:
@@ -150,37 +149,9 @@ def check(cfg2: Config2, pqc: str, allow: bool = False) -> list[Mismatch]:
     )
 
 
-def _ident(cfg2: Config2, pqc: str, allow: bool) -> list[object]:
-    out: list[object] = [bool(allow), pqc]
-    for p in (cfg2.path, cfg2.caliptra_file, *cfg2.key_files()):
-        if p is None:
-            out.append(None)
-            continue
-        try:
-            st = os.stat(p)
-            ident: object = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-        except OSError:
-            ident = None
-        out.append([os.path.abspath(p), ident])
-    return out
-
-
 def check_cached(cfg2: Config2, pqc: str, cache: Path, allow: bool = False) -> list[Mismatch]:
     """:func:`check`, skipped when ``cache`` records a clean pass for the same inputs (paths and
-    stats of the config, caliptra_file and key files, pqc, allow). A clean pass only is
-    recorded; an unreadable / unwritable cache is ignored."""
-    ident = _ident(cfg2, pqc, allow)
-    try:
-        if json.loads(cache.read_text()) == ident:
-            return []
-    except (OSError, ValueError):
-        pass
-    found = check(cfg2, pqc, allow)
-    if not found:
-        from ..fileio import atomic_write
-
-        try:
-            atomic_write(cache, json.dumps(ident).encode())
-        except ImgtoolError:
-            pass
-    return found
+    stats of the config, caliptra_file and key files, pqc, allow): key_match.cached."""
+    paths: list[Path | None] = [cfg2.path, cfg2.caliptra_file, *cfg2.key_files()]
+    ident = key_match.paths_ident(paths, bool(allow), pqc)
+    return key_match.cached(ident, cache, lambda: check(cfg2, pqc, allow))
