@@ -475,13 +475,17 @@ def act_flash(settings: Vars, man_file: str, target: str) -> None:
 def act_verify(settings: Vars, flash_file: str) -> bool | TaskFailed:
     import importlib.util
 
-    from imgtool.cli.main import main
-
     if importlib.util.find_spec("imgtool.cli.verify") is None:
         return ImgtoolFailed("cptra-imgtool: error: this cptra-imgtool has no verify command", 3)
 
-    s = Settings(*settings)  # type: ignore[arg-type]
-    args = ["verify", flash_file, "--cfg", s.cfg]
+    return run_verify(Settings(*settings), flash_file)  # type: ignore[arg-type]
+
+
+def run_verify(s: Settings, flash_file: str, *extra: str) -> bool | TaskFailed:
+    """`cptra-imgtool verify FLASH --cfg ... EXTRA` with this build's anchors, as a doit result."""
+    from imgtool.cli.main import main
+
+    args = ["verify", flash_file, "--cfg", s.cfg, *extra]
     for opt, val in (
         ("--key-dir", s.key_dir),
         ("--prebuilt-dir", s.prebuilt_dir),

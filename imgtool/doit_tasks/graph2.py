@@ -37,7 +37,6 @@ from imgtool.fileio import atomic_write
 
 from . import checker
 from .graph import (
-    ImgtoolFailed,
     Settings,
     TaskDict,
     Vars,
@@ -47,6 +46,7 @@ from .graph import (
     act_pad,
     refuse_internal_outputs,
     rmdir_empty,
+    run_verify,
     targets_intact,
 )
 
@@ -294,23 +294,7 @@ def act_flash(settings: Vars, man_file: str, target: str) -> None:
 
 
 def act_verify(settings: Vars, flash_file: str, toc_file: str) -> bool | TaskFailed:
-    from imgtool.cli.main import main
-
-    s = Settings(*settings)  # type: ignore[arg-type]
-    args = ["verify", flash_file, "--cfg", s.cfg, "--fw-toc", toc_file]
-    for opt, val in (
-        ("--key-dir", s.key_dir),
-        ("--prebuilt-dir", s.prebuilt_dir),
-        ("--fuses", s.fuses),
-        ("--caliptra-fw", s.caliptra_fw),
-    ):
-        if val:
-            args += [opt, val]
-    rc = main(args)
-    if rc == 0:
-        return True
-    what = "failed a check (see above)" if rc == 1 else "could not be verified (see above)"
-    return ImgtoolFailed(f"cptra-imgtool: error: verify: {flash_file} {what}", rc)
+    return run_verify(Settings(*settings), flash_file, "--fw-toc", toc_file)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- tasks

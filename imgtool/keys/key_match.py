@@ -204,18 +204,24 @@ def check(cfg: Config, allow: bool = False) -> list[Mismatch]:
     """Raise KeyMismatchError (exit 2) on any mismatch, one line naming both keys and the fix;
     with ``allow``, log each as a warning instead and return them."""
     found = mismatches(cfg)
+    return report(cfg.path, found, fix_text(cfg, found) if found else "", allow)
+
+
+def report(path: Path, found: list[Mismatch], fix: str, allow: bool) -> list[Mismatch]:
+    """Mismatches found in config ``path``: none, []; with ``allow``, a warning each and
+    returned; else KeyMismatchError, one line naming both keys of each and ``fix``."""
     if not found:
         return []
     if allow:
         for m in found:
             log.warning(
-                "%s: %s: the device rejects this image (%s given)", cfg.path, m.text, ALLOW_OPTION
+                "%s: %s: the device rejects this image (%s given)", path, m.text, ALLOW_OPTION
             )
         return found
     raise KeyMismatchError(
-        f"{cfg.path}: the device would reject this image: "
+        f"{path}: the device would reject this image: "
         + "; ".join(m.text for m in found)
-        + f". Fix: {fix_text(cfg, found)} ({ALLOW_OPTION} builds it anyway)"
+        + f". Fix: {fix} ({ALLOW_OPTION} builds it anyway)"
     )
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError, FormatError
 from ..formats import bundle2 as b2
 from . import key_match
-from .key_match import ALLOW_OPTION, KeyMismatchError, Mismatch, fingerprint, stored_public
+from .key_match import KeyMismatchError, Mismatch, fingerprint, stored_public
 
 if TYPE_CHECKING:
     from ..config2 import Config2
@@ -134,19 +134,7 @@ def check(cfg2: Config2, pqc: str, allow: bool = False) -> list[Mismatch]:
     """Raise KeyMismatchError (exit 2) on any mismatch, one line; with ``allow``, warn and
     return them."""
     found = mismatches(cfg2, pqc)
-    if not found:
-        return []
-    if allow:
-        for m in found:
-            log.warning(
-                "%s: %s: the device rejects this image (%s given)", cfg2.path, m.text, ALLOW_OPTION
-            )
-        return found
-    raise KeyMismatchError(
-        f"{cfg2.path}: the device would reject this image: "
-        + "; ".join(m.text for m in found)
-        + f". Fix: {_fix_text(found)} ({ALLOW_OPTION} builds it anyway)"
-    )
+    return key_match.report(cfg2.path, found, _fix_text(found) if found else "", allow)
 
 
 def check_cached(cfg2: Config2, pqc: str, cache: Path, allow: bool = False) -> list[Mismatch]:
