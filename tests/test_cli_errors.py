@@ -392,7 +392,7 @@ def test_output_in_a_file_that_is_not_a_directory(
     (prj.out / "file").write_text("x")
     assert main(["create-auth-man", *prj.args("--man", str(prj.out / "file" / "m.bin"))]) == 2
     err = capsys.readouterr().err
-    assert f"{prj.out / 'file' / 'm.bin'}: cannot write" in err and ".tmp" not in err
+    assert f"{prj.out / 'file'} is a file, not a directory" in err and ".tmp" not in err
 
 
 def test_same_man_and_flash_path_is_refused(
