@@ -380,14 +380,24 @@ def _sections(cfg: Path, raw: dict[str, Any], warn: Any) -> None:
 
 
 def refuse_private_keys_as_inputs(
-    cfg_path: Path, inputs: list[tuple[str, Path]], private_keys: list[Path], key_dir: Path
+    cfg_path: Path,
+    inputs: list[tuple[str, Path]],
+    private_keys: list[Path],
+    key_dir: Path,
+    prebuilt_dir: Path,
 ) -> None:
     """An image, caliptra_file or mcu_file would ship its bytes in the flash image: refuse one
     that is a configured private key (path, symlink or hard link), lies in the key directory
-    (keygen leaves private keys there that a config need not name), or is a private key by its
+    but not in the prebuilt directory (keygen leaves private keys there that a config need not
+    name; a project with one folder for both is left to the content check), or is a key by its
     content (PEM, DER, a raw ML-DSA-87 private key). ConfigError naming the field."""
     keys = {os.path.realpath(k): k for k in private_keys}
     kroot = os.path.realpath(key_dir)
+    proot = os.path.realpath(prebuilt_dir)  # one folder for keys and binaries: content decides
+
+    def under(path: str, root: str) -> bool:
+        return path == root or path.startswith(root + os.sep)
+
     for fld, p in inputs:
         real = os.path.realpath(p)
         hit = keys.get(real)
@@ -401,7 +411,7 @@ def refuse_private_keys_as_inputs(
             raise _err(
                 cfg_path, fld, f"{p} is the private key {hit}: it would ship in the flash image"
             )
-        if real.startswith(kroot + os.sep):
+        if under(real, kroot) and not under(real, proot):
             raise _err(
                 cfg_path,
                 fld,
@@ -648,7 +658,7 @@ def load_config(
         for p in (ks.ecc_priv, ks.lms_priv)
         if isinstance(p, Path)
     ]
-    refuse_private_keys_as_inputs(cfg_path, cfg.input_files(), privs, kdir)
+    refuse_private_keys_as_inputs(cfg_path, cfg.input_files(), privs, kdir, pdir)
     if check_files:
         _check_sizes(cfg, warn)
         _check_bundle(cfg)

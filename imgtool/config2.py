@@ -359,7 +359,7 @@ def load_config2(
         if isinstance(p, Path)
     ]
     refuse_private_keys_as_inputs(
-        cfg_path, [(f, p) for f, p in inputs if p is not None], privs, kdir
+        cfg_path, [(f, p) for f, p in inputs if p is not None], privs, kdir, pdir
     )
     return Config2(
         path=cfg_path,

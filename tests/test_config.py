@@ -398,3 +398,20 @@ def test_unconfigured_private_keys_are_never_images(tmp_path: Path) -> None:
             load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)
     prj.cfg.write_text(text.replace('file = "img1.bin"', 'file = "same-size.bin"', 1))
     load_config(prj.cfg, key_dir=prj.keys, prebuilt_dir=prj.prebuilt)  # 4896 bytes, no key
+
+
+def test_one_folder_for_keys_and_images_still_builds(tmp_path: Path) -> None:
+    """--key-dir and --prebuilt-dir may be the same folder (a flat project): its images are not
+    refused for being "in the key directory"; a private key among them still is (content)."""
+    import shutil
+
+    prj = make_project(tmp_path)
+    flat = tmp_path / "flat"
+    shutil.copytree(prj.keys, flat)
+    shutil.copytree(prj.prebuilt, flat, dirs_exist_ok=True)
+    cfg = load_config(prj.cfg, key_dir=flat, prebuilt_dir=flat)
+    assert all(p.parent == flat for _, p in cfg.input_files())
+    text = prj.cfg.read_text()
+    prj.cfg.write_text(text.replace('file = "img1.bin"', 'file = "own-man-ecc-prvk.pem"', 1))
+    with pytest.raises(ConfigError, match="would ship in the flash image"):
+        load_config(prj.cfg, key_dir=flat, prebuilt_dir=flat)
