@@ -26,10 +26,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ImgtoolError, SigningError
 from .keys import mldsa
+
+if TYPE_CHECKING:
+    from .signing import HelperSigner
 
 log = logging.getLogger("imgtool")
 
@@ -267,23 +270,24 @@ def sign2(
     return ecc_sig, pqc_sig
 
 
+def _digest_helper(helper: KeyHelpers, cmd: str, algo: str, pub: object) -> HelperSigner:
+    """The signing.HelperSigner for an ECC or LMS slot (it gets the SHA-384 digest)."""
+    from .signing import HelperSigner
+
+    return HelperSigner(
+        cmd, algo, helper.field(algo), helper.by_file, helper.timeout, pub, env=helper_env(algo)
+    )
+
+
 def _sign_ecc(ks: Any, msg: bytes, helper: KeyHelpers | None) -> bytes:
     from .keys import ecc
-    from .signing import HelperSigner, ecc_key_signer
+    from .signing import ecc_key_signer
 
     pub = ecc.load_public(ks.ecc_pub)
     digest = hashlib.sha384(msg).digest()
     cmd = helper.command("ecc") if helper is not None else None
     if cmd is not None and helper is not None:
-        hw = HelperSigner(
-            cmd,
-            "ecc",
-            helper.field("ecc"),
-            helper.by_file,
-            helper.timeout,
-            pub,
-            env=helper_env("ecc"),
-        ).sign_digest(digest)
+        hw = _digest_helper(helper, cmd, "ecc", pub).sign_digest(digest)
         source = helper.field("ecc")
     elif helper is not None and helper.server is not None:
         der = _remote(helper.server, "ecc", digest, ks.ecc_pub)
@@ -305,22 +309,14 @@ def _sign_ecc(ks: Any, msg: bytes, helper: KeyHelpers | None) -> bytes:
 
 def _sign_lms(ks: Any, msg: bytes, helper: KeyHelpers | None) -> bytes:
     from .keys import lms
-    from .signing import HelperSigner, LocalLmsSigner
+    from .signing import LocalLmsSigner
 
     digest = hashlib.sha384(msg).digest()
     cmd = helper.command("lms") if helper is not None else None
     pub = lms.load_public(ks.lms_pub)
     if cmd is not None and helper is not None:
         # verified there, and its leaf logged in the state store
-        sig = HelperSigner(
-            cmd,
-            "lms",
-            helper.field("lms"),
-            helper.by_file,
-            helper.timeout,
-            pub,
-            env=helper_env("lms"),
-        ).sign_digest(digest)
+        sig = _digest_helper(helper, cmd, "lms", pub).sign_digest(digest)
         source = helper.field("lms")
     elif helper is not None and helper.server is not None:
         sig = _remote(helper.server, "lms", digest, ks.lms_pub)

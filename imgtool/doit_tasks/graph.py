@@ -277,9 +277,15 @@ def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
     refuse_internal_outputs(outputs, out_dir(cfg))
     outputs.update({f"padded copy of {c.field}": c.copy for c in _copies(s)})
     build.check_outputs(_load_raw(s), outputs)
-    dep = out_dir(cfg) / ".doit.sqlite3"
+    return doit_settings(out_dir(cfg))
+
+
+def doit_settings(build_dir: Path) -> dict[str, Any]:
+    """DOIT_CONFIG for a build whose own files live in ``build_dir`` (out/<prj>/): its sqlite3
+    dependency database and the checker's fingerprint cache."""
+    dep = build_dir / ".doit.sqlite3"
     dep.parent.mkdir(parents=True, exist_ok=True)
-    checker.configure(out_dir(cfg) / "fingerprints.json")
+    checker.configure(build_dir / "fingerprints.json")
     return {
         "dep_file": str(dep),
         "backend": "sqlite3",

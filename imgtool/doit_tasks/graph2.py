@@ -44,6 +44,7 @@ from .graph import (
     _replace_if_changed,
     _uptodate,
     act_pad,
+    doit_settings,
     refuse_internal_outputs,
     rmdir_empty,
     run_verify,
@@ -131,17 +132,7 @@ def doit_config(s: Settings, command: str = "run") -> dict[str, Any]:
     refuse_internal_outputs(outputs, out_dir(cfg2))
     outputs.update({f"padded copy of {c.field}": c.copy for c in build2.padded_copies2(cfg2)})
     check_outputs(cfg2, outputs)
-    dep = out_dir(cfg2) / ".doit.sqlite3"
-    dep.parent.mkdir(parents=True, exist_ok=True)
-    checker.configure(out_dir(cfg2) / "fingerprints.json")
-    return {
-        "dep_file": str(dep),
-        "backend": "sqlite3",
-        "default_tasks": ["flash"],
-        "verbosity": 1,
-        "action_string_formatting": "new",
-        "check_file_uptodate": checker.ContentChecker,
-    }
+    return doit_settings(out_dir(cfg2))
 
 
 # ---------------------------------------------------------------------------- signatures

@@ -26,27 +26,30 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str) -> float | None:
+    """The variable as a float; None when unset or empty."""
     raw = env.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
         raise ServerError(f"{name}: not a number: {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name)
+    if value is None:
+        return default
     if not value > 0:
         raise ServerError(f"{name}: must be positive")
     return value
 
 
 def _interval(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
+    value = _number(env, name)
+    if value is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ServerError(f"{name}: not a number: {raw!r}") from None
     if not 0 <= value <= 3600:
         raise ServerError(f"{name}: must be 0..3600 seconds")
     return value
