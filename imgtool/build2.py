@@ -261,17 +261,7 @@ def check_flash_plan2(cfg2: Any, man_len: int | None = None) -> None:
 
 def padding_inputs2(cfg2: Any) -> list[tuple[str, Path]]:
     """(config field, path) of every input that padding_align_size replaces by a padded copy."""
-    out: list[tuple[str, Path]] = []
-    if cfg2.caliptra_file is not None:
-        out.append(("image_runtime_list.caliptra_file", cfg2.caliptra_file))
-    if cfg2.mcu_file is not None:
-        out.append(("image_runtime_list.mcu_file", cfg2.mcu_file))
-    out += [
-        (f"image_metadata_list[{i}].file", img.file)
-        for i, img in enumerate(cfg2.images)
-        if img.file is not None
-    ]
-    return out
+    return list(cfg2.input_fields())
 
 
 def padded_copies2(cfg2: Any, folder: Path | None = None) -> list[padding.Copy]:

@@ -186,10 +186,22 @@ class Config2:
         """The sign helpers standing in for key section ``section``'s private keys, or None."""
         return helpers_for(self.sign_helper, section)
 
+    def input_fields(self) -> list[tuple[str, Path]]:
+        """(config field, path) of every binary input: caliptra_file, mcu_file, the images."""
+        out: list[tuple[str, Path]] = []
+        if self.caliptra_file is not None:
+            out.append(("image_runtime_list.caliptra_file", self.caliptra_file))
+        if self.mcu_file is not None:
+            out.append(("image_runtime_list.mcu_file", self.mcu_file))
+        out += [
+            (f"image_metadata_list[{i}].file", img.file)
+            for i, img in enumerate(self.images)
+            if img.file is not None
+        ]
+        return out
+
     def input_files(self) -> list[Path]:
-        files = [p for p in (self.caliptra_file, self.mcu_file) if p is not None]
-        files += [i.file for i in self.images if i.file is not None]
-        return files
+        return [p for _, p in self.input_fields()]
 
 
 def is_2x(raw: dict[str, Any]) -> bool:
@@ -350,18 +362,7 @@ def load_config2(
         )
     if len(images) > 127:
         raise _err(cfg_path, "image_metadata_list", f"at most 127 images, got {len(images)}")
-    inputs = [("image_runtime_list.caliptra_file", caliptra), ("image_runtime_list.mcu_file", mcu)]
-    inputs += [(f"image_metadata_list[{i}].file", img.file) for i, img in enumerate(images)]
-    privs = [
-        p
-        for ks in keys.values()
-        for p in (ks.ecc_priv, ks.lms_priv, ks.mldsa_priv)
-        if isinstance(p, Path)
-    ]
-    refuse_private_keys_as_inputs(
-        cfg_path, [(f, p) for f, p in inputs if p is not None], privs, kdir, pdir
-    )
-    return Config2(
+    cfg2 = Config2(
         path=cfg_path,
         prj_name=prj,
         version=version,
@@ -375,6 +376,14 @@ def load_config2(
         images=tuple(images),
         sign_helper=sign_helper,
     )
+    privs = [
+        p
+        for ks in keys.values()
+        for p in (ks.ecc_priv, ks.lms_priv, ks.mldsa_priv)
+        if isinstance(p, Path)
+    ]
+    refuse_private_keys_as_inputs(cfg_path, cfg2.input_fields(), privs, kdir, pdir)
+    return cfg2
 
 
 def _hsm_key2(cfg: Path, section: str, fld: str, name: str) -> HsmKey:
