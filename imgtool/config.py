@@ -391,7 +391,11 @@ def refuse_private_keys_as_inputs(
     but not in the prebuilt directory (keygen leaves private keys there that a config need not
     name; a project with one folder for both is left to the content check), or is a key by its
     content (PEM, DER, a raw ML-DSA-87 private key). ConfigError naming the field."""
-    keys = {os.path.realpath(k): k for k in private_keys}
+    keys: dict[tuple[int, int], Path] = {}  # by (device, inode): path, symlink or hard link
+    for k in private_keys:
+        with contextlib.suppress(OSError):
+            st = os.stat(k)
+            keys[(st.st_dev, st.st_ino)] = k
     kroot = os.path.realpath(key_dir)
     proot = os.path.realpath(prebuilt_dir)  # one folder for keys and binaries: content decides
 
@@ -399,18 +403,16 @@ def refuse_private_keys_as_inputs(
         return path == root or path.startswith(root + os.sep)
 
     for fld, p in inputs:
-        real = os.path.realpath(p)
-        hit = keys.get(real)
-        if hit is None:
-            for k in private_keys:
-                with contextlib.suppress(OSError):
-                    if os.path.samefile(p, k):
-                        hit = k
-                        break
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue  # missing files are reported where they are checked
+        hit = keys.get((st.st_dev, st.st_ino))
         if hit is not None:
             raise _err(
                 cfg_path, fld, f"{p} is the private key {hit}: it would ship in the flash image"
             )
+        real = os.path.realpath(p)
         if under(real, kroot) and not under(real, proot):
             raise _err(
                 cfg_path,
@@ -418,24 +420,29 @@ def refuse_private_keys_as_inputs(
                 f"{p} is in the key directory {key_dir}: images never come from there (a "
                 "private key would ship in the flash image)",
             )
-        what = _private_key_content(p)
+        what = _private_key_content(p, st.st_size)
         if what:
             raise _err(cfg_path, fld, f"{p} is {what}: it would ship in the flash image")
 
 
-def _private_key_content(p: Path) -> str:
-    """What kind of private key the file holds ("" if none it can tell; reads at most 8 KiB,
-    and parses only files that could be a key: a PEM head, a small DER SEQUENCE, or exactly
-    the size of a raw ML-DSA-87 private key)."""
+_KEY_FILE_MAX = 8192  # DER and raw ML-DSA-87 private keys are smaller
+
+
+def _private_key_content(p: Path, size: int) -> str:
+    """What kind of private key the file holds ("" if none it can tell). Reads at most 8 KiB
+    and parses only what could be a key: a PEM head, a DER SEQUENCE of at most 8 KiB, exactly
+    the size of a raw ML-DSA-87 key."""
     try:
         with open(p, "rb") as fh:
-            head = fh.read(8193)
+            head = fh.read(_KEY_FILE_MAX + 1)
     except OSError:
-        return ""  # missing files are reported where they are checked
+        return ""
     text = head.lstrip()
     if text.startswith(b"-----BEGIN") and b"PRIVATE KEY-----" in text.split(b"\n", 1)[0]:
         return "a PEM private key"
-    if len(head) <= 8192 and head[:1] == b"\x30":
+    if size > _KEY_FILE_MAX:
+        return ""
+    if head[:1] == b"\x30":
         try:
             from cryptography.hazmat.primitives.serialization import load_der_private_key
 
@@ -445,7 +452,7 @@ def _private_key_content(p: Path) -> str:
             pass
     from .keys import mldsa
 
-    if len(head) == mldsa.PRIV_LEN:
+    if size == mldsa.PRIV_LEN:
         try:
             mldsa.public_from_private(head)
             return "a raw ML-DSA-87 private key"
