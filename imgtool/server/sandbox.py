@@ -18,16 +18,21 @@ then the only barrier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
+import json
 import os
 import re
+import resource
+import select
 import shutil
 import signal
 import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,10 +45,12 @@ JOB = "/job"
 SANDBOX_UID = 65534
 TMPFS_SPARE = 16 * 1024 * 1024  # room in /job for cst's own files, beyond its inputs
 MAX_OUTPUT = 16 * 1024 * 1024  # the most of cst's output that is read back
-# Resource limits of every cst run (prlimit(1) sets them on the process that execs bwrap or
-# cst, so every process of the job inherits them): address space, the largest file it may
-# write, CPU seconds (the run's timeout), no core dumps. A crafted CSF that makes cst loop or
-# allocate is stopped by these rather than by the machine.
+# Resource limits of every cst run: address space, the largest file it may write, CPU seconds
+# (the run's timeout), no core dumps. A crafted CSF that makes cst loop or allocate is stopped
+# by these rather than by the machine. In the sandbox they are set with prlimit(2) on bwrap's
+# sandbox process while it waits on --block-fd, before it execs cst (one exec fewer than
+# prlimit(1): about 1 ms of CPU per job); unsandboxed, prlimit(1) sets them on the process that
+# execs cst.
 MEM_LIMIT = 512 * 1024 * 1024  # plus twice the artifact's size
 FSIZE_LIMIT = MAX_OUTPUT + 1024 * 1024  # plus the artifact's size
 _ABS_PATH = re.compile(r"(?<![A-Za-z0-9._-])(/[A-Za-z0-9._+/-]+)")
@@ -315,15 +322,12 @@ class CstRunner:
                 self._cache_dir = None
 
     def limits(self, artifact_size: int, timeout: float) -> list[str]:
-        """The ``prlimit`` command-line prefix for one job (empty without prlimit)."""
+        """The ``prlimit`` command-line prefix for one unsandboxed job (empty without prlimit)."""
         if self.prlimit is None:
             return []
         return [
             self.prlimit,
-            f"--as={MEM_LIMIT + 2 * artifact_size}",
-            f"--fsize={FSIZE_LIMIT + artifact_size}",
-            f"--cpu={max(1, int(timeout + 0.999))}",
-            "--core=0",
+            *(f"--{name}={v}" for name, _, v in job_limits(artifact_size, timeout)),
             "--",
         ]
 
@@ -408,10 +412,10 @@ class CstRunner:
             elif artifact.path is not None:
                 ro[artifact.name] = artifact.path
                 size += artifact.size  # room for cst's copies of the data
-            argv = self.limits(artifact.size, timeout) + prefix
-            argv += job_args(size, files, ro, Path(out_path))
+            argv = [*prefix, *job_args(size, files, ro, Path(out_path))]
             argv += [str(cst), "-i", CSF_INPUT, "-o", CSF_OUTPUT]
-            rc, text = self._exec(argv, None, tuple(files.values()), timeout)
+            limits = job_limits(artifact.size, timeout)
+            rc, text = self._exec_limited(argv, tuple(files.values()), limits, timeout)
             st = os.fstat(out_fd)
             data = os.pread(out_fd, MAX_OUTPUT + 1, 0) if stat.S_ISREG(st.st_mode) else b""
         finally:
@@ -459,6 +463,85 @@ class CstRunner:
         return _result(rc, text, data)
 
     @staticmethod
+    def _exec_limited(
+        argv: list[str],
+        pass_fds: tuple[int, ...],
+        limits: Sequence[tuple[str, int, int]],
+        timeout: float,
+    ) -> tuple[int, bytes]:
+        """:meth:`_exec` of a bwrap command line (``argv`` = bwrap's options, ``--``, the
+        program), with ``limits`` set on bwrap's sandbox process before it execs the program:
+        bwrap reports that process's pid on --info-fd and waits on --block-fd until we have set
+        them. If they cannot be set, the process is killed before it is released, so the
+        program never runs without them."""
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        sep = argv.index("--")
+        argv = [
+            *argv[:sep],
+            "--info-fd",
+            str(info_w),
+            "--block-fd",
+            str(block_r),
+            *argv[sep:],
+        ]
+        released = False
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=dict(MIN_ENV),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(*pass_fds, info_w, block_r),
+                start_new_session=True,
+            )
+        except BaseException:
+            for fd in (info_r, info_w, block_r, block_w):
+                os.close(fd)
+            raise
+        os.close(info_w)
+        os.close(block_r)
+        pid = -1
+        try:
+            pid = _sandbox_pid(info_r, min(timeout, 10.0))
+            if pid < 0:  # bwrap failed before it started the sandbox: its status says why
+                return CstRunner._wait(proc, timeout)  # block_w stays open until it is gone
+            for _, res, value in limits:
+                resource.prlimit(pid, res, (value, value))
+            os.write(block_w, b"x")
+            released = True
+        except (OSError, ValueError) as exc:
+            detail = f"the resource limits of cst could not be set: {type(exc).__name__}"
+            raise ImxError(500, "Signing error", detail) from None
+        finally:
+            if not released and proc.returncode is None:
+                # kill before block_w is closed: EOF on it would release the sandbox too
+                for p in (pid, proc.pid):
+                    if p > 0:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(p, signal.SIGKILL)
+                proc.communicate()
+            os.close(block_w)
+            os.close(info_r)
+        return CstRunner._wait(proc, timeout)
+
+    @staticmethod
+    def _wait(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, bytes]:
+        """Collect ``proc``'s output and exit status, killing its process group after
+        ``timeout`` s."""
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+            raise ImxError(500, "Signing error", f"cst timed out after {timeout:g} s") from None
+        return proc.returncode, out
+
+    @staticmethod
     def _exec(
         argv: list[str], cwd: Path | None, pass_fds: tuple[int, ...], timeout: float
     ) -> tuple[int, bytes]:
@@ -475,16 +558,43 @@ class CstRunner:
             pass_fds=pass_fds,
             start_new_session=True,
         )
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        return CstRunner._wait(proc, timeout)
+
+
+def job_limits(artifact_size: int, timeout: float) -> list[tuple[str, int, int]]:
+    """(prlimit(1) option name, RLIMIT_* resource, value) of one cst job."""
+    return [
+        ("as", resource.RLIMIT_AS, MEM_LIMIT + 2 * artifact_size),
+        ("fsize", resource.RLIMIT_FSIZE, FSIZE_LIMIT + artifact_size),
+        ("cpu", resource.RLIMIT_CPU, max(1, int(timeout + 0.999))),
+        ("core", resource.RLIMIT_CORE, 0),
+    ]
+
+
+def _sandbox_pid(info_fd: int, timeout: float) -> int:
+    """The pid of bwrap's sandbox process, from the JSON bwrap writes on --info-fd; -1 if bwrap
+    closed it first (it failed). ValueError on anything else."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([info_fd], [], [], left)[0]:
+            raise ValueError("bwrap did not report its sandbox process in time")
+        chunk = os.read(info_fd, 4096)
+        if not chunk:
+            return -1
+        buf += chunk
+        if len(buf) > 65536:
+            raise ValueError("bwrap's info is too long")
+        if buf.rstrip().endswith(b"}"):
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.communicate()
-            raise ImxError(500, "Signing error", f"cst timed out after {timeout:g} s") from None
-        return proc.returncode, out
+                info = json.loads(buf)
+            except ValueError:
+                continue  # a "}" inside a value: read on
+            pid = info.get("child-pid") if isinstance(info, dict) else None
+            if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+                raise ValueError("bwrap's info has no child-pid")
+            return pid
 
 
 def _result(rc: int, text: bytes, data: bytes) -> bytes:

@@ -11,6 +11,7 @@ import pytest
 from srvfixtures import IMX_MACHINE, Server
 
 from imgtool.server import csf as csfmod
+from imgtool.server import sandbox
 from imgtool.server.imx import ImxError, check_csf_binary
 from imgtool.server.sandbox import Artifact, CstRunner
 
@@ -136,10 +137,8 @@ def test_block_past_the_artifact_over_http_is_400(server: Server) -> None:
     assert r.status_code == 400 and "past the end" in r.text, r.text
 
 
-@pytest.mark.skipif(WHY is not None, reason=f"no sandbox here: {WHY}")
-def test_cst_runs_under_resource_limits(tmp_path: Path) -> None:
-    """The limits reach the process that bwrap starts: address space, file size, CPU time,
-    no core files (the fake cst reports its own ulimits)."""
+def _ulimit_cst(tmp_path: Path) -> Path:
+    """A fake cst that writes a HAB tag and its own ulimits to its output file."""
     fake = tmp_path / "bin" / "cst"
     fake.parent.mkdir()
     fake.write_text(
@@ -147,6 +146,51 @@ def test_cst_runs_under_resource_limits(tmp_path: Path) -> None:
         'echo "as $(ulimit -v) fsize $(ulimit -f) cpu $(ulimit -t) core $(ulimit -c)" >> "$out"\n'
     )
     fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no sandbox here: {WHY}")
+def test_cst_never_runs_when_its_limits_cannot_be_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If prlimit(2) on the waiting sandbox process fails, that process is killed before it is
+    released: the job fails with 500 and cst has written nothing to its output."""
+    fake = _ulimit_cst(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt", work_dir=work)
+    art = Artifact.from_bytes("flash.bin", b"x" * 1024, work)
+    outputs: list[bytes] = []
+    real_unlink = sandbox.os.unlink
+
+    def refuse(pid: int, res: int, limits: tuple[int, int]) -> tuple[int, int]:
+        raise PermissionError("prlimit refused")
+
+    def keep(path: str) -> None:  # read the job's output file before it is removed
+        if str(path).endswith(".out"):
+            outputs.append(Path(path).read_bytes())
+        real_unlink(path)
+
+    monkeypatch.setattr(sandbox.resource, "prlimit", refuse)
+    monkeypatch.setattr(sandbox.os, "unlink", keep)
+    try:
+        with pytest.raises(ImxError) as exc:
+            runner.run_sync(fake, b"csf", art, {}, 7)
+    finally:
+        monkeypatch.undo()
+        art.close()
+        runner.close()
+    assert exc.value.status == 500 and "resource limits" in exc.value.detail
+    assert outputs == [b""]  # cst never ran
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no sandbox here: {WHY}")
+def test_cst_runs_under_resource_limits(tmp_path: Path) -> None:
+    """The limits reach the process that bwrap starts: address space, file size, CPU time,
+    no core files (the fake cst reports its own ulimits). They are set with prlimit(2) while
+    bwrap waits on --block-fd, so no prlimit binary is needed."""
+    fake = _ulimit_cst(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt", work_dir=work)
@@ -156,8 +200,6 @@ def test_cst_runs_under_resource_limits(tmp_path: Path) -> None:
     finally:
         art.close()
         runner.close()
-    if runner.prlimit is None:
-        pytest.skip("prlimit (util-linux) not installed")
     words = out.split()
     got = dict(zip(words[1::2], words[2::2], strict=True))
     assert int(got["as"]) * 1024 <= 600 << 20  # KiB: 512 MiB + twice the artifact
@@ -187,3 +229,24 @@ def test_output_that_is_not_a_hab_csf_is_never_returned(data: bytes) -> None:
 def test_real_cst_output_shape_passes() -> None:
     # header 0x0c, one 8-byte command; certificates/signatures follow the CSF commands
     check_csf_binary(b"\xd4\x00\x0c\x43\xbe\x00\x08\x00\x00\x00\x00\x58" + b"\x30" * 100)
+
+
+def test_unsandboxed_cst_runs_under_resource_limits(tmp_path: Path) -> None:
+    """Without the sandbox (--allow-unsandboxed-cst) prlimit(1) sets the same limits."""
+    fake = _ulimit_cst(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = CstRunner(sandbox=False, work_dir=work)
+    if runner.prlimit is None:
+        pytest.skip("prlimit (util-linux) not installed")
+    art = Artifact.from_bytes("flash.bin", b"x" * 1024, work)
+    try:
+        out = runner.run_sync(fake, b"csf", art, {}, 7).decode("latin-1")
+    finally:
+        art.close()
+        runner.close()
+    words = out.split()
+    got = dict(zip(words[1::2], words[2::2], strict=True))
+    assert int(got["as"]) * 1024 == (512 << 20) + 2 * 1024
+    assert int(got["fsize"]) * 512 == (17 << 20) + 1024
+    assert got["cpu"] == "7" and got["core"] == "0"
