@@ -4,6 +4,8 @@ returned."""
 
 from __future__ import annotations
 
+import os
+import resource
 from pathlib import Path
 
 import imx_pki
@@ -11,7 +13,6 @@ import pytest
 from srvfixtures import IMX_MACHINE, Server
 
 from imgtool.server import csf as csfmod
-from imgtool.server import sandbox
 from imgtool.server.imx import ImxError, check_csf_binary
 from imgtool.server.sandbox import Artifact, CstRunner
 
@@ -161,7 +162,7 @@ def test_cst_never_runs_when_its_limits_cannot_be_set(
     runner = CstRunner(sandbox=True, cache_dir=tmp_path / "rt", work_dir=work)
     art = Artifact.from_bytes("flash.bin", b"x" * 1024, work)
     outputs: list[bytes] = []
-    real_unlink = sandbox.os.unlink
+    real_unlink = os.unlink
 
     def refuse(pid: int, res: int, limits: tuple[int, int]) -> tuple[int, int]:
         raise PermissionError("prlimit refused")
@@ -171,8 +172,8 @@ def test_cst_never_runs_when_its_limits_cannot_be_set(
             outputs.append(Path(path).read_bytes())
         real_unlink(path)
 
-    monkeypatch.setattr(sandbox.resource, "prlimit", refuse)
-    monkeypatch.setattr(sandbox.os, "unlink", keep)
+    monkeypatch.setattr(resource, "prlimit", refuse)  # the module sandbox calls
+    monkeypatch.setattr(os, "unlink", keep)
     try:
         with pytest.raises(ImxError) as exc:
             runner.run_sync(fake, b"csf", art, {}, 7)
