@@ -490,6 +490,17 @@ def check_outputs(cfg: Config, outputs: dict[str, Path]) -> None:
         for suffix, what in KEY_SIDE_FILES
     ]
     inputs.append(("the config", cfg.path))
+    # an existing input by (device, inode): the same file by any path, symlink or hard link; a
+    # missing one (an LMS side file not made yet) by its real path. One stat per input.
+    by_inode: dict[tuple[int, int], tuple[str, Path]] = {}
+    by_path: dict[str, tuple[str, Path]] = {}
+    for fld, p in inputs:
+        try:
+            st = os.stat(p)
+        except OSError:
+            by_path.setdefault(os.path.realpath(p), (fld, p))
+            continue
+        by_inode.setdefault((st.st_dev, st.st_ino), (fld, p))
     seen: dict[str, str] = {}
     for opt, out in outputs.items():
         if out.is_dir():
@@ -507,9 +518,13 @@ def check_outputs(cfg: Config, outputs: dict[str, Path]) -> None:
         if key in seen:
             raise OutputError(f"{out}: {opt} and {seen[key]} name the same file")
         seen[key] = opt
-        for fld, p in inputs:
-            if key == os.path.realpath(p) or _same_inode(out, p):
-                raise OutputError(f"{out}: {opt} would overwrite the input {p} ({fld})")
+        try:
+            ost = os.stat(out)
+            hit = by_inode.get((ost.st_dev, ost.st_ino))
+        except OSError:  # not there yet: only a missing input can have its path
+            hit = by_path.get(key)
+        if hit is not None:
+            raise OutputError(f"{out}: {opt} would overwrite the input {hit[1]} ({hit[0]})")
 
 
 _SQLITE_MAGICS = (b"SQLite format 3\0", b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # db, WAL

@@ -428,6 +428,29 @@ def test_output_over_an_input_is_refused(
     assert img.read_bytes() == before
 
 
+def test_output_over_an_input_by_another_name_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same file by a hard link or a symlink is the input; a dangling symlink to where an
+    LMS side file of a configured key would go is refused by that path."""
+    prj = make_project(tmp_path)
+    img = prj.prebuilt / "img0.bin"
+    before = img.read_bytes()
+    hard = prj.out / "hard.bin"
+    hard.parent.mkdir(parents=True, exist_ok=True)
+    hard.hardlink_to(img)
+    (prj.out / "sym.bin").symlink_to(img)
+    for out in (hard, prj.out / "sym.bin"):
+        assert main(["create-auth-flash", *prj.args("--flash", str(out))]) == 2
+        assert f"{out}: --flash would overwrite the input {img}" in capsys.readouterr().err
+    side = prj.keys / "vnd-man-ecc-prvk.pem.lock"
+    assert not side.exists()
+    (prj.out / "dangling.bin").symlink_to(side)
+    assert main(["create-auth-man", *prj.args("--man", str(prj.out / "dangling.bin"))]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err and not side.exists()
+    assert img.read_bytes() == before
+
+
 def test_not_enough_lms_leaves_is_refused_before_the_first_is_spent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
