@@ -23,6 +23,7 @@ MAX_ENTRIES = 127
 U32_MAX = 0xFFFFFFFF
 MCU_FW_ID = 1
 FIRST_SOC_FW_ID = 2
+FIRST_SOC_FW_ID_2X = 0x1000  # Caliptra 2.x SoC image fw_ids start here (is_2x)
 SVN_MAX = 0xFF  # IMC entry flags bits 23:16
 SVN_SHIFT = 16
 MAX_HELPER_TIMEOUT = 86400.0
@@ -491,6 +492,26 @@ def read_toml(cfg_path: Path) -> dict[str, Any]:
         raise ConfigError(f"{cfg_path}: cannot read config: {reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{cfg_path}: invalid TOML: {exc}") from None
+
+
+def is_2x(raw: dict[str, Any]) -> bool:
+    """Whether a parsed TOML document is a Caliptra 2.x config (decided here, so that a 1.x
+    build never imports the 2.x modules): an SoC image with fw_id 0x1000 or more
+    (1.x SoC images are 2..), or no images and mldsa_* keys.  The newest 1.x (AST2700) configs
+    may carry 2.x-only keys too, so those keys alone do not decide."""
+    imgs = raw.get("image_metadata_list")
+    ids = []
+    if isinstance(imgs, list):
+        ids = [i.get("fw_id") for i in imgs if isinstance(i, dict)]
+    if any(isinstance(x, int) and x >= FIRST_SOC_FW_ID_2X for x in ids):
+        return True
+    if ids:
+        return False
+    for s in KEY_SECTIONS:
+        t = raw.get(s)
+        if isinstance(t, dict) and any(k.startswith("mldsa_") for k in t):
+            return True
+    return False
 
 
 def load_config(

@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import (
     _PRJ_RE,
+    FIRST_SOC_FW_ID_2X,
     KEY_SECTIONS,
     MAX_HELPER_TIMEOUT,
     HsmKey,
@@ -24,6 +25,7 @@ from .config import (
     _looks_like_uri,
     _u32,
     default_key_dir,
+    is_2x,
     padding_align,
     read_toml,
     refuse_private_keys_as_inputs,
@@ -33,7 +35,7 @@ from .signing2 import HELPER_FIELDS2, KeyHelpers, helpers_for
 
 SVN_MAX = 128
 MCU_FW_ID = 2
-FIRST_SOC_FW_ID = 0x1000
+FIRST_SOC_FW_ID = FIRST_SOC_FW_ID_2X
 U64_MAX = (1 << 64) - 1
 
 KEY_FIELDS2 = (
@@ -202,25 +204,6 @@ class Config2:
 
     def input_files(self) -> list[Path]:
         return [p for _, p in self.input_fields()]
-
-
-def is_2x(raw: dict[str, Any]) -> bool:
-    """Whether a parsed TOML document is a 2.x config: an SoC image with fw_id 0x1000 or more
-    (1.x SoC images are 2..), or no images and mldsa_* keys.  The newest 1.x (AST2700) configs
-    may carry 2.x-only keys too, so those keys alone do not decide."""
-    imgs = raw.get("image_metadata_list")
-    ids = []
-    if isinstance(imgs, list):
-        ids = [i.get("fw_id") for i in imgs if isinstance(i, dict)]
-    if any(isinstance(x, int) and x >= FIRST_SOC_FW_ID for x in ids):
-        return True
-    if ids:
-        return False
-    for s in KEY_SECTIONS:
-        t = raw.get(s)
-        if isinstance(t, dict) and any(k.startswith("mldsa_") for k in t):
-            return True
-    return False
 
 
 def load_config2(

@@ -86,8 +86,7 @@ def add_project_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    from ..config import read_toml
-    from ..config2 import is_2x
+    from ..config import is_2x, read_toml
     from ..errors import ConfigError
     from ..keys import key_match
 

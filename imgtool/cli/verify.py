@@ -47,8 +47,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.fuses is not None:
         anchors.fuses = fuses.load(args.fuses)
     if args.cfg is not None:
-        from ..config import read_toml
-        from ..config2 import is_2x, load_config2
+        from ..config import is_2x, read_toml
+        from ..config2 import load_config2
 
         if is_2x(read_toml(args.cfg)):
             anchors.cfg2 = load_config2(

@@ -145,7 +145,7 @@ def pad_dir(cfg: Config) -> Path:
 def is_2x(s: Settings) -> bool:
     """Whether the config is a Caliptra 2.x one (:func:`imgtool.config2.is_2x`); a 1.x config
     given pqc= is refused here."""
-    from imgtool.config2 import is_2x as raw_is_2x
+    from imgtool.config import is_2x as raw_is_2x
 
     two = raw_is_2x(_toml(s))
     if not two and s.pqc is not None:
