@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -198,6 +199,12 @@ def sandboxed_cst(cst: Path, pki: Path, csf: bytes, art: bytes, tmp: Path, n: in
     return lat
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the servers are reaped only at the end)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _spread(xs: list[float]) -> str:
     """min / median / p90 / max of latencies in seconds, printed in ms."""
     v = sorted(x * 1000 for x in xs)
@@ -320,6 +327,8 @@ def run(
     par: dict[tuple[str, int], list[dict[str, float]]] = {}
     bare: list[float] = []
     sandboxed: list[float] = []
+    bare_cpu: list[float] = []  # CPU seconds of the reaped children of each run
+    sandboxed_cpu: list[float] = []
     can_sandbox = True
     with httpx.Client(timeout=120) as c:
         for rnd in range(a.rounds):
@@ -327,10 +336,14 @@ def run(
             # latency: one of each in turn (bare cst, cst in our sandbox, each server), so that
             # the load of a shared machine hits all of them alike
             for i in range(a.seq):
+                c0 = _children_cpu()
                 bare += bare_cst(cst, pki, csf, art, tmp / f"r{rnd}-{i}", 1)
+                bare_cpu.append(_children_cpu() - c0)
                 if can_sandbox:
                     try:
+                        c0 = _children_cpu()
                         sandboxed += sandboxed_cst(cst, pki, csf, art, tmp / f"s{rnd}-{i}", 1)
+                        sandboxed_cpu.append(_children_cpu() - c0)
                     except Exception as exc:  # noqa: BLE001 - no sandbox here: say so, go on
                         print(f"(sandboxed bare cst not measured: {exc})")
                         can_sandbox = False
@@ -358,6 +371,14 @@ def run(
         print(
             f"cst through our runner (sandbox, no server): {_spread(sandboxed)} (+{sb - b:.1f} ms)"
         )
+    print(
+        f"child CPU per run, median: bare cst {statistics.median(bare_cpu) * 1000:.1f} ms"
+        + (
+            f", through our sandbox runner {statistics.median(sandboxed_cpu) * 1000:.1f} ms"
+            if sandboxed_cpu
+            else ""
+        )
+    )
     for t in targets:
         m = statistics.median(seq[t.name]) * 1000
         print(
