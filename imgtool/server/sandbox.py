@@ -584,7 +584,7 @@ def _sandbox_pid(info_fd: int, timeout: float) -> int:
         if not chunk:
             return -1
         buf += chunk
-        if len(buf) > 65536:
+        if len(buf) >= 65536:
             raise ValueError("bwrap's info is too long")
         if buf.rstrip().endswith(b"}"):
             try:

@@ -15,6 +15,7 @@ from srvfixtures import IMX_MACHINE, Server
 from imgtool.server import csf as csfmod
 from imgtool.server.imx import ImxError, check_csf_binary
 from imgtool.server.sandbox import Artifact, CstRunner
+from imgtool.server.sandbox import _sandbox_pid as sandbox_pid
 
 WHY = CstRunner.probe()
 BASE = imx_pki.csf_text("art.bin", 0x1000)
@@ -236,3 +237,35 @@ def test_output_that_is_not_a_hab_csf_is_never_returned(data: bytes) -> None:
 def test_real_cst_output_shape_passes() -> None:
     # header 0x0c, one 8-byte command; certificates/signatures follow the CSF commands
     check_csf_binary(b"\xd4\x00\x0c\x43\xbe\x00\x08\x00\x00\x00\x00\x58" + b"\x30" * 100)
+
+
+@pytest.mark.parametrize(
+    ("info", "want"),
+    [
+        (b'{\n    "child-pid": 4242,\n    "mnt-namespace": 1\n}\n', 4242),
+        (b'{"child-pid": 7, "x": "a}b"}', 7),  # a "}" inside a value: read on
+        (b"", -1),  # bwrap closed it first: it failed, its exit status says why
+        (b'{"child-pid": 0}', ValueError),
+        (b'{"child-pid": true}', ValueError),
+        (b'{"child-pid": "12"}', ValueError),
+        (b"[1]", -1),  # not the info, then EOF: as if bwrap failed (it is then waited for)
+        (b"{" + b" " * 65535, ValueError),  # 64 KiB and no end: too long
+        (b'{"child-pid": 1', ValueError),  # never complete: the deadline
+    ],
+)
+def test_sandbox_pid_from_bwraps_info(info: bytes, want: int | type[Exception]) -> None:
+    r, w = os.pipe()
+    try:
+        os.write(w, info)  # at most 64 KiB: fits in the pipe
+        if info != b'{"child-pid": 1':  # that one stays open: the deadline ends it
+            os.close(w)
+            w = -1
+        if isinstance(want, int):
+            assert sandbox_pid(r, 2.0) == want
+        else:
+            with pytest.raises(want):
+                sandbox_pid(r, 0.3)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
