@@ -49,7 +49,7 @@ MAX_OUTPUT = 16 * 1024 * 1024  # the most of cst's output that is read back
 # (the run's timeout), no core dumps. A crafted CSF that makes cst loop or allocate is stopped
 # by these rather than by the machine. In the sandbox they are set with prlimit(2) on bwrap's
 # sandbox process while it waits on --block-fd, before it execs cst (one exec fewer than
-# prlimit(1): about 1 ms of CPU per job); unsandboxed, prlimit(1) sets them on the process that
+# prlimit(1): about 0.5 ms of CPU per job); unsandboxed, prlimit(1) sets them on the process that
 # execs cst.
 MEM_LIMIT = 512 * 1024 * 1024  # plus twice the artifact's size
 FSIZE_LIMIT = MAX_OUTPUT + 1024 * 1024  # plus the artifact's size
@@ -576,9 +576,11 @@ def _sandbox_pid(info_fd: int, timeout: float) -> int:
     closed it first (it failed). ValueError on anything else."""
     buf = b""
     deadline = time.monotonic() + timeout
+    poll = select.poll()  # not select(): a busy server's descriptors go beyond FD_SETSIZE
+    poll.register(info_fd, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([info_fd], [], [], left)[0]:
+        if left <= 0 or not poll.poll(max(1, int(left * 1000))):
             raise ValueError("bwrap did not report its sandbox process in time")
         chunk = os.read(info_fd, 4096)
         if not chunk:

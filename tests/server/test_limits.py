@@ -269,3 +269,23 @@ def test_sandbox_pid_from_bwraps_info(info: bytes, want: int | type[Exception]) 
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_sandbox_pid_from_a_descriptor_above_fd_setsize() -> None:
+    """A busy server has thousands of sockets open: bwrap's info pipe may be above 1024, where
+    select() cannot wait on it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    r, w = os.pipe()
+    high = -1
+    try:
+        high = os.dup2(r, 1050, inheritable=False)
+        os.write(w, b'{"child-pid": 99}')
+        assert sandbox_pid(high, 2.0) == 99
+    finally:
+        for fd in (r, w, high):
+            if fd >= 0:
+                os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
