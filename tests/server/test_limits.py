@@ -246,6 +246,7 @@ def test_real_cst_output_shape_passes() -> None:
         (b'{"child-pid": 7, "x": "a}b"}', 7),  # a "}" inside a value: read on
         (b"", -1),  # bwrap closed it first: it failed, its exit status says why
         (b'{"child-pid": 0}', ValueError),
+        (b'{"child-pid": -5}', ValueError),
         (b'{"child-pid": true}', ValueError),
         (b'{"child-pid": "12"}', ValueError),
         (b"[1]", -1),  # not the info, then EOF: as if bwrap failed (it is then waited for)
